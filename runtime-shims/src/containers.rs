@@ -1,0 +1,75 @@
+//! The container runtime as node logic sees it. The Docker implementation (bollard) and
+//! the simulated engine implement this; the agent that drives it comes with the scheduler.
+
+use crate::BoxFuture;
+use std::collections::BTreeMap;
+use thiserror::Error;
+
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum ContainerError {
+    #[error("no such container: {0}")]
+    NotFound(String),
+    #[error("no such image: {0}")]
+    ImageNotFound(String),
+    #[error("pull of {image} failed: {why}")]
+    PullFailed { image: String, why: String },
+    #[error("container {name}: {why}")]
+    Failed { name: String, why: String },
+    #[error("container runtime unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What `docker run` says about a container to create.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub cmd: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// (host port, container port, protocol)
+    pub ports: Vec<(u16, u16, String)>,
+    pub labels: BTreeMap<String, String>,
+    pub auto_remove: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited { code: i64, oom_killed: bool },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub state: ContainerState,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An exit seen on the runtime's event stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExitEvent {
+    pub id: String,
+    pub name: String,
+    pub code: i64,
+    pub oom_killed: bool,
+}
+
+pub trait Containers: Send + Sync + 'static {
+    fn pull(&self, image: &str) -> BoxFuture<'static, Result<(), ContainerError>>;
+    fn create(&self, spec: ContainerSpec) -> BoxFuture<'static, Result<String, ContainerError>>;
+    fn start(&self, name: &str) -> BoxFuture<'static, Result<(), ContainerError>>;
+    fn stop(&self, name: &str, timeout_s: u32) -> BoxFuture<'static, Result<(), ContainerError>>;
+    fn kill(&self, name: &str) -> BoxFuture<'static, Result<(), ContainerError>>;
+    fn remove(&self, name: &str, force: bool) -> BoxFuture<'static, Result<(), ContainerError>>;
+    fn inspect(&self, name: &str) -> BoxFuture<'static, Result<ContainerInfo, ContainerError>>;
+    fn list_by_label(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> BoxFuture<'static, Result<Vec<ContainerInfo>, ContainerError>>;
+    /// The next exit event; resolves when a container exits.
+    fn next_exit(&self) -> BoxFuture<'static, Result<ExitEvent, ContainerError>>;
+}

@@ -1,0 +1,37 @@
+//! The runtime seam of flotilla.
+//!
+//! # Layout
+//! - [`clock`]: monotonic and wall time, sleeping ([`Clock`]); Tokio implementation.
+//! - [`task`]: spawning ([`Spawn`]) and the seeded RNG ([`SeededRng`]).
+//! - [`net`]: peer messages between node ids ([`PeerNet`]); the framed wire format
+//!   ([`wire`]) is generic over any `AsyncRead + AsyncWrite`, and [`tcp`] runs it on Tokio TCP.
+//! - [`http`]: an HTTP/1.1 server on hyper, generic over the listener's stream type.
+//! - [`disk`]: the durable store node logic writes to ([`Disk`], [`Files`]); [`sled_disk`]
+//!   is the production store, [`mem_disk`] the in-memory one (durable + pending layers)
+//!   that tests and the simulator crash.
+//! - [`containers`]: the container-runtime trait and its types.
+//!
+//! Node crates reach the outside world only through these traits; `clippy.toml` in the
+//! node crate forbids the direct routes.
+
+pub mod clock;
+pub mod containers;
+pub mod disk;
+pub mod http;
+pub mod mem_disk;
+pub mod net;
+pub mod sled_disk;
+pub mod task;
+pub mod tcp;
+pub mod wire;
+
+pub use clock::{Clock, TokioClock};
+pub use disk::{Disk, DiskError, Files, Loaded};
+pub use net::PeerNet;
+pub use task::{SeededRng, Spawn, TokioSpawn};
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed, sendable future: the currency of the seam's async methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -1,0 +1,45 @@
+//! Spawning tasks and drawing randomness, through the seam.
+
+use crate::BoxFuture;
+use rand::{RngCore, SeedableRng};
+
+/// Starts background tasks. In the simulator these belong to the simulated node, so a
+/// crash takes them down with it.
+pub trait Spawn: Send + Sync + 'static {
+    fn spawn(&self, name: &'static str, fut: BoxFuture<'static, ()>);
+}
+
+/// Production spawner on the ambient Tokio runtime.
+#[derive(Clone, Default)]
+pub struct TokioSpawn;
+
+impl Spawn for TokioSpawn {
+    fn spawn(&self, name: &'static str, fut: BoxFuture<'static, ()>) {
+        tracing::trace!(task = name, "spawn");
+        tokio::spawn(fut);
+    }
+}
+
+/// The only RNG node logic may use: seeded, so a simulated run replays exactly.
+pub struct SeededRng(rand::rngs::StdRng);
+
+impl SeededRng {
+    pub fn new(seed: u64) -> Self {
+        Self(rand::rngs::StdRng::seed_from_u64(seed))
+    }
+
+    /// A seed from the operating system, for production nodes.
+    pub fn from_entropy() -> Self {
+        Self(rand::rngs::StdRng::from_entropy())
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
+    /// Uniform in `[0, n)`; `n` must be non-zero.
+    pub fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0, "below(0)");
+        self.0.next_u64() % n
+    }
+}

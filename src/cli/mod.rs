@@ -1,0 +1,47 @@
+//! The `flotilla` command line. Thin: parse flags, wire the production shims, run.
+//!
+//! # Layout
+//! - [`node`]: `flotilla node` (also the default with no subcommand), etcd's flag names.
+
+pub mod node;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "Raft KV with etcd's v2 API, and more, in one node daemon"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a node (the default: a single-node cluster on 127.0.0.1:2379, data in ./flotilla.data).
+    Node(node::NodeArgs),
+}
+
+pub fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn,sled=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let cmd = cli.cmd.unwrap_or(Cmd::Node(node::NodeArgs::default_args()));
+    let result = match cmd {
+        Cmd::Node(args) => node::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flotilla: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! `flotilla node`: production wiring (Tokio, TCP, sled) of [`crate::node`].
+
+use crate::node::{start, ClusterState, Env, NodeConfig};
+use crate::raft::{peer_addr, RaftConfig};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser};
+use flotilla_shims::sled_disk::SledDisk;
+use flotilla_shims::tcp::{StreamTransport, TokioConnect, INBOUND_QUEUE_FRAMES_MAX};
+use flotilla_shims::{SeededRng, TokioClock, TokioSpawn};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Path to the data directory.
+    #[arg(long, default_value = "./flotilla.data")]
+    pub data_dir: PathBuf,
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+    /// Client URLs to advertise to the cluster (default: the listen URLs).
+    #[arg(long)]
+    pub advertise_client_urls: Option<String>,
+    /// URL to listen on for peer traffic.
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    pub listen_peer_urls: String,
+    /// Peer URLs to advertise (default: the listen URL).
+    #[arg(long)]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Initial cluster, `name=peerURL,...` (default: this member alone).
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// `new` to bootstrap, `existing` to join a running cluster.
+    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Time between heartbeats, in milliseconds (the Raft tick).
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Election timeout, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Applied entries between snapshots.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_count: u64,
+    /// Entries kept after a snapshot for slow followers.
+    #[arg(long, default_value_t = 5_000)]
+    pub snapshot_catchup_entries: u64,
+    /// Largest client request body (and value), in bytes.
+    #[arg(long, default_value_t = 1_572_864)]
+    pub max_request_bytes: usize,
+    /// How long a write may wait for commit, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub request_timeout_ms: u64,
+}
+
+impl NodeArgs {
+    pub fn default_args() -> Self {
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            a: NodeArgs,
+        }
+        Wrap::parse_from(["flotilla"]).a
+    }
+}
+
+fn split_urls(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn host_port(flag: &str, url: &str) -> Result<String> {
+    if !url.starts_with("http://") {
+        bail!("{flag}: {url:?} must be an http:// URL");
+    }
+    match peer_addr(url) {
+        Some(a) if a.contains(':') => Ok(a),
+        _ => bail!("{flag}: {url:?} has no host:port"),
+    }
+}
+
+fn config(a: &NodeArgs) -> Result<NodeConfig> {
+    let peer_urls = split_urls(
+        a.initial_advertise_peer_urls
+            .as_deref()
+            .unwrap_or(&a.listen_peer_urls),
+    );
+    let client_urls = split_urls(
+        a.advertise_client_urls
+            .as_deref()
+            .unwrap_or(&a.listen_client_urls),
+    );
+    for u in &peer_urls {
+        host_port("--initial-advertise-peer-urls", u)?;
+    }
+    let cluster = match &a.initial_cluster {
+        Some(c) => c.clone(),
+        None => peer_urls
+            .iter()
+            .map(|u| format!("{}={u}", a.name))
+            .collect::<Vec<_>>()
+            .join(","),
+    };
+    let mut initial_cluster = vec![];
+    for item in split_urls(&cluster) {
+        let Some((name, url)) = item.split_once('=') else {
+            bail!("--initial-cluster: {item:?} is not name=peerURL");
+        };
+        host_port("--initial-cluster", url)?;
+        initial_cluster.push((name.to_string(), url.to_string()));
+    }
+    if a.heartbeat_interval == 0 || a.election_timeout < 5 * a.heartbeat_interval {
+        bail!("--election-timeout must be at least 5 x --heartbeat-interval (and both non-zero)");
+    }
+    if a.snapshot_count == 0 {
+        bail!("--snapshot-count must be positive");
+    }
+    Ok(NodeConfig {
+        name: a.name.clone(),
+        peer_urls,
+        client_urls,
+        initial_cluster,
+        cluster_state: if a.initial_cluster_state == "existing" {
+            ClusterState::Existing
+        } else {
+            ClusterState::New
+        },
+        raft: RaftConfig {
+            tick_ms: a.heartbeat_interval,
+            election_ticks: (a.election_timeout / a.heartbeat_interval) as usize,
+            heartbeat_ticks: 1,
+            snapshot_entries: a.snapshot_count,
+            catchup_entries: a.snapshot_catchup_entries,
+            ..RaftConfig::default()
+        },
+        request_timeout_ms: a.request_timeout_ms,
+        value_bytes_max: a.max_request_bytes,
+        inbox_inputs_max: 65_536,
+    })
+}
+
+pub fn run(a: NodeArgs) -> Result<()> {
+    let cfg = config(&a)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the Tokio runtime")?;
+    rt.block_on(serve(a, cfg))
+}
+
+async fn serve(a: NodeArgs, cfg: NodeConfig) -> Result<()> {
+    let disk = SledDisk::open(&a.data_dir)
+        .with_context(|| format!("opening data dir {}", a.data_dir.display()))?;
+    let clock = Arc::new(TokioClock::new());
+    let spawn = Arc::new(TokioSpawn);
+    let env = Env {
+        clock: clock.clone(),
+        spawn: spawn.clone(),
+        seed: SeededRng::from_entropy().next_u64(),
+    };
+    let members = crate::node::initial_members(&cfg)?;
+    let my_id = members
+        .iter()
+        .find(|m| m.name == cfg.name)
+        .map(|m| m.id)
+        .unwrap_or(0);
+    let net = Arc::new(StreamTransport::new(
+        my_id,
+        TokioConnect,
+        clock.clone(),
+        spawn.clone(),
+    ));
+    let (peer_tx, peer_rx) = mpsc::channel(INBOUND_QUEUE_FRAMES_MAX);
+    let peer_listen = host_port("--listen-peer-urls", &a.listen_peer_urls)?;
+    let peer_listener = flotilla_shims::tcp::bind(&peer_listen)
+        .await
+        .with_context(|| format!("listening for peers on {peer_listen}"))?;
+    let mut client_listeners = vec![];
+    for u in split_urls(&a.listen_client_urls) {
+        let addr = host_port("--listen-client-urls", &u)?;
+        let l = flotilla_shims::tcp::bind(&addr)
+            .await
+            .with_context(|| format!("listening for clients on {addr}"))?;
+        client_listeners.push(l);
+    }
+    let started = start(&cfg, &env, Box::new(disk), net, peer_rx)
+        .await
+        .with_context(|| format!("starting from data dir {}", a.data_dir.display()))?;
+    tokio::spawn(flotilla_shims::tcp::accept_tokio(
+        peer_listener,
+        peer_tx,
+        spawn.clone(),
+    ));
+    for l in client_listeners {
+        let h = started.handler.clone();
+        tokio::spawn(flotilla_shims::http::accept_tokio(
+            l,
+            h,
+            spawn.clone(),
+            a.max_request_bytes + 4096,
+        ));
+    }
+    tracing::info!(
+        name = %cfg.name, id = format!("{:x}", started.id),
+        clients = %a.listen_client_urls, peers = %a.listen_peer_urls,
+        "flotilla member serving"
+    );
+    started.driver.run().await.context("member stopped")?;
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! Write commands: what a Raft entry carries to every replica's store.
+
+use serde::{Deserialize, Serialize};
+
+/// Conditions on a write (`prevExist`, `prevValue`, `prevIndex`). Empty value and zero
+/// index mean "no condition", as in etcd.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Precondition {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exist: Option<bool>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub index: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Precondition {
+    pub fn is_compare(&self) -> bool {
+        !self.value.is_empty() || self.index != 0
+    }
+}
+
+/// A write. Expirations are absolute wall-clock milliseconds, fixed by the node that took
+/// the request, so applying a command never reads a clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum Command {
+    /// PUT: set / create / update / compareAndSwap, chosen by `prev` as etcd does.
+    Put {
+        key: String,
+        value: String,
+        dir: bool,
+        expire_ms: Option<u64>,
+        refresh: bool,
+        prev: Precondition,
+    },
+    /// POST: create `dir/<20-digit index>`.
+    CreateInOrder {
+        dir: String,
+        value: String,
+        expire_ms: Option<u64>,
+    },
+    /// DELETE: delete / compareAndDelete.
+    Delete {
+        key: String,
+        dir: bool,
+        recursive: bool,
+        prev: Precondition,
+    },
+    /// Removes every node whose expiration is at or before `now_ms` (the leader's time).
+    Expire { now_ms: u64 },
+}

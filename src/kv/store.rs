@@ -1,0 +1,419 @@
+//! The store: a pure function from commands to results and events.
+
+use super::command::{Command, Precondition};
+use super::error::*;
+use super::event::{Action, Event, History, NodeView};
+use super::node::{Kind, Node};
+use super::path::{self, clean};
+use super::HISTORY_EVENTS_MAX;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What applying one command did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The client's answer: the event, or the etcd error. `Ok(None)` for commands no
+    /// client waits on (expiry).
+    pub result: Result<Option<Event>, StoreError>,
+    /// Every event appended to the history, in order (watchers are woken by these).
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Store {
+    root: Node,
+    index: u64,
+    history: History,
+    /// (expiration ms, path) of every node with a TTL.
+    ttls: BTreeSet<(u64, String)>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn split_parent(key: &str) -> (&str, &str) {
+    let at = key.rfind('/').expect("cleaned keys are absolute");
+    let parent = if at == 0 { "/" } else { &key[..at] };
+    (parent, &key[at + 1..])
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self {
+            root: Node::dir(0, None),
+            index: 0,
+            history: History::new(HISTORY_EVENTS_MAX),
+            ttls: BTreeSet::new(),
+        }
+    }
+
+    /// The store index: the number of successful writes so far.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// The earliest expiration of any node, if some node has a TTL.
+    pub fn next_expiry_ms(&self) -> Option<u64> {
+        self.ttls.first().map(|(t, _)| *t)
+    }
+
+    /// Number of nodes in the tree, directories included, root excluded.
+    pub fn node_count(&self) -> usize {
+        fn count(n: &Node) -> usize {
+            n.children()
+                .map(|c| c.values().map(|ch| 1 + count(ch)).sum())
+                .unwrap_or(0)
+        }
+        count(&self.root)
+    }
+
+    pub fn get(&self, key: &str, recursive: bool) -> Result<Event, StoreError> {
+        let key = clean(key);
+        let n = self.lookup(&key)?;
+        Ok(Event {
+            action: Action::Get,
+            node: NodeView::listing(&key, n, recursive),
+            prev_node: None,
+            index: self.index,
+            refresh: false,
+        })
+    }
+
+    pub fn apply(&mut self, cmd: &Command) -> Applied {
+        let result = match cmd {
+            Command::Put {
+                key,
+                value,
+                dir,
+                expire_ms,
+                refresh,
+                prev,
+            } => self
+                .put(&clean(key), value, *dir, *expire_ms, *refresh, prev)
+                .map(Some),
+            Command::CreateInOrder {
+                dir,
+                value,
+                expire_ms,
+            } => {
+                let key = clean(&format!("{}/{:020}", clean(dir), self.index + 1));
+                self.create(&key, false, value, *expire_ms, Action::Create, false)
+                    .map(Some)
+            }
+            Command::Delete {
+                key,
+                dir,
+                recursive,
+                prev,
+            } => self.delete(&clean(key), *dir, *recursive, prev).map(Some),
+            Command::Expire { now_ms } => {
+                return Applied {
+                    result: Ok(None),
+                    events: self.expire(*now_ms),
+                };
+            }
+        };
+        let events = match &result {
+            Ok(Some(e)) => {
+                self.history.push(e.clone());
+                vec![e.clone()]
+            }
+            _ => vec![],
+        };
+        Applied { result, events }
+    }
+
+    fn err(&self, code: u32, cause: impl Into<String>) -> StoreError {
+        StoreError::new(code, cause, self.index)
+    }
+
+    fn lookup(&self, key: &str) -> Result<&Node, StoreError> {
+        let mut cur = &self.root;
+        let mut at = String::from("/");
+        for seg in path::segments(key) {
+            let Some(children) = cur.children() else {
+                return Err(self.err(NOT_DIR, at));
+            };
+            at = path::join(&at, seg);
+            match children.get(seg) {
+                Some(c) => cur = c,
+                None => return Err(self.err(KEY_NOT_FOUND, at)),
+            }
+        }
+        Ok(cur)
+    }
+
+    fn lookup_mut(&mut self, key: &str) -> Result<&mut Node, StoreError> {
+        // Check first (immutably) so errors carry the right cause, then walk mutably.
+        self.lookup(key)?;
+        let mut cur = &mut self.root;
+        for seg in path::segments(key) {
+            cur = cur
+                .children_mut()
+                .and_then(|c| c.get_mut(seg))
+                .expect("lookup succeeded");
+        }
+        Ok(cur)
+    }
+
+    /// The children of directory `dir`, creating missing directories with `index`.
+    fn ensure_dir(
+        &mut self,
+        dir: &str,
+        index: u64,
+    ) -> Result<&mut BTreeMap<String, Node>, StoreError> {
+        let current = self.index;
+        let mut cur = &mut self.root;
+        let mut at = String::from("/");
+        for seg in path::segments(dir) {
+            at = path::join(&at, seg);
+            let children = cur.children_mut().expect("walk stays in directories");
+            let child = children
+                .entry(seg.to_string())
+                .or_insert_with(|| Node::dir(index, None));
+            if !child.is_dir() {
+                return Err(StoreError::new(NOT_DIR, at, current));
+            }
+            cur = child;
+        }
+        Ok(cur.children_mut().expect("walk stays in directories"))
+    }
+
+    fn untrack_ttls(&mut self, key: &str, n: &Node) {
+        n.for_each_ttl(key, &mut |p, e| {
+            self.ttls.remove(&(e, p.to_string()));
+        });
+    }
+
+    fn put(
+        &mut self,
+        key: &str,
+        value: &str,
+        dir: bool,
+        expire_ms: Option<u64>,
+        refresh: bool,
+        prev: &Precondition,
+    ) -> Result<Event, StoreError> {
+        if key == "/" {
+            return Err(self.err(ROOT_READ_ONLY, "/"));
+        }
+        match prev.exist {
+            Some(true) if !prev.is_compare() => {
+                self.update(key, value, expire_ms, refresh, Action::Update, prev)
+            }
+            Some(true) => self.update(key, value, expire_ms, refresh, Action::CompareAndSwap, prev),
+            Some(false) => self.create(key, dir, value, expire_ms, Action::Create, false),
+            None if prev.is_compare() => {
+                self.update(key, value, expire_ms, refresh, Action::CompareAndSwap, prev)
+            }
+            None => {
+                let value = if refresh {
+                    self.lookup(key)?.value().to_string()
+                } else {
+                    match self.lookup(key) {
+                        Err(e) if e.code != KEY_NOT_FOUND => return Err(e),
+                        _ => value.to_string(),
+                    }
+                };
+                let mut e = self.create(key, dir, &value, expire_ms, Action::Set, true)?;
+                e.refresh = refresh;
+                Ok(e)
+            }
+        }
+    }
+
+    fn create(
+        &mut self,
+        key: &str,
+        dir: bool,
+        value: &str,
+        expire_ms: Option<u64>,
+        action: Action,
+        replace: bool,
+    ) -> Result<Event, StoreError> {
+        if key == "/" {
+            return Err(self.err(ROOT_READ_ONLY, "/"));
+        }
+        let next = self.index + 1;
+        let current = self.index;
+        let (parent, name) = split_parent(key);
+        let children = self.ensure_dir(parent, next)?;
+        let replaced = match children.get(name) {
+            Some(n) if replace && !n.is_dir() => children.remove(name),
+            Some(n) if n.is_dir() && replace => {
+                return Err(StoreError::new(NOT_FILE, key, current))
+            }
+            Some(_) => return Err(StoreError::new(NODE_EXIST, key, current)),
+            None => None,
+        };
+        let node = if dir {
+            Node::dir(next, expire_ms)
+        } else {
+            Node::file(value.to_string(), next, expire_ms)
+        };
+        let view = NodeView::shallow(key, &node);
+        children.insert(name.to_string(), node);
+        let prev_node = replaced.map(|old| {
+            self.untrack_ttls(key, &old);
+            NodeView::shallow(key, &old)
+        });
+        if let Some(e) = expire_ms {
+            self.ttls.insert((e, key.to_string()));
+        }
+        self.index = next;
+        Ok(Event {
+            action,
+            node: view,
+            prev_node,
+            index: next,
+            refresh: false,
+        })
+    }
+
+    fn update(
+        &mut self,
+        key: &str,
+        value: &str,
+        expire_ms: Option<u64>,
+        refresh: bool,
+        action: Action,
+        prev: &Precondition,
+    ) -> Result<Event, StoreError> {
+        let n = self.lookup(key)?;
+        if action == Action::CompareAndSwap {
+            if n.is_dir() {
+                return Err(self.err(NOT_FILE, key));
+            }
+            compare(n, prev).map_err(|cause| self.err(TEST_FAILED, cause))?;
+        } else if n.is_dir() && !value.is_empty() {
+            return Err(self.err(NOT_FILE, key));
+        }
+        let next = self.index + 1;
+        let n = self.lookup_mut(key)?;
+        let prev_node = NodeView::shallow(key, n);
+        if let Kind::File(v) = &mut n.kind {
+            if !refresh {
+                *v = value.to_string();
+            }
+        }
+        n.modified_index = next;
+        let old_expire = std::mem::replace(&mut n.expire_ms, expire_ms);
+        let view = NodeView::shallow(key, n);
+        if let Some(e) = old_expire {
+            self.ttls.remove(&(e, key.to_string()));
+        }
+        if let Some(e) = expire_ms {
+            self.ttls.insert((e, key.to_string()));
+        }
+        self.index = next;
+        Ok(Event {
+            action,
+            node: view,
+            prev_node: Some(prev_node),
+            index: next,
+            refresh,
+        })
+    }
+
+    fn delete(
+        &mut self,
+        key: &str,
+        dir: bool,
+        recursive: bool,
+        prev: &Precondition,
+    ) -> Result<Event, StoreError> {
+        if key == "/" {
+            return Err(self.err(ROOT_READ_ONLY, "/"));
+        }
+        let n = self.lookup(key)?;
+        let action = if prev.is_compare() {
+            if n.is_dir() {
+                return Err(self.err(NOT_FILE, key));
+            }
+            compare(n, prev).map_err(|cause| self.err(TEST_FAILED, cause))?;
+            Action::CompareAndDelete
+        } else {
+            let dir = dir || recursive;
+            if let Some(children) = n.children() {
+                if !dir {
+                    return Err(self.err(NOT_FILE, key));
+                }
+                if !children.is_empty() && !recursive {
+                    return Err(self.err(DIR_NOT_EMPTY, key));
+                }
+            }
+            Action::Delete
+        };
+        Ok(self.remove(key, action))
+    }
+
+    /// Removes an existing node and records the event.
+    fn remove(&mut self, key: &str, action: Action) -> Event {
+        let (parent, name) = split_parent(key);
+        let parent = self.lookup_mut(parent).expect("parent of an existing node");
+        let old = parent
+            .children_mut()
+            .and_then(|c| c.remove(name))
+            .expect("node exists");
+        self.untrack_ttls(key, &old);
+        let next = self.index + 1;
+        self.index = next;
+        Event {
+            action,
+            node: NodeView {
+                key: key.to_string(),
+                value: None,
+                dir: old.is_dir(),
+                expire_ms: None,
+                nodes: None,
+                modified_index: next,
+                created_index: old.created_index,
+            },
+            prev_node: Some(NodeView::shallow(key, &old)),
+            index: next,
+            refresh: false,
+        }
+    }
+
+    fn expire(&mut self, now_ms: u64) -> Vec<Event> {
+        let mut events = vec![];
+        while let Some((t, key)) = self.ttls.first().cloned() {
+            if t > now_ms {
+                break;
+            }
+            assert!(
+                self.lookup(&key).is_ok(),
+                "ttl index names a missing node {key}"
+            );
+            let e = self.remove(&key, Action::Expire);
+            self.history.push(e.clone());
+            events.push(e);
+        }
+        events
+    }
+}
+
+/// etcd's compare: empty value and zero index always match. The error is the cause.
+fn compare(n: &Node, prev: &Precondition) -> Result<(), String> {
+    let index_ok = prev.index == 0 || n.modified_index == prev.index;
+    let value_ok = prev.value.is_empty() || n.value() == prev.value;
+    match (value_ok, index_ok) {
+        (true, true) => Ok(()),
+        (true, false) => Err(format!("[{} != {}]", prev.index, n.modified_index)),
+        (false, true) => Err(format!("[{} != {}]", prev.value, n.value())),
+        (false, false) => Err(format!(
+            "[{} != {}] [{} != {}]",
+            prev.value,
+            n.value(),
+            prev.index,
+            n.modified_index
+        )),
+    }
+}

@@ -1,0 +1,19 @@
+//! flotilla: one node daemon giving a cluster what etcd, fleet and confd gave CoreOS.
+//!
+//! # Layout
+//! - [`kv`]: the etcd v2 store as a pure state machine (`apply(command) -> (result, events)`).
+//! - [`raft`]: raft-rs `RawNode` driven by one Ready loop; durable log on a
+//!   [`flotilla_shims::Disk`]; snapshots, compaction, recovery, membership.
+//! - [`api`]: the etcd-compatible HTTP API (handlers only; the server is in the shims).
+//! - [`node`]: wiring — config + environment + disk → a running node.
+//! - [`cli`]: the `flotilla` command line (thin; production wiring of the shims).
+//!
+//! Data flow: HTTP request → [`api`] → [`raft::RaftHandle`] → Ready loop → disk sync →
+//! peers → commit → [`kv::Store::apply`] → response. Node logic reaches clocks, tasks,
+//! sockets and files only through `flotilla_shims` (enforced by `clippy.toml`).
+
+pub mod api;
+pub mod cli;
+pub mod kv;
+pub mod node;
+pub mod raft;

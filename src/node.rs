@@ -1,0 +1,161 @@
+//! Wiring: from a configuration, an environment (the seam) and a disk to a running node —
+//! recovered Raft state, the Ready-loop driver, and the API handler.
+
+use crate::api::Api;
+use crate::raft::{
+    cluster_id, member_id, peer_addr, recover, BootError, Driver, DriverParts, Identity, Member,
+    RaftConfig, RaftHandle, Shared,
+};
+use bytes::Bytes;
+use flotilla_shims::http::Handler;
+use flotilla_shims::{Clock, Disk, PeerNet, SeededRng, Spawn};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+/// The node's view of the outside world.
+#[derive(Clone)]
+pub struct Env {
+    pub clock: Arc<dyn Clock>,
+    pub spawn: Arc<dyn Spawn>,
+    /// Seeds the node's RNG (request ids); fixed in simulation, random in production.
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    /// `(name, peer url)` pairs, as in `--initial-cluster`.
+    pub initial_cluster: Vec<(String, String)>,
+    pub cluster_state: ClusterState,
+    pub raft: RaftConfig,
+    pub request_timeout_ms: u64,
+    pub value_bytes_max: usize,
+    pub inbox_inputs_max: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("--initial-cluster: {0}")]
+    BadCluster(String),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Fatal(#[from] crate::raft::Fatal),
+}
+
+pub struct Started {
+    pub id: u64,
+    pub handle: RaftHandle,
+    pub handler: Handler,
+    /// Run this to completion; an `Err` means the node must stop.
+    pub driver: Driver,
+}
+
+/// Members named by `--initial-cluster`, grouping repeated names.
+pub fn initial_members(cfg: &NodeConfig) -> Result<Vec<Member>, StartError> {
+    let mut members: Vec<Member> = Vec::new();
+    for (name, url) in &cfg.initial_cluster {
+        if peer_addr(url).is_none() {
+            return Err(StartError::BadCluster(format!(
+                "{name}={url}: not a peer URL"
+            )));
+        }
+        match members.iter_mut().find(|m| &m.name == name) {
+            Some(m) => m.peer_urls.push(url.clone()),
+            None => members.push(Member {
+                id: 0,
+                name: name.clone(),
+                peer_urls: vec![url.clone()],
+                client_urls: vec![],
+            }),
+        }
+    }
+    for m in &mut members {
+        m.id = member_id(&m.peer_urls);
+    }
+    if !members.iter().any(|m| m.name == cfg.name) {
+        return Err(StartError::BadCluster(format!(
+            "this member ({}) is not in it",
+            cfg.name
+        )));
+    }
+    Ok(members)
+}
+
+/// Recovers (or bootstraps) from `disk` and assembles the node. Nothing is served until
+/// a fresh identity is synced.
+pub async fn start(
+    cfg: &NodeConfig,
+    env: &Env,
+    mut disk: Box<dyn Disk>,
+    net: Arc<dyn PeerNet>,
+    peer_in: mpsc::Receiver<Bytes>,
+) -> Result<Started, StartError> {
+    let members = initial_members(cfg)?;
+    let me = members
+        .iter()
+        .find(|m| m.name == cfg.name)
+        .expect("checked by initial_members");
+    let want = Identity {
+        format: crate::raft::boot::FORMAT_VERSION,
+        id: me.id,
+        name: cfg.name.clone(),
+        cluster_id: cluster_id(&members),
+        initial_members: match cfg.cluster_state {
+            ClusterState::New => members.clone(),
+            ClusterState::Existing => vec![],
+        },
+    };
+    let rec = recover(disk.as_mut(), &want)?;
+    if rec.fresh {
+        disk.sync().await.map_err(BootError::from)?;
+    }
+    let id = rec.identity.id;
+    // Peers: everyone we know of, from the replicated member list and the flags.
+    for m in rec.machine.members.values().chain(members.iter()) {
+        if m.id != id {
+            if let Some(a) = m.peer_urls.first().and_then(|u| peer_addr(u)) {
+                net.set_peer(m.id, &a);
+            }
+        }
+    }
+    let shared = Arc::new(Shared::new(rec.machine, id));
+    let (tx, inbox) = mpsc::channel(cfg.inbox_inputs_max);
+    let timeout = Duration::from_millis(cfg.request_timeout_ms);
+    let handle = RaftHandle::new(tx, shared.clone(), env.clock.clone(), timeout);
+    let mut rng = SeededRng::new(env.seed);
+    let driver = Driver::new(DriverParts {
+        id,
+        log: rec.log,
+        disk,
+        net,
+        clock: env.clock.clone(),
+        shared,
+        inbox,
+        peer_in,
+        cfg: cfg.raft.clone(),
+        seq_start: rng.next_u64() >> 16,
+    })?;
+    let api = Api {
+        raft: handle.clone(),
+        clock: env.clock.clone(),
+        cluster_id: rec.identity.cluster_id,
+        value_bytes_max: cfg.value_bytes_max,
+    };
+    Ok(Started {
+        id,
+        handle,
+        handler: api.into_handler(),
+        driver,
+    })
+}

@@ -1,0 +1,160 @@
+//! Starting a node from its disk: a fresh bootstrap, or recovery with every record
+//! checked. A data dir that does not add up (bad checksum, missing identity, gaps in the
+//! log, a commit index past the log's end, another node's identity) is refused with a
+//! message naming the problem, and nothing is written to it.
+
+use super::machine::{Machine, Member};
+use super::storage::LogStore;
+use flotilla_shims::{Disk, DiskError};
+use protobuf::Message as _;
+use raft::prelude::*;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub const META_IDENTITY: &str = "identity";
+pub const META_HARD_STATE: &str = "hardstate";
+pub const META_SNAPSHOT: &str = "snapshot";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("data dir is corrupt: {0}")]
+    Corrupt(String),
+    #[error("data dir belongs to another member: {0}")]
+    Mismatch(String),
+}
+
+/// Who this node is; written once, checked on every start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub format: u32,
+    pub id: u64,
+    pub name: String,
+    pub cluster_id: u64,
+    /// Members at bootstrap; empty when joining an existing cluster.
+    pub initial_members: Vec<Member>,
+}
+
+pub struct Recovered {
+    pub identity: Identity,
+    pub log: LogStore,
+    pub machine: Machine,
+    pub fresh: bool,
+}
+
+fn corrupt(what: impl Into<String>) -> BootError {
+    BootError::Corrupt(what.into())
+}
+
+/// Loads (or, on an empty disk, bootstraps) the node. A fresh bootstrap leaves the
+/// identity record pending; the caller syncs before serving.
+pub fn recover(disk: &mut dyn Disk, want: &Identity) -> Result<Recovered, BootError> {
+    let loaded = disk.load()?;
+    let Some(raw_identity) = loaded.meta.get(META_IDENTITY) else {
+        if !loaded.log.is_empty() || !loaded.meta.is_empty() {
+            return Err(corrupt(
+                "records present but the identity record is missing (truncated?)",
+            ));
+        }
+        let bytes = serde_json::to_vec(want).expect("identity serializes");
+        disk.meta_put(META_IDENTITY, &bytes)?;
+        return Ok(fresh(want.clone()));
+    };
+    let identity: Identity = serde_json::from_slice(raw_identity)
+        .map_err(|e| corrupt(format!("identity record does not parse: {e}")))?;
+    if identity.format != FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "format version {} is not {FORMAT_VERSION}",
+            identity.format
+        )));
+    }
+    if identity.name != want.name || identity.id != want.id {
+        return Err(BootError::Mismatch(format!(
+            "it holds member {} ({:x}), not {} ({:x})",
+            identity.name, identity.id, want.name, want.id
+        )));
+    }
+    let hs = match loaded.meta.get(META_HARD_STATE) {
+        Some(b) => HardState::parse_from_bytes(b)
+            .map_err(|e| corrupt(format!("hard state record does not parse: {e}")))?,
+        None => HardState::default(),
+    };
+    let (snapshot, machine) = match loaded.meta.get(META_SNAPSHOT) {
+        Some(b) => {
+            let snap = Snapshot::parse_from_bytes(b)
+                .map_err(|e| corrupt(format!("snapshot record does not parse: {e}")))?;
+            let machine: Machine = serde_json::from_slice(snap.get_data())
+                .map_err(|e| corrupt(format!("snapshot data does not parse: {e}")))?;
+            (snap, machine)
+        }
+        None => (Snapshot::default(), Machine::new(&identity.initial_members)),
+    };
+    let conf_state = if loaded.meta.contains_key(META_SNAPSHOT) {
+        snapshot.get_metadata().get_conf_state().clone()
+    } else {
+        initial_conf_state(&identity)
+    };
+    let mut entries = Vec::with_capacity(loaded.log.len());
+    for (i, b) in &loaded.log {
+        let e = Entry::parse_from_bytes(b)
+            .map_err(|err| corrupt(format!("log record {i} does not parse: {err}")))?;
+        if e.index != *i {
+            return Err(corrupt(format!("log record {i} holds entry {}", e.index)));
+        }
+        if let Some(prev) = entries.last().map(|p: &Entry| p.index) {
+            if prev + 1 != e.index {
+                return Err(corrupt(format!(
+                    "log has a gap between entries {prev} and {}",
+                    e.index
+                )));
+            }
+        }
+        entries.push(e);
+    }
+    let snap_index = snapshot.get_metadata().index;
+    if let Some(first) = entries.first() {
+        if first.index > snap_index + 1 {
+            return Err(corrupt(format!(
+                "log starts at {} but the snapshot ends at {snap_index}",
+                first.index
+            )));
+        }
+    }
+    let last = entries
+        .last()
+        .map(|e| e.index)
+        .unwrap_or(snap_index)
+        .max(snap_index);
+    if hs.commit > last {
+        return Err(corrupt(format!(
+            "hard state commits index {} but the log ends at {last} (truncated?)",
+            hs.commit
+        )));
+    }
+    let log = LogStore::new(hs, conf_state, snapshot, entries);
+    Ok(Recovered {
+        identity,
+        log,
+        machine,
+        fresh: false,
+    })
+}
+
+fn fresh(identity: Identity) -> Recovered {
+    let cs = initial_conf_state(&identity);
+    let machine = Machine::new(&identity.initial_members);
+    let log = LogStore::new(HardState::default(), cs, Snapshot::default(), vec![]);
+    Recovered {
+        identity,
+        log,
+        machine,
+        fresh: true,
+    }
+}
+
+fn initial_conf_state(identity: &Identity) -> ConfState {
+    let voters: Vec<u64> = identity.initial_members.iter().map(|m| m.id).collect();
+    ConfState::from((voters, vec![]))
+}

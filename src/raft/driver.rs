@@ -1,0 +1,555 @@
+//! The Ready loop: one task per node that owns the `RawNode`, the disk and the state
+//! machine's write side.
+//!
+//! Each turn: wait for a tick, peer messages or client inputs (draining many at once:
+//! group commit), then handle one Ready — send what may go before persistence, install a
+//! snapshot, apply committed entries, append entries and hard state to the disk, **sync
+//! once**, then send what needed persistence, advance, apply the rest. Nothing is
+//! acknowledged before the sync that made it durable; a failed sync ends the loop with a
+//! fatal error.
+
+use super::handle::{Input, Outcome, ProposeError, Reply, Shared};
+use super::machine::{Machine, Member};
+use super::storage::LogStore;
+use super::{META_HARD_STATE, META_SNAPSHOT};
+use crate::kv::Command;
+use bytes::Bytes;
+use flotilla_shims::{Clock, Disk, DiskError, PeerNet};
+use protobuf::Message as _;
+use raft::prelude::*;
+use raft::{RawNode, SnapshotStatus, StateRole};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+/// Tuning, in the units the names say.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    pub tick_ms: u64,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Take a snapshot after this many applied entries.
+    pub snapshot_entries: u64,
+    /// Entries kept behind a snapshot for followers that are only a little behind.
+    pub catchup_entries: u64,
+    /// Inputs drained into one Ready at most.
+    pub batch_inputs_max: usize,
+    /// Proposals awaiting their apply at most; more are refused.
+    pub pending_max: usize,
+    /// Planted bug for the simulator's teeth test: never sync, so acknowledged writes
+    /// live only in the pending layer and a crash loses them.
+    pub bug_skip_sync: bool,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            snapshot_entries: 10_000,
+            catchup_entries: 5_000,
+            batch_inputs_max: 4096,
+            pending_max: 100_000,
+            bug_skip_sync: false,
+        }
+    }
+}
+
+/// Why a node stopped: it must restart from what is durable.
+#[derive(Debug, Error)]
+pub enum Fatal {
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("replicated entry {index} is unreadable: {why}")]
+    BadEntry { index: u64, why: String },
+    #[error("received snapshot is unreadable: {0}")]
+    BadSnapshot(String),
+}
+
+/// What a normal entry carries.
+#[derive(Serialize, Deserialize)]
+pub struct Proposal {
+    pub origin: u64,
+    pub seq: u64,
+    pub cmd: Command,
+}
+
+/// What a conf-change entry carries in its context.
+#[derive(Serialize, Deserialize)]
+pub struct ConfContext {
+    pub origin: u64,
+    pub seq: u64,
+    pub member: Member,
+}
+
+pub struct Driver {
+    id: u64,
+    raw: RawNode<LogStore>,
+    disk: Box<dyn Disk>,
+    net: Arc<dyn PeerNet>,
+    clock: Arc<dyn Clock>,
+    shared: Arc<Shared>,
+    inbox: mpsc::Receiver<Input>,
+    peer_in: mpsc::Receiver<Bytes>,
+    cfg: RaftConfig,
+    pending: BTreeMap<u64, Reply>,
+    reads: BTreeMap<u64, Reply>,
+    read_waits: Vec<(u64, Reply)>,
+    next_seq: u64,
+    last_snap_index: u64,
+    next_expire_try: Duration,
+}
+
+enum Wake {
+    Tick,
+    Peer(Option<Bytes>),
+    Input(Option<Input>),
+}
+
+pub struct DriverParts {
+    pub id: u64,
+    pub log: LogStore,
+    pub disk: Box<dyn Disk>,
+    pub net: Arc<dyn PeerNet>,
+    pub clock: Arc<dyn Clock>,
+    pub shared: Arc<Shared>,
+    pub inbox: mpsc::Receiver<Input>,
+    pub peer_in: mpsc::Receiver<Bytes>,
+    pub cfg: RaftConfig,
+    /// Where request sequence numbers start: random per incarnation, so a restarted
+    /// node never mistakes an old entry for its own new request.
+    pub seq_start: u64,
+}
+
+impl Driver {
+    pub fn new(p: DriverParts) -> Result<Self, Fatal> {
+        let applied = p.log.snap_index();
+        let config = Config {
+            id: p.id,
+            election_tick: p.cfg.election_ticks,
+            heartbeat_tick: p.cfg.heartbeat_ticks,
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        config.validate()?;
+        let raw = RawNode::new(&config, p.log, &super::logger::logger(p.id))?;
+        let last_snap_index = applied;
+        Ok(Self {
+            id: p.id,
+            raw,
+            disk: p.disk,
+            net: p.net,
+            clock: p.clock,
+            shared: p.shared,
+            inbox: p.inbox,
+            peer_in: p.peer_in,
+            cfg: p.cfg,
+            pending: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            read_waits: Vec::new(),
+            next_seq: p.seq_start,
+            last_snap_index,
+            next_expire_try: Duration::ZERO,
+        })
+    }
+
+    /// Runs until every handle is dropped (`Ok`) or the node must stop (`Err`).
+    pub async fn run(mut self) -> Result<(), Fatal> {
+        let tick_every = Duration::from_millis(self.cfg.tick_ms);
+        let mut tick = self.clock.sleep(tick_every);
+        loop {
+            let wake = tokio::select! {
+                biased;
+                _ = &mut tick => Wake::Tick,
+                m = self.peer_in.recv() => Wake::Peer(m),
+                i = self.inbox.recv() => Wake::Input(i),
+            };
+            match wake {
+                Wake::Tick => {
+                    tick = self.clock.sleep(tick_every);
+                    self.on_tick();
+                }
+                Wake::Peer(Some(frame)) => {
+                    self.on_peer(frame);
+                    for _ in 1..self.cfg.batch_inputs_max {
+                        match self.peer_in.try_recv() {
+                            Ok(f) => self.on_peer(f),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Wake::Input(Some(input)) => {
+                    self.on_input(input);
+                    for _ in 1..self.cfg.batch_inputs_max {
+                        match self.inbox.try_recv() {
+                            Ok(i) => self.on_input(i),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Wake::Peer(None) | Wake::Input(None) => return Ok(()),
+            }
+            self.on_ready().await?;
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.raw.tick();
+        self.pending.retain(|_, r| !r.is_closed());
+        self.reads.retain(|_, r| !r.is_closed());
+        self.read_waits.retain(|(_, r)| !r.is_closed());
+        self.maybe_expire();
+    }
+
+    /// The leader turns lapsed TTLs into an `Expire` entry stamped with its own time.
+    fn maybe_expire(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        let now = self.clock.now_mono();
+        if now < self.next_expire_try {
+            return;
+        }
+        let wall = self.clock.now_wall_ms();
+        let due = {
+            let m = self.shared.machine();
+            m.store.next_expiry_ms().is_some_and(|t| t <= wall)
+        };
+        if due {
+            self.next_expire_try = now + Duration::from_millis(500);
+            let p = Proposal {
+                origin: 0,
+                seq: 0,
+                cmd: Command::Expire { now_ms: wall },
+            };
+            let data = serde_json::to_vec(&p).expect("proposal serializes");
+            if let Err(e) = self.raw.propose(vec![], data) {
+                tracing::debug!(error = %e, "expire proposal dropped");
+            }
+        }
+    }
+
+    fn on_peer(&mut self, frame: Bytes) {
+        match Message::parse_from_bytes(&frame) {
+            Ok(m) => {
+                if let Err(e) = self.raw.step(m) {
+                    tracing::debug!(error = %e, "peer message refused");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "undecodable peer message dropped"),
+        }
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.next_seq
+    }
+
+    fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Propose { cmd, reply } => {
+                if self.pending.len() >= self.cfg.pending_max {
+                    let _ = reply.send(Err(ProposeError::Busy));
+                    return;
+                }
+                let seq = self.take_seq();
+                let p = Proposal {
+                    origin: self.id,
+                    seq,
+                    cmd,
+                };
+                let data = serde_json::to_vec(&p).expect("proposal serializes");
+                match self.raw.propose(vec![], data) {
+                    Ok(()) => {
+                        self.pending.insert(seq, reply);
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(ProposeError::NoLeader));
+                    }
+                }
+            }
+            Input::ReadIndex { reply } => {
+                let seq = self.take_seq();
+                self.raw.read_index(seq.to_be_bytes().to_vec());
+                self.reads.insert(seq, reply);
+            }
+            Input::ConfChange { cc, member, reply } => {
+                let seq = self.take_seq();
+                let ctx = ConfContext {
+                    origin: self.id,
+                    seq,
+                    member,
+                };
+                let ctx = serde_json::to_vec(&ctx).expect("context serializes");
+                match self.raw.propose_conf_change(ctx, cc) {
+                    Ok(()) => {
+                        self.pending.insert(seq, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(ProposeError::Rejected(e.to_string())));
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            let to = m.to;
+            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            match m.write_to_bytes() {
+                Ok(b) => self.net.send(to, Bytes::from(b)),
+                Err(e) => tracing::error!(error = %e, "raft message does not encode"),
+            }
+            if is_snapshot {
+                // Fire-and-forget transport: let the follower's reply (or its absence)
+                // drive the next attempt instead of pausing the follower forever.
+                self.raw.report_snapshot(to, SnapshotStatus::Finish);
+            }
+        }
+    }
+
+    async fn on_ready(&mut self) -> Result<(), Fatal> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        self.send(rd.take_messages());
+        let mut wrote = false;
+        if !rd.snapshot().is_empty() {
+            self.install_snapshot(rd.snapshot().clone())?;
+            wrote = true;
+        }
+        let read_states = rd.take_read_states();
+        if !rd.entries().is_empty() {
+            self.persist_entries(rd.entries())?;
+            wrote = true;
+        }
+        if let Some(hs) = rd.hs() {
+            let bytes = hs.write_to_bytes().expect("hard state encodes");
+            self.disk.meta_put(META_HARD_STATE, &bytes)?;
+            self.raw.mut_store().set_hard_state(hs.clone());
+            wrote = true;
+        }
+        if (wrote || rd.must_sync()) && !self.cfg.bug_skip_sync {
+            self.disk.sync().await?;
+        }
+        self.apply(rd.take_committed_entries())?;
+        self.send(rd.take_persisted_messages());
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit);
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.on_read_states(read_states);
+        self.release_reads();
+        self.maybe_snapshot().await?;
+        self.publish_status();
+        Ok(())
+    }
+
+    fn persist_entries(&mut self, entries: &[Entry]) -> Result<(), Fatal> {
+        if let Some(from) = self.raw.mut_store().append(entries) {
+            self.disk.log_truncate_from(from)?;
+        }
+        for e in entries {
+            let bytes = e.write_to_bytes().expect("entry encodes");
+            self.disk.log_put(e.index, &bytes)?;
+        }
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), Fatal> {
+        let machine: Machine = serde_json::from_slice(snap.get_data())
+            .map_err(|e| Fatal::BadSnapshot(e.to_string()))?;
+        let index = snap.get_metadata().index;
+        assert_eq!(machine.applied, index, "snapshot state matches its index");
+        let bytes = snap.write_to_bytes().expect("snapshot encodes");
+        self.disk.log_truncate_from(0)?;
+        self.disk.meta_put(META_SNAPSHOT, &bytes)?;
+        self.sync_peers(&machine);
+        *self.shared.machine() = machine;
+        self.raw.mut_store().apply_snapshot(snap);
+        self.last_snap_index = index;
+        tracing::info!(index, "installed snapshot from leader");
+        Ok(())
+    }
+
+    fn sync_peers(&self, machine: &Machine) {
+        for m in machine.members.values().filter(|m| m.id != self.id) {
+            if let Some(addr) = m.peer_urls.first().and_then(|u| peer_addr(u)) {
+                self.net.set_peer(m.id, &addr);
+            }
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Fatal> {
+        for e in entries {
+            match e.get_entry_type() {
+                EntryType::EntryNormal => self.apply_normal(&e)?,
+                EntryType::EntryConfChange => self.apply_conf_change(&e)?,
+                EntryType::EntryConfChangeV2 => {
+                    return Err(Fatal::BadEntry {
+                        index: e.index,
+                        why: "joint consensus (conf change v2) is not used".into(),
+                    })
+                }
+            }
+            self.shared.machine().applied = e.index;
+        }
+        Ok(())
+    }
+
+    fn apply_normal(&mut self, e: &Entry) -> Result<(), Fatal> {
+        if e.data.is_empty() {
+            return Ok(()); // a new leader's empty entry
+        }
+        let p: Proposal = serde_json::from_slice(&e.data).map_err(|err| Fatal::BadEntry {
+            index: e.index,
+            why: err.to_string(),
+        })?;
+        let applied = self.shared.machine().store.apply(&p.cmd);
+        if !applied.events.is_empty() {
+            self.shared.notify_events();
+        }
+        if p.origin == self.id {
+            if let Some(reply) = self.pending.remove(&p.seq) {
+                let _ = reply.send(Ok(Outcome {
+                    result: applied.result,
+                    raft_index: e.index,
+                    raft_term: e.term,
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<(), Fatal> {
+        let bad = |why: String| Fatal::BadEntry {
+            index: e.index,
+            why,
+        };
+        let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| bad(err.to_string()))?;
+        let ctx: ConfContext =
+            serde_json::from_slice(&cc.context).map_err(|err| bad(err.to_string()))?;
+        let result = self.raw.apply_conf_change(&cc);
+        let answer = match result {
+            Ok(cs) => {
+                self.raw.mut_store().set_conf_state(cs);
+                let mut m = self.shared.machine();
+                match cc.get_change_type() {
+                    ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                        m.members.insert(ctx.member.id, ctx.member.clone());
+                        if ctx.member.id != self.id {
+                            if let Some(a) = ctx.member.peer_urls.first().and_then(|u| peer_addr(u))
+                            {
+                                self.net.set_peer(ctx.member.id, &a);
+                            }
+                        }
+                    }
+                    ConfChangeType::RemoveNode => {
+                        m.members.remove(&cc.node_id);
+                        self.net.remove_peer(cc.node_id);
+                    }
+                }
+                Ok(Outcome {
+                    result: Ok(None),
+                    raft_index: e.index,
+                    raft_term: e.term,
+                })
+            }
+            Err(err) => Err(ProposeError::Rejected(err.to_string())),
+        };
+        if ctx.origin == self.id {
+            if let Some(reply) = self.pending.remove(&ctx.seq) {
+                let _ = reply.send(answer);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_read_states(&mut self, states: Vec<ReadState>) {
+        for rs in states {
+            let Ok(seq) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                continue;
+            };
+            if let Some(reply) = self.reads.remove(&u64::from_be_bytes(seq)) {
+                self.read_waits.push((rs.index, reply));
+            }
+        }
+    }
+
+    fn release_reads(&mut self) {
+        if self.read_waits.is_empty() {
+            return;
+        }
+        let applied = self.shared.machine().applied;
+        let (ready, wait): (Vec<_>, Vec<_>) =
+            self.read_waits.drain(..).partition(|(i, _)| *i <= applied);
+        self.read_waits = wait;
+        for (i, reply) in ready {
+            let _ = reply.send(Ok(Outcome {
+                result: Ok(None),
+                raft_index: i,
+                raft_term: self.raw.raft.term,
+            }));
+        }
+    }
+
+    async fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
+        let applied = self.shared.machine().applied;
+        if applied < self.last_snap_index + self.cfg.snapshot_entries {
+            return Ok(());
+        }
+        let data = serde_json::to_vec(&*self.shared.machine()).expect("machine serializes");
+        let mut snap = Snapshot::default();
+        snap.set_data(data.into());
+        let meta = snap.mut_metadata();
+        meta.index = applied;
+        meta.term = raft::Storage::term(self.raw.store(), applied)?;
+        meta.set_conf_state(self.raw.store().conf_state().clone());
+        let bytes = snap.write_to_bytes().expect("snapshot encodes");
+        self.disk.meta_put(META_SNAPSHOT, &bytes)?;
+        let compact_to = applied.saturating_sub(self.cfg.catchup_entries) + 1;
+        if compact_to > self.raw.store().first() {
+            self.disk.log_truncate_before(compact_to)?;
+        }
+        self.disk.sync().await?;
+        let store = self.raw.mut_store();
+        store.set_snapshot(snap);
+        store.compact(compact_to);
+        self.last_snap_index = applied;
+        tracing::info!(index = applied, compact_to, "snapshot taken, log compacted");
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let r = &self.raw.raft;
+        let mut st = self.shared.status();
+        st.leader = r.leader_id;
+        st.term = r.term;
+        st.is_leader = r.state == StateRole::Leader;
+        st.commit = r.raft_log.committed;
+        st.first_index = self.raw.store().first();
+        st.snapshot_index = self.last_snap_index;
+    }
+}
+
+/// `http://host:port[/...]` → `host:port`.
+pub fn peer_addr(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let hostport = rest.split('/').next()?;
+    (!hostport.is_empty()).then(|| hostport.to_string())
+}

@@ -1,0 +1,64 @@
+//! The replicated state: the KV store, the member list and the applied index. Snapshots
+//! are this, serialized.
+
+use crate::kv::Store;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    #[serde(default)]
+    pub client_urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    pub store: Store,
+    pub members: BTreeMap<u64, Member>,
+    pub applied: u64,
+}
+
+impl Machine {
+    pub fn new(members: &[Member]) -> Self {
+        Self {
+            store: Store::new(),
+            members: members.iter().map(|m| (m.id, m.clone())).collect(),
+            applied: 0,
+        }
+    }
+
+    /// A stable digest of the whole state, for comparing replicas.
+    pub fn digest(&self) -> u64 {
+        let bytes = serde_json::to_vec(self).expect("machine serializes");
+        fnv1a(&bytes)
+    }
+}
+
+/// FNV-1a, 64-bit: a stable, dependency-free hash for ids and digests (not for security).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A member's id, derived from its peer URLs (sorted), never zero: the member being
+/// added (`POST /v2/members` knows only URLs) and the member starting agree on it.
+pub fn member_id(peer_urls: &[String]) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    fnv1a(urls.join("\0").as_bytes()).max(1)
+}
+
+/// The cluster id: a digest of the initial members.
+pub fn cluster_id(members: &[Member]) -> u64 {
+    let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    ids.sort_unstable();
+    let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_be_bytes()).collect();
+    fnv1a(&bytes).max(1)
+}

@@ -1,0 +1,28 @@
+//! Raft, driven through raft-rs `RawNode`.
+//!
+//! # Layout
+//! - [`storage`]: [`LogStore`], the in-memory log raft-rs reads (mirrors the disk).
+//! - [`machine`]: [`Machine`], the replicated state (KV store + members); snapshots are it.
+//! - [`boot`]: bootstrap or recovery from a [`flotilla_shims::Disk`], validating every record.
+//! - [`driver`]: the Ready loop — persist + one sync per Ready, then send, apply, reply.
+//! - [`handle`]: [`RaftHandle`] — how the API submits writes, ReadIndex reads and
+//!   membership changes, and the [`Shared`] state it reads.
+//! - [`logger`]: raft-rs's slog records into `tracing`.
+//!
+//! Data flow: API → `RaftHandle` → driver inbox → `RawNode::propose` → Ready → disk sync →
+//! peers → commit → `Store::apply` → reply to the waiting handler.
+
+pub mod boot;
+pub mod driver;
+pub mod handle;
+pub mod logger;
+pub mod machine;
+pub mod storage;
+
+pub use boot::{
+    recover, BootError, Identity, Recovered, META_HARD_STATE, META_IDENTITY, META_SNAPSHOT,
+};
+pub use driver::{peer_addr, Driver, DriverParts, Fatal, RaftConfig};
+pub use handle::{Outcome, ProposeError, RaftHandle, Shared, Status};
+pub use machine::{cluster_id, member_id, Machine, Member};
+pub use storage::LogStore;
