@@ -92,6 +92,35 @@ pub fn initial_members(cfg: &NodeConfig) -> Result<Vec<Member>, StartError> {
     Ok(members)
 }
 
+/// Checks that `disk` holds this member's consistent state (or nothing), without
+/// bootstrapping it. Run it on a scratch copy before opening a data dir for real.
+pub fn check_disk(cfg: &NodeConfig, disk: &mut dyn Disk) -> Result<(), StartError> {
+    let want = identity(cfg)?;
+    if disk.load().map_err(BootError::from)?.meta.is_empty() {
+        return Ok(());
+    }
+    recover(disk, &want)?;
+    Ok(())
+}
+
+fn identity(cfg: &NodeConfig) -> Result<Identity, StartError> {
+    let members = initial_members(cfg)?;
+    let me = members
+        .iter()
+        .find(|m| m.name == cfg.name)
+        .expect("checked by initial_members");
+    Ok(Identity {
+        format: crate::raft::boot::FORMAT_VERSION,
+        id: me.id,
+        name: cfg.name.clone(),
+        cluster_id: cluster_id(&members),
+        initial_members: match cfg.cluster_state {
+            ClusterState::New => members.clone(),
+            ClusterState::Existing => vec![],
+        },
+    })
+}
+
 /// Recovers (or bootstraps) from `disk` and assembles the node. Nothing is served until
 /// a fresh identity is synced.
 pub async fn start(
@@ -102,20 +131,7 @@ pub async fn start(
     peer_in: mpsc::Receiver<Bytes>,
 ) -> Result<Started, StartError> {
     let members = initial_members(cfg)?;
-    let me = members
-        .iter()
-        .find(|m| m.name == cfg.name)
-        .expect("checked by initial_members");
-    let want = Identity {
-        format: crate::raft::boot::FORMAT_VERSION,
-        id: me.id,
-        name: cfg.name.clone(),
-        cluster_id: cluster_id(&members),
-        initial_members: match cfg.cluster_state {
-            ClusterState::New => members.clone(),
-            ClusterState::Existing => vec![],
-        },
-    };
+    let want = identity(cfg)?;
     let rec = recover(disk.as_mut(), &want)?;
     if rec.fresh {
         disk.sync().await.map_err(BootError::from)?;

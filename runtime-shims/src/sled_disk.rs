@@ -12,8 +12,20 @@ use std::path::{Path, PathBuf};
 
 pub struct SledDisk {
     path: String,
+    dir: std::path::PathBuf,
     db: sled::Db,
+    /// Syncs so far (stamped into the store on each sync).
+    generation: u64,
+    /// When the side file last recorded a durable generation.
+    watermark_at: Option<std::time::Instant>,
 }
+
+/// The side file recording a generation known to be durable: sled treats a damaged or
+/// cut tail as a torn write and silently recovers an older state, so this is how a
+/// restart notices that synced data went missing.
+pub const WATERMARK_FILE: &str = "DURABLE_GENERATION";
+const WATERMARK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const GENERATION_KEY: &[u8] = b"g";
 
 fn log_key(index: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -30,15 +42,120 @@ fn meta_key(name: &str) -> Vec<u8> {
 }
 
 impl SledDisk {
-    /// Opens (creating if absent) the store in `dir`.
+    /// Opens (creating if absent or empty) the store in `dir`. An existing dir must have
+    /// the marker and sled's files; check its contents first with [`SledDisk::preflight`]
+    /// — sled's own recovery rewrites a damaged file as it opens it.
     pub fn open(dir: &Path) -> Result<Self, DiskError> {
         let path = dir.display().to_string();
+        let io_err = |source| DiskError::Io {
+            path: path.clone(),
+            source,
+        };
+        if is_populated(dir).map_err(io_err)? {
+            check_layout(dir, &path)?;
+            return Self::open_sled(dir, &path);
+        }
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let disk = Self::open_sled(dir, &path)?;
+        write_marker(dir).map_err(io_err)?;
+        Ok(disk)
+    }
+
+    /// For an existing dir: a scratch copy opened as a disk, so that everything on it can
+    /// be read and checked without writing a byte of the original. `None` for a new dir.
+    pub fn preflight(dir: &Path) -> Result<Option<Preflight>, DiskError> {
+        let path = dir.display().to_string();
+        let io_err = |source| DiskError::Io {
+            path: path.clone(),
+            source,
+        };
+        if !is_populated(dir).map_err(io_err)? {
+            return Ok(None);
+        }
+        check_layout(dir, &path)?;
+        let scratch = tempfile::Builder::new()
+            .prefix(".flotilla-preflight")
+            .tempdir_in(dir.parent().unwrap_or(Path::new(".")))
+            .map_err(io_err)?;
+        copy_tree(dir, scratch.path()).map_err(io_err)?;
+        // Errors name the original dir: that is what the user has to look at.
+        let disk = Self::open_sled(scratch.path(), &path)?;
+        disk.check_watermark(dir)?;
+        Ok(Some(Preflight {
+            disk,
+            _scratch: scratch,
+        }))
+    }
+
+    fn open_sled(dir: &Path, path: &str) -> Result<Self, DiskError> {
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(None)
             .open()
-            .map_err(|e| sled_error(&path, e))?;
-        Ok(Self { path, db })
+            .map_err(|e| sled_error(path, e))?;
+        let generation = match db.get(GENERATION_KEY).map_err(|e| sled_error(path, e))? {
+            Some(v) => {
+                let data = unseal(path, "sync generation record", &v)?;
+                let bytes: [u8; 8] =
+                    data.as_slice().try_into().map_err(|_| DiskError::Corrupt {
+                        path: path.to_string(),
+                        what: "sync generation record has the wrong size".into(),
+                    })?;
+                u64::from_be_bytes(bytes)
+            }
+            None => 0,
+        };
+        Ok(Self {
+            path: path.to_string(),
+            dir: dir.to_path_buf(),
+            db,
+            generation,
+            watermark_at: None,
+        })
+    }
+
+    /// Refuses a store that recovered to an older generation than one recorded durable.
+    fn check_watermark(&self, original: &Path) -> Result<(), DiskError> {
+        let recorded = match std::fs::read(original.join(WATERMARK_FILE)) {
+            Ok(d) => {
+                let data = unseal(&self.path, WATERMARK_FILE, &d)?;
+                let text = String::from_utf8_lossy(&data).trim().to_string();
+                text.parse::<u64>().map_err(|_| DiskError::Corrupt {
+                    path: self.path.clone(),
+                    what: format!("{WATERMARK_FILE} does not hold a number"),
+                })?
+            }
+            Err(_) => 0,
+        };
+        if self.generation < recorded {
+            return Err(DiskError::Corrupt {
+                path: self.path.clone(),
+                what: format!(
+                    "store file db recovers only to sync {} but sync {recorded} was durable: \
+                     its tail is truncated or damaged",
+                    self.generation
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn write_watermark(&mut self) -> io::Result<()> {
+        use std::io::Write;
+        let now = std::time::Instant::now();
+        if self
+            .watermark_at
+            .is_some_and(|t| now.duration_since(t) < WATERMARK_EVERY)
+        {
+            return Ok(());
+        }
+        self.watermark_at = Some(now);
+        let tmp = self.dir.join(format!("{WATERMARK_FILE}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&seal(self.generation.to_string().as_bytes()))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(WATERMARK_FILE))?;
+        std::fs::File::open(&self.dir)?.sync_all()
     }
 
     fn io(&self, e: sled::Error) -> DiskError {
@@ -58,6 +175,72 @@ impl SledDisk {
     }
 }
 
+/// Written once, when the dir is created; its absence in a non-empty dir means the dir
+/// is not (or no longer) a flotilla data dir.
+pub const MARKER_FILE: &str = "FLOTILLA_DATA_DIR";
+const MARKER_TEXT: &[u8] = b"flotilla data dir, format 1\n";
+const SLED_FILES: [&str; 2] = ["conf", "db"];
+
+fn write_marker(dir: &Path) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join(MARKER_FILE))?;
+    f.write_all(MARKER_TEXT)?;
+    f.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn check_layout(dir: &Path, path: &str) -> Result<(), DiskError> {
+    let corrupt = |what: String| DiskError::Corrupt {
+        path: path.to_string(),
+        what,
+    };
+    match std::fs::read(dir.join(MARKER_FILE)) {
+        Ok(m) if m == MARKER_TEXT => {}
+        Ok(_) => return Err(corrupt(format!("{MARKER_FILE} has unexpected contents"))),
+        Err(_) => {
+            return Err(corrupt(format!(
+                "not empty and has no {MARKER_FILE}: not a flotilla data dir"
+            )))
+        }
+    }
+    for f in SLED_FILES {
+        match std::fs::metadata(dir.join(f)) {
+            Ok(m) if m.len() > 0 => {}
+            Ok(_) => return Err(corrupt(format!("store file {f} is empty (truncated)"))),
+            Err(_) => return Err(corrupt(format!("store file {f} is missing"))),
+        }
+    }
+    Ok(())
+}
+
+/// A scratch copy of a data dir, deleted on drop.
+pub struct Preflight {
+    pub disk: SledDisk,
+    _scratch: tempfile::TempDir,
+}
+
+fn is_populated(dir: &Path) -> io::Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
 fn sled_error(path: &str, e: sled::Error) -> DiskError {
     match e {
         sled::Error::Io(source) => DiskError::Io {
@@ -66,7 +249,10 @@ fn sled_error(path: &str, e: sled::Error) -> DiskError {
         },
         sled::Error::Corruption { at, .. } => DiskError::Corrupt {
             path: path.to_string(),
-            what: format!("sled reports corruption at {at:?}"),
+            what: match at {
+                Some(at) => format!("store file db fails its checksums at {at:?}"),
+                None => "store file db fails its checksums (damaged or truncated)".to_string(),
+            },
         },
         other => DiskError::Corrupt {
             path: path.to_string(),
@@ -100,16 +286,21 @@ impl Disk for SledDisk {
 
     fn sync(&mut self) -> BoxFuture<'_, Result<(), DiskError>> {
         Box::pin(async move {
+            self.generation += 1;
             self.db
-                .flush_async()
-                .await
-                .map(|_| ())
-                .map_err(|e| match e {
-                    sled::Error::Io(source) => DiskError::SyncFailed {
-                        path: self.path.clone(),
-                        source,
-                    },
-                    other => self.io(other),
+                .insert(GENERATION_KEY, seal(&self.generation.to_be_bytes()))
+                .map_err(|e| self.io(e))?;
+            self.db.flush_async().await.map_err(|e| match e {
+                sled::Error::Io(source) => DiskError::SyncFailed {
+                    path: self.path.clone(),
+                    source,
+                },
+                other => self.io(other),
+            })?;
+            self.write_watermark()
+                .map_err(|source| DiskError::SyncFailed {
+                    path: self.path.clone(),
+                    source,
                 })
         })
     }
@@ -126,6 +317,7 @@ impl Disk for SledDisk {
                     out.log
                         .insert(i, unseal(&self.path, &format!("log record {i}"), &v)?);
                 }
+                Some(b'g') if k.len() == 1 => {}
                 Some(b'm') => {
                     let name = String::from_utf8_lossy(&k[1..]).into_owned();
                     let data = unseal(&self.path, &format!("meta record {name}"), &v)?;

@@ -61,6 +61,7 @@ impl Api {
                 json!({"etcdserver": VERSION_SERVER, "etcdcluster": VERSION_CLUSTER}),
             ),
             (&Method::GET, "/v2/members") => self.members(),
+            (&Method::GET, "/v2/stats/self") => self.stats_self(),
             _ => self.reply(
                 StatusCode::NOT_FOUND,
                 b"404 page not found\n".to_vec(),
@@ -75,6 +76,35 @@ impl Api {
         } else {
             self.json(StatusCode::SERVICE_UNAVAILABLE, json!({"health": "false"}))
         }
+    }
+
+    fn stats_self(&self) -> Reply {
+        let st = self.raft.shared.status().clone();
+        let name = self
+            .raft
+            .shared
+            .machine()
+            .members
+            .get(&st.id)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let state = if st.is_leader {
+            "StateLeader"
+        } else {
+            "StateFollower"
+        };
+        self.json(
+            StatusCode::OK,
+            json!({
+                "name": name,
+                "id": format!("{:x}", st.id),
+                "state": state,
+                "leaderInfo": { "leader": format!("{:x}", st.leader) },
+                "raftTerm": st.term,
+                "raftCommit": st.commit,
+                "snapshotIndex": st.snapshot_index,
+            }),
+        )
     }
 
     fn members(&self) -> Reply {

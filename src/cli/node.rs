@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser};
 use flotilla_shims::sled_disk::SledDisk;
 use flotilla_shims::tcp::{StreamTransport, TokioConnect, INBOUND_QUEUE_FRAMES_MAX};
-use flotilla_shims::{SeededRng, TokioClock, TokioSpawn};
+use flotilla_shims::{SeededRng, Spawn, TokioClock, TokioSpawn};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -156,8 +156,14 @@ pub fn run(a: NodeArgs) -> Result<()> {
 }
 
 async fn serve(a: NodeArgs, cfg: NodeConfig) -> Result<()> {
-    let disk = SledDisk::open(&a.data_dir)
-        .with_context(|| format!("opening data dir {}", a.data_dir.display()))?;
+    let dir = a.data_dir.display().to_string();
+    if let Some(mut pre) =
+        SledDisk::preflight(&a.data_dir).with_context(|| format!("checking data dir {dir}"))?
+    {
+        crate::node::check_disk(&cfg, &mut pre.disk)
+            .with_context(|| format!("checking data dir {dir}"))?;
+    }
+    let disk = SledDisk::open(&a.data_dir).with_context(|| format!("opening data dir {dir}"))?;
     let clock = Arc::new(TokioClock::new());
     let spawn = Arc::new(TokioSpawn);
     let env = Env {
@@ -192,20 +198,26 @@ async fn serve(a: NodeArgs, cfg: NodeConfig) -> Result<()> {
     }
     let started = start(&cfg, &env, Box::new(disk), net, peer_rx)
         .await
-        .with_context(|| format!("starting from data dir {}", a.data_dir.display()))?;
-    tokio::spawn(flotilla_shims::tcp::accept_tokio(
-        peer_listener,
-        peer_tx,
-        spawn.clone(),
-    ));
+        .with_context(|| format!("starting from data dir {dir}"))?;
+    spawn.spawn(
+        "peer-accept",
+        Box::pin(flotilla_shims::tcp::accept_tokio(
+            peer_listener,
+            peer_tx,
+            spawn.clone(),
+        )),
+    );
     for l in client_listeners {
         let h = started.handler.clone();
-        tokio::spawn(flotilla_shims::http::accept_tokio(
-            l,
-            h,
-            spawn.clone(),
-            a.max_request_bytes + 4096,
-        ));
+        spawn.spawn(
+            "http-accept",
+            Box::pin(flotilla_shims::http::accept_tokio(
+                l,
+                h,
+                spawn.clone(),
+                a.max_request_bytes + 4096,
+            )),
+        );
     }
     tracing::info!(
         name = %cfg.name, id = format!("{:x}", started.id),

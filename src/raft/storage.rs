@@ -90,9 +90,7 @@ impl LogStore {
     /// Appends, replacing any conflicting suffix. Returns the index from which older
     /// entries were dropped, if any were (the disk must drop them too).
     pub fn append(&mut self, ents: &[Entry]) -> Option<u64> {
-        let Some(first_new) = ents.first().map(|e| e.index) else {
-            return None;
-        };
+        let first_new = ents.first().map(|e| e.index)?;
         assert!(first_new >= self.first(), "append below the compacted log");
         assert!(first_new <= self.last() + 1, "append leaves a gap");
         let truncated = (first_new <= self.last()).then_some(first_new);
@@ -196,10 +194,11 @@ mod tests {
     use raft::Storage;
 
     fn ent(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
     }
 
     #[test]

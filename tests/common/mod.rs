@@ -1,0 +1,213 @@
+//! Test harness: real `flotilla node` processes on 127.0.0.1 and a small HTTP client.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types, dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn client() -> Http {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build_http()
+}
+
+/// A free port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: serde_json::Value,
+    pub text: String,
+}
+
+pub async fn call(c: &Http, method: &str, url: &str, form: Option<&str>) -> Result<Resp, String> {
+    let mut b = http::Request::builder().method(method).uri(url);
+    if form.is_some() {
+        b = b.header("content-type", "application/x-www-form-urlencoded");
+    }
+    let req = b
+        .body(Full::new(Bytes::from(form.unwrap_or("").to_string())))
+        .map_err(|e| e.to_string())?;
+    let fut = c.request(req);
+    let resp = tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    Ok(Resp {
+        status,
+        headers,
+        body,
+        text,
+    })
+}
+
+pub struct NodeProc {
+    pub name: String,
+    pub client_url: String,
+    pub peer_url: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub extra: Vec<String>,
+    pub cluster: String,
+    pub child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            "node".to_string(),
+            format!("--name={}", self.name),
+            format!("--data-dir={}", self.data_dir.display()),
+            format!("--listen-client-urls={}", self.client_url),
+            format!("--listen-peer-urls={}", self.peer_url),
+            format!("--initial-cluster={}", self.cluster),
+            "--heartbeat-interval=50".to_string(),
+            "--election-timeout=500".to_string(),
+        ];
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(self.args())
+            .env("FLOTILLA_LOG", "info,raft=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn flotilla");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, like `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+}
+
+impl Cluster {
+    pub fn new(n: usize, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = vec![];
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("n{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (i, (c, p)) in ports.iter().enumerate() {
+            nodes.push(NodeProc {
+                name: format!("n{i}"),
+                client_url: format!("http://127.0.0.1:{c}"),
+                peer_url: format!("http://127.0.0.1:{p}"),
+                data_dir: dir.path().join(format!("n{i}")),
+                log_path: dir.path().join(format!("n{i}.log")),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                cluster: cluster.clone(),
+                child: None,
+            });
+        }
+        Self { dir, nodes }
+    }
+
+    pub fn start_all(&mut self) {
+        for n in &mut self.nodes {
+            n.start();
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {} ---\n{}", n.name, n.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Index of the node that says it leads, waiting up to `within`.
+    pub async fn leader(&self, c: &Http, within: Duration) -> usize {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            for (i, n) in self.nodes.iter().enumerate() {
+                if n.child.is_none() {
+                    continue;
+                }
+                let url = format!("{}/v2/stats/self", n.client_url);
+                if let Ok(r) = call(c, "GET", &url, None).await {
+                    if r.body["state"] == "StateLeader" {
+                        return i;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no leader within {within:?}\n{}", self.logs());
+    }
+}
+
+pub fn dir_digest(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((
+                    e.path().display().to_string(),
+                    std::fs::read(e.path()).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
