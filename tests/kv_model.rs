@@ -25,6 +25,8 @@ struct Model {
 /// (action, key, value, dir, created, modified, expire) — or an error (code, cause, index).
 type Flat = (String, String, Option<String>, bool, u64, u64, Option<u64>);
 type Out = Result<(Flat, Option<Flat>), (u32, String, u64)>;
+/// (key, dir, value, created, modified, expire) of every node.
+type Row = (String, bool, String, u64, u64, Option<u64>);
 
 fn prefixes(key: &str) -> Vec<String> {
     let mut out = vec![];
@@ -300,7 +302,7 @@ impl Model {
         })
     }
 
-    fn listing(&self) -> Vec<(String, bool, String, u64, u64, Option<u64>)> {
+    fn listing(&self) -> Vec<Row> {
         self.nodes
             .iter()
             .map(|(k, n)| {
@@ -340,8 +342,8 @@ fn store_out(r: &Result<Option<Event>, StoreError>) -> Option<Out> {
     }
 }
 
-fn store_listing(s: &Store) -> Vec<(String, bool, String, u64, u64, Option<u64>)> {
-    fn walk(v: &NodeView, out: &mut Vec<(String, bool, String, u64, u64, Option<u64>)>) {
+fn store_listing(s: &Store) -> Vec<Row> {
+    fn walk(v: &NodeView, out: &mut Vec<Row>) {
         for c in v.nodes.iter().flatten() {
             out.push((
                 c.key.clone(),
