@@ -158,3 +158,88 @@ async fn three_nodes_survive_leader_kill_and_restarted_node_catches_up_by_snapsh
         await_holds(&c, url, &acked, &cl).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_and_removed_through_raft() {
+    let mut cl = Cluster::new(3, &[]);
+    cl.start_all();
+    let c = client();
+    cl.leader(&c, Duration::from_secs(20)).await;
+    let urls: Vec<String> = cl.nodes.iter().map(|n| n.client_url.clone()).collect();
+    let before = write_range(&c, &urls, 0, 50, 4).await;
+    assert_eq!(before.len(), 50);
+
+    // Add a fourth member, then start it against the existing cluster.
+    let (cp, pp) = (free_port(), free_port());
+    let peer = format!("http://127.0.0.1:{pp}");
+    let body = format!(r#"{{"peerURLs":["{peer}"]}}"#);
+    let r = call(&c, "POST", &format!("{}/v2/members", urls[0]), Some(&body))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", cl.logs()));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let new_id = r.body["id"].as_str().unwrap().to_string();
+    let dup = call(&c, "POST", &format!("{}/v2/members", urls[1]), Some(&body))
+        .await
+        .unwrap();
+    assert_eq!(
+        dup.status, 409,
+        "a duplicate peer URL is refused: {}",
+        dup.text
+    );
+
+    let cluster = format!("{},n3={peer}", cl.nodes[0].cluster);
+    let mut n3 = NodeProc {
+        name: "n3".into(),
+        client_url: format!("http://127.0.0.1:{cp}"),
+        peer_url: peer.clone(),
+        data_dir: cl.dir.path().join("n3"),
+        log_path: cl.dir.path().join("n3.log"),
+        extra: vec!["--initial-cluster-state=existing".into()],
+        cluster,
+        child: None,
+    };
+    n3.start();
+    let mut all = before.clone();
+    all.extend(write_range(&c, &urls, 50, 100, 4).await);
+    await_holds(&c, &n3.client_url, &all, &cl).await;
+    let list = call(&c, "GET", &format!("{}/v2/members", n3.client_url), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        list.body["members"].as_array().unwrap().len(),
+        4,
+        "{}",
+        list.text
+    );
+
+    // Remove it again; the three remaining members keep serving writes.
+    let r = call(
+        &c,
+        "DELETE",
+        &format!("{}/v2/members/{new_id}", urls[1]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", r.text);
+    let list = call(&c, "GET", &format!("{}/v2/members", urls[2]), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        list.body["members"].as_array().unwrap().len(),
+        3,
+        "{}",
+        list.text
+    );
+    let gone = call(
+        &c,
+        "DELETE",
+        &format!("{}/v2/members/{new_id}", urls[1]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(gone.status, 404);
+    let after = write_range(&c, &urls, 100, 150, 4).await;
+    assert_eq!(after.len(), 50);
+}

@@ -11,6 +11,7 @@
 //! bytes lives in `flotilla_shims::http`.
 
 pub mod keys;
+pub mod members;
 pub mod params;
 pub mod render;
 
@@ -54,13 +55,17 @@ impl Api {
                 return self.keys(&req, key).await;
             }
         }
+        if let Some(rest) = path.strip_prefix("/v2/members") {
+            if rest.is_empty() || rest.starts_with('/') {
+                return self.members(&req, rest).await;
+            }
+        }
         match (req.method(), path.as_str()) {
             (&Method::GET, "/health") => self.health(),
             (&Method::GET, "/version") => self.json(
                 StatusCode::OK,
                 json!({"etcdserver": VERSION_SERVER, "etcdcluster": VERSION_CLUSTER}),
             ),
-            (&Method::GET, "/v2/members") => self.members(),
             (&Method::GET, "/v2/stats/self") => self.stats_self(),
             _ => self.reply(
                 StatusCode::NOT_FOUND,
@@ -105,24 +110,6 @@ impl Api {
                 "snapshotIndex": st.snapshot_index,
             }),
         )
-    }
-
-    fn members(&self) -> Reply {
-        let m = self.raft.shared.machine();
-        let list: Vec<_> = m
-            .members
-            .values()
-            .map(|mem| {
-                json!({
-                    "id": format!("{:x}", mem.id),
-                    "name": mem.name,
-                    "peerURLs": mem.peer_urls,
-                    "clientURLs": mem.client_urls,
-                })
-            })
-            .collect();
-        drop(m);
-        self.json(StatusCode::OK, json!({ "members": list }))
     }
 
     fn json(&self, status: StatusCode, v: serde_json::Value) -> Reply {

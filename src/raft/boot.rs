@@ -60,7 +60,7 @@ pub fn recover(disk: &mut dyn Disk, want: &Identity) -> Result<Recovered, BootEr
         }
         let bytes = serde_json::to_vec(want).expect("identity serializes");
         disk.meta_put(META_IDENTITY, &bytes)?;
-        return Ok(fresh(want.clone()));
+        return fresh(disk, want.clone());
     };
     let identity: Identity = serde_json::from_slice(raw_identity)
         .map_err(|e| corrupt(format!("identity record does not parse: {e}")))?;
@@ -89,7 +89,7 @@ pub fn recover(disk: &mut dyn Disk, want: &Identity) -> Result<Recovered, BootEr
                 .map_err(|e| corrupt(format!("snapshot data does not parse: {e}")))?;
             (snap, machine)
         }
-        None => (Snapshot::default(), Machine::new(&identity.initial_members)),
+        None => (Snapshot::default(), Machine::new()),
     };
     let conf_state = if loaded.meta.contains_key(META_SNAPSHOT) {
         snapshot.get_metadata().get_conf_state().clone()
@@ -142,16 +142,58 @@ pub fn recover(disk: &mut dyn Disk, want: &Identity) -> Result<Recovered, BootEr
     })
 }
 
-fn fresh(identity: Identity) -> Recovered {
+/// A new member. Bootstrapping a new cluster writes the same committed conf-change
+/// entries (one `AddNode` per initial member, term 1) into every member's log, as etcd
+/// does, so the member list is a function of the log and a member that joins later
+/// learns it by replaying the log.
+fn fresh(disk: &mut dyn Disk, identity: Identity) -> Result<Recovered, BootError> {
+    let entries = bootstrap_entries(&identity.initial_members);
+    for e in &entries {
+        disk.log_put(e.index, &e.write_to_bytes().expect("entry encodes"))?;
+    }
+    let mut hs = HardState::default();
+    if let Some(last) = entries.last() {
+        hs.term = 1;
+        hs.commit = last.index;
+        disk.meta_put(
+            META_HARD_STATE,
+            &hs.write_to_bytes().expect("hard state encodes"),
+        )?;
+    }
     let cs = initial_conf_state(&identity);
-    let machine = Machine::new(&identity.initial_members);
-    let log = LogStore::new(HardState::default(), cs, Snapshot::default(), vec![]);
-    Recovered {
+    let log = LogStore::new(hs, cs, Snapshot::default(), entries);
+    Ok(Recovered {
         identity,
         log,
-        machine,
+        machine: Machine::new(),
         fresh: true,
-    }
+    })
+}
+
+fn bootstrap_entries(members: &[Member]) -> Vec<Entry> {
+    let mut sorted = members.to_vec();
+    sorted.sort_by_key(|m| m.id);
+    sorted
+        .into_iter()
+        .zip(1u64..)
+        .map(|(member, index)| {
+            let mut cc = ConfChange::default();
+            cc.set_change_type(ConfChangeType::AddNode);
+            cc.node_id = member.id;
+            let ctx = super::driver::ConfContext {
+                origin: 0,
+                seq: 0,
+                member,
+            };
+            let mut e = Entry::default();
+            e.set_entry_type(EntryType::EntryConfChange);
+            e.term = 1;
+            e.index = index;
+            e.data = cc.write_to_bytes().expect("conf change encodes").into();
+            e.context = serde_json::to_vec(&ctx).expect("context serializes").into();
+            e
+        })
+        .collect()
 }
 
 fn initial_conf_state(identity: &Identity) -> ConfState {

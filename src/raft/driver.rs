@@ -442,8 +442,9 @@ impl Driver {
             why,
         };
         let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| bad(err.to_string()))?;
+        // raft-rs carries the proposal's context on the entry, not inside the change.
         let ctx: ConfContext =
-            serde_json::from_slice(&cc.context).map_err(|err| bad(err.to_string()))?;
+            serde_json::from_slice(&e.context).map_err(|err| bad(err.to_string()))?;
         let result = self.raw.apply_conf_change(&cc);
         let answer = match result {
             Ok(cs) => {

@@ -14,7 +14,7 @@ pub struct Member {
     pub client_urls: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Machine {
     pub store: Store,
     pub members: BTreeMap<u64, Member>,
@@ -22,10 +22,11 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn new(members: &[Member]) -> Self {
+    /// An empty state; members arrive by applying conf-change entries.
+    pub fn new() -> Self {
         Self {
             store: Store::new(),
-            members: members.iter().map(|m| (m.id, m.clone())).collect(),
+            members: BTreeMap::new(),
             applied: 0,
         }
     }

@@ -1,0 +1,110 @@
+//! `/v2/members`: list, add (POST `{"peerURLs": [...]}`) and remove (DELETE `/ID`) members
+//! through Raft conf changes.
+
+use super::{Api, Reply};
+use crate::raft::{member_id, peer_addr, Member, ProposeError};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+struct AddRequest {
+    #[serde(rename = "peerURLs")]
+    peer_urls: Vec<String>,
+}
+
+fn member_json(m: &Member) -> serde_json::Value {
+    json!({
+        "id": format!("{:x}", m.id),
+        "name": m.name,
+        "peerURLs": m.peer_urls,
+        "clientURLs": m.client_urls,
+    })
+}
+
+impl Api {
+    pub(super) async fn members(&self, req: &Request<Bytes>, rest: &str) -> Reply {
+        match (req.method(), rest) {
+            (&Method::GET, "" | "/") => self.list_members(),
+            (&Method::POST, "" | "/") => self.add_member(req.body()).await,
+            (&Method::DELETE, id) if id.len() > 1 => self.remove_member(&id[1..]).await,
+            _ => self.message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
+        }
+    }
+
+    fn list_members(&self) -> Reply {
+        let list: Vec<_> = self
+            .raft
+            .shared
+            .machine()
+            .members
+            .values()
+            .map(member_json)
+            .collect();
+        self.json(StatusCode::OK, json!({ "members": list }))
+    }
+
+    fn message(&self, status: StatusCode, msg: &str) -> Reply {
+        self.json(status, json!({ "message": msg }))
+    }
+
+    async fn add_member(&self, body: &[u8]) -> Reply {
+        let req: AddRequest = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return self.message(StatusCode::BAD_REQUEST, &format!("bad member JSON: {e}"))
+            }
+        };
+        if req.peer_urls.is_empty() || req.peer_urls.iter().any(|u| peer_addr(u).is_none()) {
+            return self.message(
+                StatusCode::BAD_REQUEST,
+                "peerURLs must be non-empty http URLs",
+            );
+        }
+        let taken = {
+            let m = self.raft.shared.machine();
+            m.members
+                .values()
+                .any(|mem| mem.peer_urls.iter().any(|u| req.peer_urls.contains(u)))
+        };
+        if taken {
+            return self.message(StatusCode::CONFLICT, "membership: peerURL exists");
+        }
+        let member = Member {
+            id: member_id(&req.peer_urls),
+            name: String::new(),
+            peer_urls: req.peer_urls,
+            client_urls: vec![],
+        };
+        match self.raft.add_member(member.clone()).await {
+            Ok(_) => self.json(StatusCode::CREATED, member_json(&member)),
+            Err(e) => self.conf_error(e),
+        }
+    }
+
+    async fn remove_member(&self, id_hex: &str) -> Reply {
+        let Ok(id) = u64::from_str_radix(id_hex, 16) else {
+            return self.message(
+                StatusCode::BAD_REQUEST,
+                &format!("member id {id_hex:?} is not hex"),
+            );
+        };
+        let member = self.raft.shared.machine().members.get(&id).cloned();
+        let Some(member) = member else {
+            return self.message(StatusCode::NOT_FOUND, &format!("member {id_hex} not found"));
+        };
+        match self.raft.remove_member(member).await {
+            Ok(_) => self.reply(StatusCode::NO_CONTENT, vec![], None),
+            Err(e) => self.conf_error(e),
+        }
+    }
+
+    fn conf_error(&self, e: ProposeError) -> Reply {
+        let status = match e {
+            ProposeError::Rejected(_) => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        self.message(status, &e.to_string())
+    }
+}
