@@ -103,6 +103,7 @@ impl Api {
     fn conf_error(&self, e: ProposeError) -> Reply {
         let status = match e {
             ProposeError::Rejected(_) => StatusCode::CONFLICT,
+            ProposeError::NotFound(_) => StatusCode::NOT_FOUND,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         self.message(status, &e.to_string())

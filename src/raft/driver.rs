@@ -445,33 +445,28 @@ impl Driver {
         // raft-rs carries the proposal's context on the entry, not inside the change.
         let ctx: ConfContext =
             serde_json::from_slice(&e.context).map_err(|err| bad(err.to_string()))?;
-        let result = self.raw.apply_conf_change(&cc);
-        let answer = match result {
-            Ok(cs) => {
-                self.raw.mut_store().set_conf_state(cs);
-                let mut m = self.shared.machine();
-                match cc.get_change_type() {
-                    ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                        m.members.insert(ctx.member.id, ctx.member.clone());
-                        if ctx.member.id != self.id {
-                            if let Some(a) = ctx.member.peer_urls.first().and_then(|u| peer_addr(u))
-                            {
-                                self.net.set_peer(ctx.member.id, &a);
-                            }
-                        }
-                    }
-                    ConfChangeType::RemoveNode => {
-                        m.members.remove(&cc.node_id);
-                        self.net.remove_peer(cc.node_id);
-                    }
+        // Validated here, at apply time, so every replica decides the same way; a refused
+        // change is not handed to raft-rs at all.
+        let refusal = {
+            let m = self.shared.machine();
+            match cc.get_change_type() {
+                ConfChangeType::RemoveNode if !m.members.contains_key(&cc.node_id) => Some(
+                    ProposeError::NotFound(format!("member {:x} not found", cc.node_id)),
+                ),
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode
+                    if m.members.values().any(|x| {
+                        x.id == ctx.member.id
+                            || x.peer_urls.iter().any(|u| ctx.member.peer_urls.contains(u))
+                    }) =>
+                {
+                    Some(ProposeError::Rejected("membership: peerURL exists".into()))
                 }
-                Ok(Outcome {
-                    result: Ok(None),
-                    raft_index: e.index,
-                    raft_term: e.term,
-                })
+                _ => None,
             }
-            Err(err) => Err(ProposeError::Rejected(err.to_string())),
+        };
+        let answer = match refusal {
+            Some(err) => Err(err),
+            None => self.change_membership(&cc, &ctx.member, e),
         };
         if ctx.origin == self.id {
             if let Some(reply) = self.pending.remove(&ctx.seq) {
@@ -479,6 +474,39 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    fn change_membership(
+        &mut self,
+        cc: &ConfChange,
+        member: &Member,
+        e: &Entry,
+    ) -> Result<Outcome, ProposeError> {
+        let cs = self
+            .raw
+            .apply_conf_change(cc)
+            .map_err(|err| ProposeError::Rejected(err.to_string()))?;
+        self.raw.mut_store().set_conf_state(cs);
+        let mut m = self.shared.machine();
+        match cc.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                m.members.insert(member.id, member.clone());
+                if member.id != self.id {
+                    if let Some(a) = member.peer_urls.first().and_then(|u| peer_addr(u)) {
+                        self.net.set_peer(member.id, &a);
+                    }
+                }
+            }
+            ConfChangeType::RemoveNode => {
+                m.members.remove(&cc.node_id);
+                self.net.remove_peer(cc.node_id);
+            }
+        }
+        Ok(Outcome {
+            result: Ok(None),
+            raft_index: e.index,
+            raft_term: e.term,
+        })
     }
 
     fn on_read_states(&mut self, states: Vec<ReadState>) {

@@ -20,8 +20,10 @@ pub enum ProposeError {
     Busy,
     #[error("node is stopping")]
     Stopped,
-    #[error("rejected: {0}")]
+    #[error("{0}")]
     Rejected(String),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// A committed write's result and where it landed in the log.
