@@ -1,5 +1,29 @@
-//! flotilla's deterministic simulated world (built with `--cfg madsim`).
+//! flotilla's deterministic simulated world.
 //!
 //! # Layout
-//! Filled in by the simulator issue: the runtime seam on madsim, the cluster harness,
-//! fault injection, the history recorder and the checkers.
+//! - [`scenario`]: a run's inputs (seed, shape, workload, explicit fault schedule);
+//!   generated per seed ("swarm"), stored in failure-seed files, shrunk.
+//! - [`history`]: client operations with simulated invoke/complete times.
+//! - [`linearizability`]: per-key Wing–Gong–Lowe checker with memoisation.
+//! - [`trace`]: the trace hash (same seed → same hash).
+//! - `env`, `fabric`, `engine`, `world` (only with `--cfg madsim`): the runtime seam on
+//!   madsim — clock/tasks, the message fabric (latency, loss, duplication, reordering,
+//!   partitions), the container engine with seeded failures — and [`world::run`], which
+//!   builds a cluster of real flotilla nodes on it, drives the workload and the fault
+//!   schedule, heals, and runs every checker.
+//!
+//! Data flow: `Scenario` → `world::run` → (history, samples, trace) → checkers → `Report`.
+
+pub mod history;
+pub mod linearizability;
+pub mod scenario;
+pub mod trace;
+
+#[cfg(madsim)]
+pub mod engine;
+#[cfg(madsim)]
+pub mod env;
+#[cfg(madsim)]
+pub mod fabric;
+#[cfg(madsim)]
+pub mod world;
