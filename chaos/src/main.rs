@@ -1,5 +1,16 @@
-//! `chaos`: seeded campaigns against the simulated cluster (see `flotilla-sim`).
-fn main() {
-    eprintln!("chaos: the campaign runner is not built yet; see the simulator issue");
-    std::process::exit(2);
+//! `chaos`: seeded campaigns against the simulated cluster. Build and run it through
+//! `scripts/chaos` (it needs `--cfg madsim`).
+
+#[cfg(madsim)]
+mod cli;
+
+#[cfg(madsim)]
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
+
+#[cfg(not(madsim))]
+fn main() -> std::process::ExitCode {
+    eprintln!("chaos: this binary runs the deterministic simulator and must be built with --cfg madsim; use scripts/chaos");
+    std::process::ExitCode::from(2)
 }

@@ -124,7 +124,9 @@ impl Fabric {
     fn deliver(self: &Arc<Self>, from: u64, to: u64, frame: Bytes) {
         let copies = if self.duplicate() { 2 } else { 1 };
         for _ in 0..copies {
-            let Some(delay) = self.hop(from, to) else { continue };
+            let Some(delay) = self.hop(from, to) else {
+                continue;
+            };
             let fabric = self.clone();
             let frame = frame.clone();
             madsim::task::spawn(async move {

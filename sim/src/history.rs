@@ -7,10 +7,20 @@ use serde::{Deserialize, Serialize};
 pub enum Op {
     /// `quorum`: through ReadIndex (checked for linearizability). Local reads are only
     /// checked for returning a value that was written.
-    Get { quorum: bool },
-    Set { value: String, ttl: bool },
-    Cas { prev: String, value: String },
-    Cad { prev: String },
+    Get {
+        quorum: bool,
+    },
+    Set {
+        value: String,
+        ttl: bool,
+    },
+    Cas {
+        prev: String,
+        value: String,
+    },
+    Cad {
+        prev: String,
+    },
     Delete,
 }
 
@@ -29,8 +39,11 @@ pub enum Outcome {
     CompareFailed,
     /// Key not found (etcd 100) on a write.
     NotFound,
-    /// Timed out, connection lost, node died: may or may not have taken effect.
+    /// Timed out, response lost, node died mid-request: may or may not have taken effect.
     Unknown,
+    /// Definitely had no effect: the request never reached a node, or Raft refused to
+    /// propose it. Checkers ignore these.
+    Failed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 //! after their invocation, or not at all.
 
 use crate::history::{Op, Outcome, Record};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 
 /// The register: the value and whether it carries a TTL (and so may expire).
 type State = Option<(String, bool)>;
@@ -17,11 +17,21 @@ fn step_exact(s: &State, op: &Op, out: &Outcome) -> Option<State> {
     match (op, out) {
         (Op::Get { .. }, Outcome::Ok(v)) => (v.as_deref() == cur).then(|| s.clone()),
         (Op::Get { .. }, Outcome::Unknown) => Some(s.clone()),
-        (Op::Set { value, ttl }, Outcome::Ok(_) | Outcome::Unknown) => Some(Some((value.clone(), *ttl))),
-        (Op::Cas { prev, value }, Outcome::Ok(_)) => (cur == Some(prev)).then(|| Some((value.clone(), false))),
-        (Op::Cas { prev, value }, Outcome::Unknown) => Some(if cur == Some(prev) { Some((value.clone(), false)) } else { s.clone() }),
+        (Op::Set { value, ttl }, Outcome::Ok(_) | Outcome::Unknown) => {
+            Some(Some((value.clone(), *ttl)))
+        }
+        (Op::Cas { prev, value }, Outcome::Ok(_)) => {
+            (cur == Some(prev)).then(|| Some((value.clone(), false)))
+        }
+        (Op::Cas { prev, value }, Outcome::Unknown) => Some(if cur == Some(prev) {
+            Some((value.clone(), false))
+        } else {
+            s.clone()
+        }),
         (Op::Cad { prev }, Outcome::Ok(_)) => (cur == Some(prev)).then_some(None),
-        (Op::Cad { prev }, Outcome::Unknown) => Some(if cur == Some(prev) { None } else { s.clone() }),
+        (Op::Cad { prev }, Outcome::Unknown) => {
+            Some(if cur == Some(prev) { None } else { s.clone() })
+        }
         (Op::Cas { prev, .. } | Op::Cad { prev }, Outcome::CompareFailed) => {
             (cur.is_some() && cur != Some(prev)).then(|| s.clone())
         }
@@ -59,7 +69,13 @@ pub fn check_key(ops: &[&Record]) -> Result<(), String> {
         }
     }
     events.sort();
-    let entries: Vec<Entry> = events.iter().map(|(_, k, i)| Entry { op: *i, is_call: *k == 0 }).collect();
+    let entries: Vec<Entry> = events
+        .iter()
+        .map(|(_, k, i)| Entry {
+            op: *i,
+            is_call: *k == 0,
+        })
+        .collect();
     let m = entries.len();
     // Doubly linked list over entries; index m is the head sentinel.
     let mut next: Vec<usize> = (1..=m).chain([0]).collect();
@@ -77,8 +93,10 @@ pub fn check_key(ops: &[&Record]) -> Result<(), String> {
     }
     let finite = ops.iter().filter(|r| r.outcome != Outcome::Unknown).count();
     let mut done_finite = 0;
-    let mut linearized = vec![false; n];
-    let mut cache: BTreeSet<(Vec<bool>, State)> = BTreeSet::new();
+    // Bitset of linearized operations; the memo holds (bitset, state) pairs already
+    // explored. Membership only — its iteration order never matters.
+    let mut linearized = vec![0u64; n.div_ceil(64)];
+    let mut cache: HashSet<(Vec<u64>, State)> = HashSet::new();
     let mut stack: Vec<(usize, State)> = vec![];
     let mut state: State = None;
     let mut cur = next[m];
@@ -104,7 +122,7 @@ pub fn check_key(ops: &[&Record]) -> Result<(), String> {
         if cur != m && entries[cur].is_call {
             let i = entries[cur].op;
             if let Some(ns) = step(&state, &ops[i].op, &ops[i].outcome) {
-                linearized[i] = true;
+                linearized[i / 64] |= 1 << (i % 64);
                 if cache.insert((linearized.clone(), ns.clone())) {
                     stack.push((cur, state.clone()));
                     state = ns;
@@ -116,7 +134,7 @@ pub fn check_key(ops: &[&Record]) -> Result<(), String> {
                     cur = next[m];
                     continue;
                 }
-                linearized[i] = false;
+                linearized[i / 64] &= !(1 << (i % 64));
             }
             cur = next[cur];
             continue;
@@ -126,7 +144,7 @@ pub fn check_key(ops: &[&Record]) -> Result<(), String> {
             return Err(describe(ops));
         };
         let i = entries[call].op;
-        linearized[i] = false;
+        linearized[i / 64] &= !(1 << (i % 64));
         state = old;
         if ret_of[i] != usize::MAX {
             relink(&mut next, &mut prev, ret_of[i]);
@@ -144,7 +162,9 @@ fn describe(ops: &[&Record]) -> String {
             format!(
                 "  [{:>12} .. {:>12}] client {} via node {}: {:?} -> {:?}",
                 r.invoke_ns,
-                r.complete_ns.map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
+                r.complete_ns
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "?".into()),
                 r.client,
                 r.node,
                 r.op,
@@ -157,14 +177,22 @@ fn describe(ops: &[&Record]) -> String {
         lines = tail;
         lines.insert(0, "  … (earlier operations elided)".into());
     }
-    format!("no linearization exists for key {}:\n{}", ops[0].key, lines.join("\n"))
+    format!(
+        "no linearization exists for key {}:\n{}",
+        ops[0].key,
+        lines.join("\n")
+    )
 }
 
 /// Checks every key; local reads are excluded (they may be stale, as in etcd v2).
 pub fn check(records: &[Record]) -> Result<(), String> {
     let mut by_key: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
     for r in records {
-        if matches!(r.op, Op::Get { quorum: false }) {
+        // Local reads may be stale; reads with no answer constrain nothing.
+        if matches!(r.op, Op::Get { quorum: false })
+            || r.outcome == Outcome::Failed
+            || (matches!(r.op, Op::Get { .. }) && r.outcome == Outcome::Unknown)
+        {
             continue;
         }
         by_key.entry(&r.key).or_default().push(r);
@@ -180,20 +208,48 @@ mod tests {
     use super::*;
 
     fn rec(key: &str, op: Op, t0: u64, t1: Option<u64>, outcome: Outcome) -> Record {
-        Record { client: 0, node: 0, key: key.into(), op, invoke_ns: t0, complete_ns: t1, outcome }
+        Record {
+            client: 0,
+            node: 0,
+            key: key.into(),
+            op,
+            invoke_ns: t0,
+            complete_ns: t1,
+            outcome,
+        }
     }
 
     fn set(v: &str, t0: u64, t1: u64) -> Record {
-        rec("k", Op::Set { value: v.into(), ttl: false }, t0, Some(t1), Outcome::Ok(None))
+        rec(
+            "k",
+            Op::Set {
+                value: v.into(),
+                ttl: false,
+            },
+            t0,
+            Some(t1),
+            Outcome::Ok(None),
+        )
     }
 
     fn get(v: Option<&str>, t0: u64, t1: u64) -> Record {
-        rec("k", Op::Get { quorum: true }, t0, Some(t1), Outcome::Ok(v.map(String::from)))
+        rec(
+            "k",
+            Op::Get { quorum: true },
+            t0,
+            Some(t1),
+            Outcome::Ok(v.map(String::from)),
+        )
     }
 
     #[test]
     fn sequential_history_is_linearizable() {
-        let h = vec![set("a", 0, 1), get(Some("a"), 2, 3), set("b", 4, 5), get(Some("b"), 6, 7)];
+        let h = vec![
+            set("a", 0, 1),
+            get(Some("a"), 2, 3),
+            set("b", 4, 5),
+            get(Some("b"), 6, 7),
+        ];
         assert!(check(&h).is_ok());
     }
 
@@ -218,23 +274,74 @@ mod tests {
 
     #[test]
     fn unknown_write_may_or_may_not_happen() {
-        let lost = rec("k", Op::Set { value: "x".into(), ttl: false }, 0, None, Outcome::Unknown);
+        let lost = rec(
+            "k",
+            Op::Set {
+                value: "x".into(),
+                ttl: false,
+            },
+            0,
+            None,
+            Outcome::Unknown,
+        );
         assert!(check(&[lost.clone(), get(Some("x"), 5, 6)]).is_ok());
         assert!(check(&[lost, get(None, 5, 6)]).is_ok());
     }
 
     #[test]
     fn cas_semantics() {
-        let cas_ok = rec("k", Op::Cas { prev: "a".into(), value: "b".into() }, 2, Some(3), Outcome::Ok(None));
-        let cas_bad = rec("k", Op::Cas { prev: "z".into(), value: "c".into() }, 4, Some(5), Outcome::CompareFailed);
-        assert!(check(&[set("a", 0, 1), cas_ok.clone(), cas_bad, get(Some("b"), 6, 7)]).is_ok());
-        let wrong = rec("k", Op::Cas { prev: "z".into(), value: "c".into() }, 2, Some(3), Outcome::Ok(None));
+        let cas_ok = rec(
+            "k",
+            Op::Cas {
+                prev: "a".into(),
+                value: "b".into(),
+            },
+            2,
+            Some(3),
+            Outcome::Ok(None),
+        );
+        let cas_bad = rec(
+            "k",
+            Op::Cas {
+                prev: "z".into(),
+                value: "c".into(),
+            },
+            4,
+            Some(5),
+            Outcome::CompareFailed,
+        );
+        assert!(check(&[
+            set("a", 0, 1),
+            cas_ok.clone(),
+            cas_bad,
+            get(Some("b"), 6, 7)
+        ])
+        .is_ok());
+        let wrong = rec(
+            "k",
+            Op::Cas {
+                prev: "z".into(),
+                value: "c".into(),
+            },
+            2,
+            Some(3),
+            Outcome::Ok(None),
+        );
         assert!(check(&[set("a", 0, 1), wrong]).is_err());
     }
 
     #[test]
     fn ttl_value_may_expire_but_not_come_back() {
-        let ttl = rec("k", Op::Set { value: "t".into(), ttl: true }, 0, Some(1), Outcome::Ok(None));
+        let ttl = rec(
+            "k",
+            Op::Set {
+                value: "t".into(),
+                ttl: true,
+            },
+            0,
+            Some(1),
+            Outcome::Ok(None),
+        );
         assert!(check(&[ttl.clone(), get(None, 5, 6)]).is_ok());
         assert!(check(&[ttl, get(None, 5, 6), get(Some("t"), 7, 8)]).is_err());
     }

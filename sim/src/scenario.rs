@@ -10,7 +10,11 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fault {
     /// Kill the node; keep `keep_permille`/1000 of its unsynced writes; restart after `down_ms`.
-    Crash { node: usize, keep_permille: u32, down_ms: u64 },
+    Crash {
+        node: usize,
+        keep_permille: u32,
+        down_ms: u64,
+    },
     /// Freeze the node's tasks for `ms`.
     Pause { node: usize, ms: u64 },
     /// Cut `side` off from the other nodes (both ways) for `ms`.
@@ -18,7 +22,12 @@ pub enum Fault {
     /// Drop messages from `from` to `to` only, for `ms`.
     OneWay { from: usize, to: usize, ms: u64 },
     /// Cut and restore the link between `a` and `b` `times` times, `period_ms` apart.
-    Flap { a: usize, b: usize, period_ms: u64, times: u32 },
+    Flap {
+        a: usize,
+        b: usize,
+        period_ms: u64,
+        times: u32,
+    },
     /// Move the node's wall clock by `delta_ms`.
     ClockJump { node: usize, delta_ms: i64 },
     /// The node's next sync fails (fatal: it restarts from what is durable).
@@ -80,7 +89,15 @@ pub struct Scenario {
 
 /// Which fault kinds a campaign may draw from.
 pub const ALL_FAULTS: &[&str] = &[
-    "crash", "pause", "partition", "one_way", "flap", "clock_jump", "sync_fail", "corrupt", "client_cut",
+    "crash",
+    "pause",
+    "partition",
+    "one_way",
+    "flap",
+    "clock_jump",
+    "sync_fail",
+    "corrupt",
+    "client_cut",
 ];
 
 impl Scenario {
@@ -89,7 +106,11 @@ impl Scenario {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_f107_111a);
         let fault_phase_ms = 20_000;
         // Swarm: each kind on or off per seed, with its own rate.
-        let enabled: Vec<&str> = allowed.iter().copied().filter(|_| rng.gen_bool(0.6)).collect();
+        let enabled: Vec<&str> = allowed
+            .iter()
+            .copied()
+            .filter(|_| rng.gen_bool(0.6))
+            .collect();
         let clients = 3 + rng.gen_range(0..3);
         let mut schedule = vec![];
         let mut corrupted = false;
@@ -100,8 +121,15 @@ impl Scenario {
                 let node = rng.gen_range(0..nodes);
                 let other = (node + 1 + rng.gen_range(0..nodes - 1)) % nodes;
                 let fault = match *kind {
-                    "crash" => Fault::Crash { node, keep_permille: rng.gen_range(0..=1000), down_ms: rng.gen_range(100..4_000) },
-                    "pause" => Fault::Pause { node, ms: rng.gen_range(100..3_000) },
+                    "crash" => Fault::Crash {
+                        node,
+                        keep_permille: rng.gen_range(0..=1000),
+                        down_ms: rng.gen_range(100..4_000),
+                    },
+                    "pause" => Fault::Pause {
+                        node,
+                        ms: rng.gen_range(100..3_000),
+                    },
                     "partition" => {
                         let extra = usize::from(rng.gen_bool(0.2));
                         let minority = rng.gen_range(1..=(nodes - 1) / 2 + extra);
@@ -111,17 +139,39 @@ impl Scenario {
                         }
                         side.truncate(minority.min(nodes - 1));
                         side.sort_unstable();
-                        Fault::Partition { side, ms: rng.gen_range(200..5_000) }
+                        Fault::Partition {
+                            side,
+                            ms: rng.gen_range(200..5_000),
+                        }
                     }
-                    "one_way" => Fault::OneWay { from: node, to: other, ms: rng.gen_range(200..5_000) },
-                    "flap" => Fault::Flap { a: node, b: other, period_ms: rng.gen_range(50..500), times: rng.gen_range(2..10) },
-                    "clock_jump" => Fault::ClockJump { node, delta_ms: rng.gen_range(-5_000..5_000) },
+                    "one_way" => Fault::OneWay {
+                        from: node,
+                        to: other,
+                        ms: rng.gen_range(200..5_000),
+                    },
+                    "flap" => Fault::Flap {
+                        a: node,
+                        b: other,
+                        period_ms: rng.gen_range(50..500),
+                        times: rng.gen_range(2..10),
+                    },
+                    "clock_jump" => Fault::ClockJump {
+                        node,
+                        delta_ms: rng.gen_range(-5_000..5_000),
+                    },
                     "sync_fail" => Fault::SyncFail { node },
                     "corrupt" if !corrupted => {
                         corrupted = true;
-                        Fault::Corrupt { node, pick: rng.gen() }
+                        Fault::Corrupt {
+                            node,
+                            pick: rng.gen(),
+                        }
                     }
-                    "client_cut" => Fault::ClientCut { client: rng.gen_range(0..clients), node, ms: rng.gen_range(200..5_000) },
+                    "client_cut" => Fault::ClientCut {
+                        client: rng.gen_range(0..clients),
+                        node,
+                        ms: rng.gen_range(200..5_000),
+                    },
                     _ => continue,
                 };
                 schedule.push(Event { at_ms, fault });
@@ -141,8 +191,12 @@ impl Scenario {
             net: Net {
                 latency_min_ms: 1,
                 latency_max_ms: 1 + rng.gen_range(0..20),
-                loss_permille: if lossy { rng.gen_range(0..100) } else { 0 },
-                dup_permille: if rng.gen_bool(0.5) { rng.gen_range(0..50) } else { 0 },
+                loss_permille: if lossy { rng.gen_range(0..50) } else { 0 },
+                dup_permille: if rng.gen_bool(0.5) {
+                    rng.gen_range(0..50)
+                } else {
+                    0
+                },
             },
             schedule,
             bug_skip_sync: false,
@@ -156,8 +210,14 @@ mod tests {
 
     #[test]
     fn generation_is_a_function_of_the_seed() {
-        assert_eq!(Scenario::generate(7, 5, ALL_FAULTS), Scenario::generate(7, 5, ALL_FAULTS));
-        assert_ne!(Scenario::generate(7, 5, ALL_FAULTS), Scenario::generate(8, 5, ALL_FAULTS));
+        assert_eq!(
+            Scenario::generate(7, 5, ALL_FAULTS),
+            Scenario::generate(7, 5, ALL_FAULTS)
+        );
+        assert_ne!(
+            Scenario::generate(7, 5, ALL_FAULTS),
+            Scenario::generate(8, 5, ALL_FAULTS)
+        );
         let s = Scenario::generate(7, 3, &["crash"]);
         assert!(s.schedule.iter().all(|e| e.fault.kind() == "crash"));
         let json = serde_json::to_string(&s).unwrap();
@@ -168,7 +228,13 @@ mod tests {
     fn at_most_one_node_is_corrupted() {
         for seed in 0..200 {
             let s = Scenario::generate(seed, 3, ALL_FAULTS);
-            assert!(s.schedule.iter().filter(|e| e.fault.kind() == "corrupt").count() <= 1);
+            assert!(
+                s.schedule
+                    .iter()
+                    .filter(|e| e.fault.kind() == "corrupt")
+                    .count()
+                    <= 1
+            );
         }
     }
 }

@@ -1,0 +1,298 @@
+//! The `chaos` command line: run, replay, shrink.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use flotilla_chaos::{seed_file, shrink, tally, SeedFile, Summary};
+use flotilla_sim::scenario::{Scenario, ALL_FAULTS};
+use flotilla_sim::world::run;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "chaos",
+    about = "Seeded chaos campaigns against a simulated flotilla cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a range of seeds with every checker; failing seeds are written as JSON files.
+    Run {
+        /// Seeds as START..END (end exclusive).
+        #[arg(long, default_value = "0..100")]
+        seeds: String,
+        /// Nodes in the cluster (3 or 5).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Fault kinds to draw from (comma-separated; default all).
+        #[arg(long)]
+        faults: Option<String>,
+        /// Where failing seed files go.
+        #[arg(long, default_value = "chaos-failures")]
+        out: PathBuf,
+        /// Parallel runs (default: the number of cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Plant a bug (test-only): `skip-sync`.
+        #[arg(long)]
+        bug: Option<String>,
+    },
+    /// Write the scenario of one seed as a seed file (to replay, edit or shrink it).
+    Scenario {
+        #[arg(long)]
+        seed: u64,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long)]
+        faults: Option<String>,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run a seed file again and report what it does now.
+    Replay { file: PathBuf },
+    /// Reduce a failing seed file's faults and operations while it still fails.
+    Shrink {
+        file: PathBuf,
+        /// Output file (default: FILE with .shrunk.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn parse_range(s: &str) -> Result<std::ops::Range<u64>> {
+    let (a, b) = s
+        .split_once("..")
+        .with_context(|| format!("--seeds {s:?}: expected START..END"))?;
+    let a: u64 = a
+        .parse()
+        .with_context(|| format!("--seeds: {a:?} is not a number"))?;
+    let b: u64 = b
+        .parse()
+        .with_context(|| format!("--seeds: {b:?} is not a number"))?;
+    if a >= b {
+        bail!("--seeds {s}: empty range");
+    }
+    Ok(a..b)
+}
+
+fn parse_faults(f: Option<&str>) -> Result<Vec<&'static str>> {
+    let Some(f) = f else {
+        return Ok(ALL_FAULTS.to_vec());
+    };
+    f.split(',')
+        .map(|k| {
+            ALL_FAULTS
+                .iter()
+                .find(|a| **a == k.trim())
+                .copied()
+                .with_context(|| {
+                    format!(
+                        "--faults: unknown fault kind {k:?}; known: {}",
+                        ALL_FAULTS.join(",")
+                    )
+                })
+        })
+        .collect()
+}
+
+pub fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("chaos: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    match Cli::parse().cmd {
+        Cmd::Run {
+            seeds,
+            nodes,
+            faults,
+            out,
+            jobs,
+            bug,
+        } => {
+            if !(3..=7).contains(&nodes) {
+                bail!("--nodes {nodes}: use 3 to 7");
+            }
+            let bug_skip_sync = match bug.as_deref() {
+                None => false,
+                Some("skip-sync") => true,
+                Some(b) => bail!("--bug {b:?}: the only planted bug is skip-sync"),
+            };
+            let range = parse_range(&seeds)?;
+            let kinds = parse_faults(faults.as_deref())?;
+            let jobs = jobs
+                .unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                })
+                .max(1);
+            campaign(range, nodes, &kinds, &out, jobs, bug_skip_sync)
+        }
+        Cmd::Scenario {
+            seed,
+            nodes,
+            faults,
+            out,
+        } => {
+            let kinds = parse_faults(faults.as_deref())?;
+            let s = Scenario::generate(seed, nodes, &kinds);
+            let file = SeedFile {
+                scenario: s,
+                violation: String::new(),
+                trace_hash: String::new(),
+                command: format!("scripts/chaos replay {}", out.display()),
+            };
+            file.save(&out)?;
+            println!("wrote {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Replay { file } => {
+            let f = SeedFile::load(&file)?;
+            let r = run(&f.scenario);
+            println!(
+                "seed {} trace {:016x} ({} ops: {} ok, {} compare-failed, {} not-found, {} unknown; {} simulated ms; faults {:?})",
+                f.scenario.seed, r.trace_hash, r.ops, r.outcomes[0], r.outcomes[1], r.outcomes[2], r.outcomes[3], r.sim_ms, r.faults
+            );
+            if r.violations.is_empty() {
+                println!("passes (was: {})", f.violation.lines().next().unwrap_or(""));
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for v in &r.violations {
+                    println!("VIOLATION: {v}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Cmd::Shrink { file, out } => {
+            let f = SeedFile::load(&file)?;
+            let first = run(&f.scenario);
+            if first.violations.is_empty() {
+                bail!("{} passes now; nothing to shrink", file.display());
+            }
+            let before = f.scenario.schedule.len();
+            let small = shrink(&f.scenario, |c, failed| {
+                eprintln!(
+                    "  try {} faults, {} ops/client: {}",
+                    c.schedule.len(),
+                    c.ops_per_client,
+                    if failed { "still fails" } else { "passes" }
+                );
+            });
+            let out = out.unwrap_or_else(|| file.with_extension("shrunk.json"));
+            let r = run(&small);
+            seed_file(&small, &r, &out).save(&out)?;
+            println!(
+                "shrunk {} → {} fault events; written to {}",
+                before,
+                small.schedule.len(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn campaign(
+    range: std::ops::Range<u64>,
+    nodes: usize,
+    kinds: &[&'static str],
+    out: &std::path::Path,
+    jobs: usize,
+    bug: bool,
+) -> Result<ExitCode> {
+    let total = range.end - range.start;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds  {per_sec}  eta {eta}  {msg}")
+            .expect("template"),
+    );
+    let started = Instant::now();
+    let next = Arc::new(Mutex::new(range.start));
+    let summary = Arc::new(Mutex::new(Summary::default()));
+    let kinds: Vec<&'static str> = kinds.to_vec();
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let workers: Vec<_> = (0..jobs)
+        .map(|_| {
+            let (next, summary, bar, kinds, out) = (
+                next.clone(),
+                summary.clone(),
+                bar.clone(),
+                kinds.clone(),
+                out.to_path_buf(),
+            );
+            std::thread::spawn(move || loop {
+                let seed = {
+                    let mut n = next.lock().expect("seed counter");
+                    if *n >= range.end {
+                        return;
+                    }
+                    *n += 1;
+                    *n - 1
+                };
+                let mut s = Scenario::generate(seed, nodes, &kinds);
+                s.bug_skip_sync = bug;
+                let r = run(&s);
+                if !r.violations.is_empty() {
+                    let path = out.join(format!("seed-{seed}.json"));
+                    let file = seed_file(&s, &r, &path);
+                    if let Err(e) = file.save(&path) {
+                        bar.println(format!("could not save {}: {e}", path.display()));
+                    }
+                    bar.println(format!(
+                        "seed {seed} FAILED: {}\n  reproduce: {}",
+                        r.violations[0].lines().next().unwrap_or(""),
+                        file.command
+                    ));
+                }
+                let mut sum = summary.lock().expect("summary");
+                tally(&mut sum, &r);
+                bar.set_message(format!("{} failed", sum.failures.len()));
+                bar.inc(1);
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    bar.finish();
+    let wall = started.elapsed().as_secs_f64();
+    let sum = summary.lock().expect("summary").clone();
+    println!("seeds run:          {}", sum.seeds);
+    println!(
+        "seeds per second:   {:.2}  ({} jobs, {:.1} s wall)",
+        sum.seeds as f64 / wall,
+        jobs,
+        wall
+    );
+    println!(
+        "simulated s / wall s: {:.0}",
+        sum.sim_ms as f64 / 1000.0 / wall
+    );
+    println!("client operations:  {}", sum.ops);
+    println!("messages:           {}", sum.messages);
+    let faults: Vec<String> = sum.faults.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("faults injected:    {}", faults.join(" "));
+    println!("violations:         {}", sum.failures.len());
+    for (seed, v) in &sum.failures {
+        println!("  seed {seed}: {}", v.lines().next().unwrap_or(""));
+    }
+    Ok(if sum.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,126 @@
+//! Chaos campaigns over the simulated cluster.
+//!
+//! # Layout
+//! - [`SeedFile`]: a failing seed as a small JSON file (scenario, violation, the command
+//!   that reproduces it); `chaos/seeds/` holds fixed ones, replayed by the test suite.
+//! - [`campaign`]: run many seeds, collect a [`Summary`].
+//! - [`shrink`]: delete fault events and operations while the run still fails.
+//!
+//! Everything here runs only with `--cfg madsim` (see `scripts/chaos`).
+
+use flotilla_sim::scenario::Scenario;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeedFile {
+    pub scenario: Scenario,
+    pub violation: String,
+    pub trace_hash: String,
+    pub command: String,
+}
+
+impl SeedFile {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading seed file {}: {e}", path.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("seed file {} is not valid: {e}", path.display()))
+    }
+
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub seeds: u64,
+    pub failures: Vec<(u64, String)>,
+    pub sim_ms: u64,
+    pub ops: u64,
+    pub faults: BTreeMap<String, u64>,
+    pub messages: u64,
+}
+
+#[cfg(madsim)]
+pub use sim::*;
+
+#[cfg(madsim)]
+mod sim {
+    use super::*;
+    use flotilla_sim::world::{run, Report};
+
+    /// Folds one run into the summary.
+    pub fn tally(sum: &mut Summary, r: &Report) {
+        sum.seeds += 1;
+        sum.sim_ms += r.sim_ms;
+        sum.ops += r.ops as u64;
+        sum.messages += r.messages.0;
+        for (k, v) in &r.faults {
+            *sum.faults.entry(k.clone()).or_default() += v;
+        }
+        if let Some(v) = r.violations.first() {
+            sum.failures.push((r.seed, v.clone()));
+        }
+    }
+
+    /// A seed file for a failed run.
+    pub fn seed_file(s: &Scenario, r: &Report, path: &Path) -> SeedFile {
+        SeedFile {
+            scenario: s.clone(),
+            violation: r.violations.join("\n"),
+            trace_hash: format!("{:016x}", r.trace_hash),
+            command: format!("scripts/chaos replay {}", path.display()),
+        }
+    }
+
+    /// Greedily deletes schedule events (halves, then one at a time) and trims the
+    /// workload while the scenario still fails. Returns the smallest failing scenario.
+    pub fn shrink(s: &Scenario, mut progress: impl FnMut(&Scenario, bool)) -> Scenario {
+        let fails = |c: &Scenario| !run(c).violations.is_empty();
+        let mut best = s.clone();
+        let mut chunk = best.schedule.len().div_ceil(2).max(1);
+        while chunk >= 1 && !best.schedule.is_empty() {
+            let mut i = 0;
+            let mut shrunk = false;
+            while i < best.schedule.len() {
+                let mut cand = best.clone();
+                let end = (i + chunk).min(cand.schedule.len());
+                cand.schedule.drain(i..end);
+                let f = fails(&cand);
+                progress(&cand, f);
+                if f {
+                    best = cand;
+                    shrunk = true;
+                } else {
+                    i += chunk;
+                }
+            }
+            if !shrunk {
+                if chunk == 1 {
+                    break;
+                }
+                chunk /= 2;
+            }
+        }
+        for ops in [best.ops_per_client / 2, best.ops_per_client / 4, 20] {
+            if ops == 0 || ops >= best.ops_per_client {
+                continue;
+            }
+            let cand = Scenario {
+                ops_per_client: ops,
+                ..best.clone()
+            };
+            let f = fails(&cand);
+            progress(&cand, f);
+            if f {
+                best = cand;
+            }
+        }
+        best
+    }
+}

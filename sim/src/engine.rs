@@ -1,0 +1,309 @@
+//! A simulated container engine with seeded failures: pulls and starts that fail,
+//! containers that die or are OOM-killed, daemon restarts. It implements the same
+//! [`Containers`] trait as the Docker driver, for the agent to run against.
+
+use flotilla_shims::containers::*;
+use flotilla_shims::BoxFuture;
+use madsim::rand::Rng;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// Failure rates, per thousand operations.
+#[derive(Debug, Clone, Default)]
+pub struct EngineFaults {
+    pub pull_fail_permille: u32,
+    pub start_fail_permille: u32,
+}
+
+struct State {
+    images: BTreeSet<String>,
+    containers: BTreeMap<String, ContainerInfo>,
+    next_id: u64,
+    daemon_up: bool,
+    faults: EngineFaults,
+}
+
+#[derive(Clone)]
+pub struct SimEngine {
+    st: Arc<Mutex<State>>,
+    exits_tx: mpsc::Sender<ExitEvent>,
+    exits_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<ExitEvent>>>,
+}
+
+/// Exit events buffered at most; older ones are dropped when the agent lags.
+pub const EXIT_EVENTS_MAX: usize = 1024;
+
+fn roll(permille: u32) -> bool {
+    madsim::rand::thread_rng().gen_range(0..1000) < permille
+}
+
+impl SimEngine {
+    pub fn new(faults: EngineFaults) -> Self {
+        let (exits_tx, rx) = mpsc::channel(EXIT_EVENTS_MAX);
+        Self {
+            st: Arc::new(Mutex::new(State {
+                images: BTreeSet::new(),
+                containers: BTreeMap::new(),
+                next_id: 1,
+                daemon_up: true,
+                faults,
+            })),
+            exits_tx,
+            exits_rx: Arc::new(tokio::sync::Mutex::new(rx)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.st.lock().expect("engine lock poisoned")
+    }
+
+    fn exit(&self, st: &mut State, name: &str, code: i64, oom: bool) {
+        if let Some(c) = st.containers.get_mut(name) {
+            if c.state == ContainerState::Running {
+                c.state = ContainerState::Exited {
+                    code,
+                    oom_killed: oom,
+                };
+                let _ = self.exits_tx.try_send(ExitEvent {
+                    id: c.id.clone(),
+                    name: name.to_string(),
+                    code,
+                    oom_killed: oom,
+                });
+            }
+        }
+    }
+
+    /// Fault: a running container dies (exit 1) or is OOM-killed (exit 137).
+    pub fn kill_container(&self, name: &str, oom: bool) {
+        let mut st = self.lock();
+        self.exit(&mut st, name, if oom { 137 } else { 1 }, oom);
+    }
+
+    /// Fault: the daemon goes down (every running container exits) or comes back.
+    pub fn set_daemon(&self, up: bool) {
+        let mut st = self.lock();
+        if !up {
+            let running: Vec<String> = st
+                .containers
+                .iter()
+                .filter(|(_, c)| c.state == ContainerState::Running)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in running {
+                self.exit(&mut st, &n, 143, false);
+            }
+        }
+        st.daemon_up = up;
+    }
+
+    fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<T, ContainerError>,
+    ) -> BoxFuture<'static, Result<T, ContainerError>> {
+        let r = {
+            let mut st = self.lock();
+            if st.daemon_up {
+                f(&mut st)
+            } else {
+                Err(ContainerError::Unavailable("daemon restarting".into()))
+            }
+        };
+        Box::pin(async move { r })
+    }
+}
+
+impl Containers for SimEngine {
+    fn pull(&self, image: &str) -> BoxFuture<'static, Result<(), ContainerError>> {
+        let image = image.to_string();
+        self.with(move |st| {
+            if roll(st.faults.pull_fail_permille) {
+                return Err(ContainerError::PullFailed {
+                    image,
+                    why: "injected".into(),
+                });
+            }
+            st.images.insert(image);
+            Ok(())
+        })
+    }
+
+    fn create(&self, spec: ContainerSpec) -> BoxFuture<'static, Result<String, ContainerError>> {
+        self.with(move |st| {
+            if !st.images.contains(&spec.image) {
+                return Err(ContainerError::ImageNotFound(spec.image));
+            }
+            if st.containers.contains_key(&spec.name) {
+                return Err(ContainerError::Failed {
+                    name: spec.name,
+                    why: "name already in use".into(),
+                });
+            }
+            let id = format!("{:012x}", st.next_id);
+            st.next_id += 1;
+            st.containers.insert(
+                spec.name.clone(),
+                ContainerInfo {
+                    id: id.clone(),
+                    name: spec.name,
+                    image: spec.image,
+                    state: ContainerState::Created,
+                    labels: spec.labels,
+                },
+            );
+            Ok(id)
+        })
+    }
+
+    fn start(&self, name: &str) -> BoxFuture<'static, Result<(), ContainerError>> {
+        let name = name.to_string();
+        self.with(move |st| {
+            let fail = roll(st.faults.start_fail_permille);
+            let c = st
+                .containers
+                .get_mut(&name)
+                .ok_or_else(|| ContainerError::NotFound(name.clone()))?;
+            if fail {
+                return Err(ContainerError::Failed {
+                    name,
+                    why: "injected start failure".into(),
+                });
+            }
+            c.state = ContainerState::Running;
+            Ok(())
+        })
+    }
+
+    fn stop(&self, name: &str, _timeout_s: u32) -> BoxFuture<'static, Result<(), ContainerError>> {
+        self.signal(name, 0)
+    }
+
+    fn kill(&self, name: &str) -> BoxFuture<'static, Result<(), ContainerError>> {
+        self.signal(name, 137)
+    }
+
+    fn remove(&self, name: &str, force: bool) -> BoxFuture<'static, Result<(), ContainerError>> {
+        let name = name.to_string();
+        self.with(move |st| {
+            let c = st
+                .containers
+                .get(&name)
+                .ok_or_else(|| ContainerError::NotFound(name.clone()))?;
+            if c.state == ContainerState::Running && !force {
+                return Err(ContainerError::Failed {
+                    name,
+                    why: "container is running".into(),
+                });
+            }
+            st.containers.remove(&name);
+            Ok(())
+        })
+    }
+
+    fn inspect(&self, name: &str) -> BoxFuture<'static, Result<ContainerInfo, ContainerError>> {
+        let name = name.to_string();
+        self.with(move |st| {
+            st.containers
+                .get(&name)
+                .cloned()
+                .ok_or(ContainerError::NotFound(name))
+        })
+    }
+
+    fn list_by_label(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> BoxFuture<'static, Result<Vec<ContainerInfo>, ContainerError>> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.with(move |st| {
+            Ok(st
+                .containers
+                .values()
+                .filter(|c| c.labels.get(&key) == Some(&value))
+                .cloned()
+                .collect())
+        })
+    }
+
+    fn next_exit(&self) -> BoxFuture<'static, Result<ExitEvent, ContainerError>> {
+        let rx = self.exits_rx.clone();
+        Box::pin(async move {
+            rx.lock()
+                .await
+                .recv()
+                .await
+                .ok_or_else(|| ContainerError::Unavailable("engine gone".into()))
+        })
+    }
+}
+
+impl SimEngine {
+    fn signal(&self, name: &str, code: i64) -> BoxFuture<'static, Result<(), ContainerError>> {
+        let name = name.to_string();
+        let me = self.clone();
+        let r = {
+            let mut st = self.lock();
+            if !st.daemon_up {
+                Err(ContainerError::Unavailable("daemon restarting".into()))
+            } else if !st.containers.contains_key(&name) {
+                Err(ContainerError::NotFound(name.clone()))
+            } else {
+                me.exit(&mut st, &name, code, false);
+                Ok(())
+            }
+        };
+        Box::pin(async move { r })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[madsim::test]
+    async fn lifecycle_failures_and_daemon_restart() {
+        let e = SimEngine::new(EngineFaults::default());
+        let spec = ContainerSpec {
+            name: "web".into(),
+            image: "busybox".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            e.create(spec.clone()).await,
+            Err(ContainerError::ImageNotFound("busybox".into()))
+        );
+        e.pull("busybox").await.unwrap();
+        e.create(spec).await.unwrap();
+        e.start("web").await.unwrap();
+        e.kill_container("web", true);
+        let ev = e.next_exit().await.unwrap();
+        assert_eq!(
+            (ev.name.as_str(), ev.code, ev.oom_killed),
+            ("web", 137, true)
+        );
+        e.start("web").await.unwrap();
+        e.set_daemon(false);
+        assert!(matches!(
+            e.inspect("web").await,
+            Err(ContainerError::Unavailable(_))
+        ));
+        e.set_daemon(true);
+        assert_eq!(
+            e.inspect("web").await.unwrap().state,
+            ContainerState::Exited {
+                code: 143,
+                oom_killed: false
+            }
+        );
+        let failing = SimEngine::new(EngineFaults {
+            pull_fail_permille: 1000,
+            start_fail_permille: 0,
+        });
+        assert!(matches!(
+            failing.pull("x").await,
+            Err(ContainerError::PullFailed { .. })
+        ));
+    }
+}

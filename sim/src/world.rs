@@ -1,0 +1,845 @@
+//! One simulated run: real flotilla nodes on the madsim seam, concurrent clients, the
+//! fault schedule, a heal phase, and every checker.
+
+use crate::env::{elapsed, SimClock, SimSpawn};
+use crate::fabric::{Fabric, SimNet, CLIENT_BASE};
+use crate::history::{History, Op, Outcome, Record};
+use crate::linearizability;
+use crate::scenario::{Event, Fault, Net, Scenario};
+use crate::trace::Trace;
+use flotilla::kv::{Command, Precondition};
+use flotilla::node::{ClusterState, Env, NodeConfig};
+use flotilla::raft::{ProposeError, RaftConfig, RaftHandle};
+use flotilla_shims::mem_disk::MemDiskHandle;
+use flotilla_shims::Clock;
+use madsim::rand::Rng;
+use madsim::runtime::{Handle, NodeHandle};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How long a client waits for an answer.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_millis(1_500);
+/// After healing, writes must commit and replicas converge within this much simulated time.
+pub const LIVENESS_BOUND: Duration = Duration::from_secs(20);
+const TTL_MS: u64 = 1_500;
+
+/// What a run found.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub violations: Vec<String>,
+    pub trace_hash: u64,
+    pub sim_ms: u64,
+    pub ops: usize,
+    pub faults: BTreeMap<String, u64>,
+    pub messages: (u64, u64, u64),
+    /// Operations by outcome: ok, compare failed, not found, unknown.
+    pub outcomes: [u64; 4],
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Life {
+    Booting,
+    Up,
+    Down,
+    /// Refused to start (it must, after corruption).
+    Refused(String),
+    /// Its driver stopped with a fatal error; it must restart from what is durable.
+    Fatal(String),
+}
+
+struct Slot {
+    disk: MemDiskHandle,
+    clock: SimClock,
+    handle: Mutex<Option<RaftHandle>>,
+    life: Mutex<Life>,
+    /// Bumped on every crash, so a delayed restart only undoes its own crash.
+    crashes: Mutex<u64>,
+    corrupted: Mutex<Option<String>>,
+}
+
+impl Slot {
+    fn handle(&self) -> Option<RaftHandle> {
+        self.handle.lock().expect("slot lock").clone()
+    }
+
+    fn life(&self) -> Life {
+        self.life.lock().expect("slot lock").clone()
+    }
+
+    fn set_life(&self, l: Life) {
+        *self.life.lock().expect("slot lock") = l;
+    }
+}
+
+struct World {
+    s: Scenario,
+    rt: Handle,
+    fabric: Arc<Fabric>,
+    slots: Vec<Arc<Slot>>,
+    nodes: Mutex<Vec<NodeHandle>>,
+    history: Mutex<History>,
+    trace: Mutex<Trace>,
+    violations: Mutex<Vec<String>>,
+    faults: Mutex<BTreeMap<String, u64>>,
+    /// applied index → (digest, node) first seen there.
+    digests: Mutex<BTreeMap<u64, (u64, usize)>>,
+}
+
+/// Runs `s` on a fresh OS thread (so thread-locals such as rand's `ThreadRng` start from
+/// the seed) in a fresh madsim runtime. A panic anywhere in the run is a violation.
+pub fn run(s: &Scenario) -> Report {
+    let s2 = s.clone();
+    let joined = std::thread::Builder::new()
+        .name(format!("sim-{}", s.seed))
+        .spawn(move || {
+            let mut rt =
+                madsim::runtime::Runtime::with_seed_and_config(s2.seed, madsim::Config::default());
+            rt.set_time_limit(Duration::from_secs(3_600));
+            rt.block_on(simulate(s2))
+        })
+        .expect("spawn simulation thread")
+        .join();
+    joined.unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        Report {
+            seed: s.seed,
+            violations: vec![format!("panic: {msg}")],
+            ..Default::default()
+        }
+    })
+}
+
+fn node_config(s: &Scenario, i: usize) -> NodeConfig {
+    let initial_cluster = (0..s.nodes)
+        .map(|j| (format!("n{j}"), format!("http://10.0.0.{}:2380", j + 1)))
+        .collect();
+    NodeConfig {
+        name: format!("n{i}"),
+        peer_urls: vec![format!("http://10.0.0.{}:2380", i + 1)],
+        client_urls: vec![format!("http://10.0.0.{}:2379", i + 1)],
+        initial_cluster,
+        cluster_state: ClusterState::New,
+        raft: RaftConfig {
+            tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            snapshot_entries: 100,
+            catchup_entries: 20,
+            bug_skip_sync: s.bug_skip_sync,
+            ..RaftConfig::default()
+        },
+        request_timeout_ms: 1_200,
+        value_bytes_max: 1 << 20,
+        inbox_inputs_max: 4096,
+    }
+}
+
+async fn boot(w: Arc<World>, i: usize) {
+    let slot = w.slots[i].clone();
+    slot.set_life(Life::Booting);
+    let clock = Arc::new(slot.clock.clone());
+    let env = Env {
+        clock: clock.clone(),
+        spawn: Arc::new(SimSpawn),
+        seed: madsim::rand::thread_rng().gen(),
+    };
+    let latency = Duration::from_millis(w.s.sync_latency_ms);
+    let disk = slot.disk.open(Some((clock as Arc<dyn Clock>, latency)));
+    let (tx, rx) = mpsc::channel(8192);
+    w.fabric.register(i as u64, tx);
+    let net = Arc::new(SimNet {
+        endpoint: i as u64,
+        fabric: w.fabric.clone(),
+        peers: Mutex::new(Default::default()),
+    });
+    let cfg = node_config(&w.s, i);
+    match flotilla::node::start(&cfg, &env, Box::new(disk), net, rx).await {
+        Err(e) => slot.set_life(Life::Refused(e.to_string())),
+        Ok(started) => {
+            *slot.handle.lock().expect("slot lock") = Some(started.handle.clone());
+            slot.set_life(Life::Up);
+            let r = started.driver.run().await;
+            *slot.handle.lock().expect("slot lock") = None;
+            match r {
+                Ok(()) => slot.set_life(Life::Down),
+                Err(e) => slot.set_life(Life::Fatal(e.to_string())),
+            }
+        }
+    }
+}
+
+impl World {
+    fn node_id(&self, i: usize) -> madsim::task::NodeId {
+        self.nodes.lock().expect("nodes lock")[i].id()
+    }
+
+    fn now_ns(&self) -> u64 {
+        elapsed().as_nanos() as u64
+    }
+
+    fn trace(&self, line: String) {
+        let t = self.now_ns();
+        self.trace
+            .lock()
+            .expect("trace lock")
+            .record(&format!("{t} {line}"));
+    }
+
+    fn violation(&self, v: String) {
+        self.trace(format!("violation {v}"));
+        self.violations.lock().expect("violations lock").push(v);
+    }
+
+    fn count(&self, kind: &str) {
+        *self
+            .faults
+            .lock()
+            .expect("faults lock")
+            .entry(kind.to_string())
+            .or_default() += 1;
+    }
+
+    /// Kills node `i`, keeping `keep_permille` of its unsynced writes. Returns the crash number.
+    fn crash(&self, i: usize, keep_permille: u32) -> u64 {
+        let slot = &self.slots[i];
+        self.rt.kill(self.node_id(i));
+        *slot.handle.lock().expect("slot lock") = None;
+        self.fabric.unregister(i as u64);
+        let pending = slot.disk.pending_len();
+        let keep = pending * keep_permille as usize / 1000;
+        slot.disk.crash(keep);
+        slot.set_life(Life::Down);
+        self.trace(format!("crash n{i} kept {keep}/{pending}"));
+        let mut c = slot.crashes.lock().expect("slot lock");
+        *c += 1;
+        *c
+    }
+
+    fn restart(&self, i: usize) {
+        if matches!(self.slots[i].life(), Life::Refused(_)) {
+            return;
+        }
+        self.trace(format!("restart n{i}"));
+        self.rt.restart(self.node_id(i));
+    }
+
+    fn cut_both(&self, a: usize, b: usize, on: bool) {
+        let (a, b) = (a as u64, b as u64);
+        if on {
+            self.fabric.cut(a, b);
+            self.fabric.cut(b, a);
+        } else {
+            self.fabric.restore(a, b);
+            self.fabric.restore(b, a);
+        }
+    }
+}
+
+async fn inject(w: Arc<World>, ev: Event) {
+    let f = ev.fault;
+    w.count(f.kind());
+    w.trace(format!("fault {f:?}"));
+    match f {
+        Fault::Crash {
+            node,
+            keep_permille,
+            down_ms,
+        } => {
+            if matches!(w.slots[node].life(), Life::Refused(_)) {
+                return;
+            }
+            let n = w.crash(node, keep_permille);
+            madsim::time::sleep(Duration::from_millis(down_ms)).await;
+            if *w.slots[node].crashes.lock().expect("slot lock") == n {
+                w.restart(node);
+            }
+        }
+        Fault::Pause { node, ms } => {
+            w.rt.pause(w.node_id(node));
+            madsim::time::sleep(Duration::from_millis(ms)).await;
+            w.rt.resume(w.node_id(node));
+        }
+        Fault::Partition { side, ms } => {
+            let others: Vec<usize> = (0..w.s.nodes).filter(|i| !side.contains(i)).collect();
+            for a in &side {
+                for b in &others {
+                    w.cut_both(*a, *b, true);
+                }
+            }
+            madsim::time::sleep(Duration::from_millis(ms)).await;
+            for a in &side {
+                for b in &others {
+                    w.cut_both(*a, *b, false);
+                }
+            }
+        }
+        Fault::OneWay { from, to, ms } => {
+            w.fabric.cut(from as u64, to as u64);
+            madsim::time::sleep(Duration::from_millis(ms)).await;
+            w.fabric.restore(from as u64, to as u64);
+        }
+        Fault::Flap {
+            a,
+            b,
+            period_ms,
+            times,
+        } => {
+            for _ in 0..times {
+                w.cut_both(a, b, true);
+                madsim::time::sleep(Duration::from_millis(period_ms)).await;
+                w.cut_both(a, b, false);
+                madsim::time::sleep(Duration::from_millis(period_ms)).await;
+            }
+        }
+        Fault::ClockJump { node, delta_ms } => {
+            w.slots[node]
+                .clock
+                .skew_ms
+                .fetch_add(delta_ms, Ordering::Relaxed);
+        }
+        Fault::SyncFail { node } => w.slots[node].disk.fail_next_sync(),
+        Fault::Corrupt { node, pick } => corrupt(&w, node, pick).await,
+        Fault::ClientCut { client, node, ms } => {
+            let c = CLIENT_BASE + client as u64;
+            w.fabric.cut(c, node as u64);
+            w.fabric.cut(node as u64, c);
+            madsim::time::sleep(Duration::from_millis(ms)).await;
+            w.fabric.restore(c, node as u64);
+            w.fabric.restore(node as u64, c);
+        }
+    }
+}
+
+/// Crashes a node, flips a bit in one of its durable records, restarts it, and requires
+/// that it refuses to start, naming the damage.
+async fn corrupt(w: &Arc<World>, node: usize, pick: u64) {
+    if matches!(w.slots[node].life(), Life::Refused(_)) {
+        return;
+    }
+    w.crash(node, 1000);
+    let Some(name) = w.slots[node].disk.corrupt(pick) else {
+        return;
+    };
+    *w.slots[node].corrupted.lock().expect("slot lock") = Some(name.clone());
+    w.restart(node);
+    madsim::time::sleep(Duration::from_millis(200)).await;
+    match w.slots[node].life() {
+        Life::Refused(msg) if msg.contains(&name) && msg.contains("checksum") => {
+            w.trace(format!("n{node} refused corrupt {name}"));
+        }
+        other => w.violation(format!(
+            "n{node}: corrupted {name} was not refused at start (state {other:?})"
+        )),
+    }
+}
+
+/// Restarts nodes whose driver stopped on a fatal error (a failed sync): they come back
+/// from what is durable, never carrying on.
+async fn supervise(w: Arc<World>) {
+    loop {
+        madsim::time::sleep(Duration::from_millis(100)).await;
+        for i in 0..w.s.nodes {
+            if let Life::Fatal(why) = w.slots[i].life() {
+                w.trace(format!("n{i} stopped: {why}"));
+                let n = w.crash(i, 0);
+                let w2 = w.clone();
+                madsim::task::spawn(async move {
+                    madsim::time::sleep(Duration::from_millis(300)).await;
+                    if *w2.slots[i].crashes.lock().expect("slot lock") == n {
+                        w2.restart(i);
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Samples every live replica's (applied index, state digest): equal indexes must have
+/// equal digests.
+fn sample_digests(w: &World) {
+    for (i, slot) in w.slots.iter().enumerate() {
+        let Some(h) = slot.handle() else { continue };
+        let (applied, digest) = {
+            let m = h.shared.machine();
+            (m.applied, m.digest())
+        };
+        let mut seen = w.digests.lock().expect("digest lock");
+        match seen.get(&applied) {
+            Some((d, j)) if *d != digest => {
+                let msg = format!("replicas diverge at applied index {applied}: n{j} has {d:016x}, n{i} has {digest:016x}");
+                drop(seen);
+                w.violation(msg);
+            }
+            Some(_) => {}
+            None => {
+                seen.insert(applied, (digest, i));
+            }
+        }
+    }
+}
+
+async fn sampler(w: Arc<World>) {
+    loop {
+        madsim::time::sleep(Duration::from_millis(250)).await;
+        sample_digests(&w);
+    }
+}
+
+#[derive(Clone)]
+enum Req {
+    Get { key: String, quorum: bool },
+    Write { cmd: Command },
+}
+
+async fn perform(slot: &Slot, h: RaftHandle, req: Req) -> Outcome {
+    match req {
+        Req::Get { key, quorum } => {
+            if quorum && h.read_barrier().await.is_err() {
+                return Outcome::Unknown;
+            }
+            let r = h.shared.machine().store.get(&key, false);
+            match r {
+                Ok(ev) => Outcome::Ok(ev.node.value),
+                Err(e) if e.code == 100 => Outcome::Ok(None),
+                Err(_) => Outcome::Unknown,
+            }
+        }
+        Req::Write { cmd } => {
+            let cmd = match cmd {
+                Command::Put {
+                    key,
+                    value,
+                    dir,
+                    expire_ms: Some(ttl),
+                    refresh,
+                    prev,
+                } => {
+                    // As the API does: the receiving node fixes the expiration.
+                    let expire = slot.clock.now_wall_ms() + ttl;
+                    Command::Put {
+                        key,
+                        value,
+                        dir,
+                        expire_ms: Some(expire),
+                        refresh,
+                        prev,
+                    }
+                }
+                c => c,
+            };
+            match h.write(cmd).await {
+                Ok(out) => match out.result {
+                    Ok(_) => Outcome::Ok(None),
+                    Err(e) if e.code == 100 => Outcome::NotFound,
+                    Err(e) if e.code == 101 => Outcome::CompareFailed,
+                    Err(_) => Outcome::Unknown,
+                },
+                Err(ProposeError::NoLeader | ProposeError::Busy) => Outcome::Failed,
+                Err(_) => Outcome::Unknown,
+            }
+        }
+    }
+}
+
+/// A client request across the fabric: the request and the response can each be lost.
+async fn client_call(w: &World, client: u64, node: usize, req: Req) -> Outcome {
+    // A request that never reaches a node has no effect (the client, timing out, does
+    // not know that; the checker may).
+    let Some(there) = w.fabric.hop(client, node as u64) else {
+        madsim::time::sleep(CLIENT_TIMEOUT).await;
+        return Outcome::Failed;
+    };
+    madsim::time::sleep(there).await;
+    let slot = &w.slots[node];
+    let Some(h) = slot.handle() else {
+        madsim::time::sleep(CLIENT_TIMEOUT).await;
+        return Outcome::Failed;
+    };
+    let out = match madsim::time::timeout(CLIENT_TIMEOUT, perform(slot, h, req)).await {
+        Ok(o) => o,
+        Err(_) => return Outcome::Unknown,
+    };
+    match w.fabric.hop(node as u64, client) {
+        Some(back) => {
+            madsim::time::sleep(back).await;
+            out
+        }
+        None => {
+            madsim::time::sleep(CLIENT_TIMEOUT).await;
+            Outcome::Unknown
+        }
+    }
+}
+
+fn random_op(rng: &mut impl Rng, client: u64, n: u64, last_seen: Option<&String>) -> Op {
+    let value = format!("c{client}.{n}");
+    let guess = last_seen
+        .cloned()
+        .unwrap_or_else(|| format!("c{}.{}", rng.gen_range(0..3), rng.gen_range(0..5)));
+    match rng.gen_range(0..100) {
+        0..=14 => Op::Get { quorum: false },
+        15..=34 => Op::Get { quorum: true },
+        35..=59 => Op::Set { value, ttl: false },
+        60..=69 => Op::Set { value, ttl: true },
+        70..=84 => Op::Cas { prev: guess, value },
+        85..=92 => Op::Cad { prev: guess },
+        _ => Op::Delete,
+    }
+}
+
+fn request(key: &str, op: &Op) -> Req {
+    let key = key.to_string();
+    let put = |value: &str, expire_ms, prev| Req::Write {
+        cmd: Command::Put {
+            key: key.clone(),
+            value: value.to_string(),
+            dir: false,
+            expire_ms,
+            refresh: false,
+            prev,
+        },
+    };
+    let delete = |prev| Req::Write {
+        cmd: Command::Delete {
+            key: key.clone(),
+            dir: false,
+            recursive: false,
+            prev,
+        },
+    };
+    match op {
+        Op::Get { quorum } => Req::Get {
+            key: key.clone(),
+            quorum: *quorum,
+        },
+        Op::Set { value, ttl } => put(value, ttl.then_some(TTL_MS), Precondition::default()),
+        Op::Cas { prev, value } => put(
+            value,
+            None,
+            Precondition {
+                value: prev.clone(),
+                ..Default::default()
+            },
+        ),
+        Op::Cad { prev } => delete(Precondition {
+            value: prev.clone(),
+            ..Default::default()
+        }),
+        Op::Delete => delete(Precondition::default()),
+    }
+}
+
+/// Records one operation around a client call.
+async fn observe(w: &World, client: u64, node: usize, key: &str, op: Op) -> Outcome {
+    let id = w.history.lock().expect("history lock").invoke(
+        client,
+        node as u64,
+        key,
+        op.clone(),
+        w.now_ns(),
+    );
+    w.trace(format!("invoke {client} n{node} {key} {op:?}"));
+    let out = client_call(w, client, node, request(key, &op)).await;
+    w.trace(format!("complete {client} {out:?}"));
+    w.history
+        .lock()
+        .expect("history lock")
+        .complete(id, out.clone(), w.now_ns());
+    out
+}
+
+async fn client(w: Arc<World>, c: usize, until: Duration) {
+    let me = CLIENT_BASE + c as u64;
+    let mut last_seen: BTreeMap<String, String> = BTreeMap::new();
+    for n in 0..w.s.ops_per_client as u64 {
+        if elapsed() >= until {
+            return;
+        }
+        let (key, node, op) = {
+            let mut rng = madsim::rand::thread_rng();
+            let key = format!("/k{}", rng.gen_range(0..w.s.keys));
+            let node = rng.gen_range(0..w.s.nodes);
+            let op = random_op(&mut rng, me, n, last_seen.get(&key));
+            (key, node, op)
+        };
+        if let Outcome::Ok(Some(v)) = observe(&w, me, node, &key, op).await {
+            last_seen.insert(key, v);
+        }
+        let pause = madsim::rand::thread_rng().gen_range(0..30);
+        madsim::time::sleep(Duration::from_millis(pause)).await;
+    }
+}
+
+/// After the heal: a write must commit, and every replica that is up must reach the same
+/// applied index and state digest, within [`LIVENESS_BOUND`].
+async fn liveness(w: &Arc<World>) {
+    let deadline = elapsed() + LIVENESS_BOUND;
+    let probe = CLIENT_BASE + 999;
+    let mut k = 0usize;
+    let committed = loop {
+        if elapsed() > deadline {
+            break false;
+        }
+        let node = k % w.s.nodes;
+        k += 1;
+        let op = Op::Set {
+            value: format!("probe.{k}"),
+            ttl: false,
+        };
+        if observe(w, probe, node, "/probe", op).await == Outcome::Ok(None) {
+            break true;
+        }
+    };
+    if !committed {
+        return w.violation("liveness: no write committed within the bound after healing".into());
+    }
+    loop {
+        let states: Vec<(usize, u64, u64)> = w
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !matches!(s.life(), Life::Refused(_)))
+            .map(|(i, s)| match s.handle() {
+                Some(h) => {
+                    let m = h.shared.machine();
+                    (i, m.applied, m.digest())
+                }
+                None => (i, 0, 0),
+            })
+            .collect();
+        let first = states[0];
+        if first.1 > 0 && states.iter().all(|s| (s.1, s.2) == (first.1, first.2)) {
+            w.trace(format!("converged at {} digest {:016x}", first.1, first.2));
+            return;
+        }
+        if elapsed() > deadline {
+            return w.violation(format!(
+                "liveness: replicas did not converge after healing: {states:?}"
+            ));
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn simulate(s: Scenario) -> Report {
+    let rt = Handle::current();
+    let fabric = Fabric::new(s.net.clone());
+    let members = flotilla::node::initial_members(&node_config(&s, 0)).expect("valid cluster");
+    let slots: Vec<Arc<Slot>> = (0..s.nodes)
+        .map(|i| {
+            let raft_id = members
+                .iter()
+                .find(|m| m.name == format!("n{i}"))
+                .expect("member")
+                .id;
+            fabric.map_id(raft_id, i as u64);
+            Arc::new(Slot {
+                disk: MemDiskHandle::new(),
+                clock: SimClock::default(),
+                handle: Mutex::new(None),
+                life: Mutex::new(Life::Down),
+                crashes: Mutex::new(0),
+                corrupted: Mutex::new(None),
+            })
+        })
+        .collect();
+    let w = Arc::new(World {
+        s: s.clone(),
+        rt: rt.clone(),
+        fabric,
+        slots,
+        nodes: Mutex::new(vec![]),
+        history: Mutex::new(History::default()),
+        trace: Mutex::new(Trace::default()),
+        violations: Mutex::new(vec![]),
+        faults: Mutex::new(BTreeMap::new()),
+        digests: Mutex::new(BTreeMap::new()),
+    });
+    // Building a node starts it (madsim runs its init at once).
+    for i in 0..s.nodes {
+        let w2 = w.clone();
+        let node = rt
+            .create_node()
+            .name(format!("n{i}"))
+            .init(move || boot(w2.clone(), i))
+            .build();
+        w.nodes.lock().expect("nodes lock").push(node);
+    }
+    let helpers = rt.create_node().name("harness").build();
+    helpers.spawn(supervise(w.clone()));
+    helpers.spawn(sampler(w.clone()));
+    let fault_end = Duration::from_millis(s.fault_phase_ms);
+    let mut clients = vec![];
+    for c in 0..s.clients {
+        clients.push(helpers.spawn(client(w.clone(), c, fault_end)));
+    }
+    for ev in s.schedule.clone() {
+        let w2 = w.clone();
+        helpers.spawn(async move {
+            madsim::time::sleep(Duration::from_millis(ev.at_ms)).await;
+            inject(w2, ev).await;
+        });
+    }
+    madsim::time::sleep(fault_end).await;
+    heal(&w).await;
+    for c in clients {
+        let _ = c.await;
+    }
+    madsim::time::sleep(Duration::from_millis(s.heal_ms)).await;
+    liveness(&w).await;
+    final_reads(&w).await;
+    sample_digests(&w);
+    check(&w);
+    let trace = w.trace.lock().expect("trace lock").clone();
+    let (ops, outcomes) = {
+        let h = w.history.lock().expect("history lock");
+        let mut o = [0u64; 4];
+        for r in &h.records {
+            o[match r.outcome {
+                Outcome::Ok(_) => 0,
+                Outcome::CompareFailed => 1,
+                Outcome::NotFound => 2,
+                Outcome::Unknown | Outcome::Failed => 3,
+            }] += 1;
+        }
+        (h.records.len(), o)
+    };
+    let violations = w.violations.lock().expect("violations lock").clone();
+    let faults = w.faults.lock().expect("faults lock").clone();
+    Report {
+        seed: s.seed,
+        violations,
+        trace_hash: trace.hash(),
+        sim_ms: elapsed().as_millis() as u64,
+        ops,
+        faults,
+        messages: w.fabric.stats(),
+        outcomes,
+    }
+}
+
+/// Ends every fault: links restored, message faults off, paused nodes resumed, downed
+/// nodes restarted (a node that refused a corrupt disk stays down).
+async fn heal(w: &Arc<World>) {
+    w.trace("heal".into());
+    w.fabric.heal();
+    w.fabric.set_net(Net {
+        latency_min_ms: 1,
+        latency_max_ms: 5,
+        loss_permille: 0,
+        dup_permille: 0,
+    });
+    for i in 0..w.s.nodes {
+        w.rt.resume(w.node_id(i));
+        if matches!(w.slots[i].life(), Life::Down | Life::Fatal(_)) {
+            w.restart(i);
+        }
+    }
+}
+
+/// One linearizable read of every key after everything settled.
+async fn final_reads(w: &Arc<World>) {
+    let reader = CLIENT_BASE + 998;
+    for k in 0..w.s.keys {
+        let key = format!("/k{k}");
+        for attempt in 0..w.s.nodes * 3 {
+            let node = attempt % w.s.nodes;
+            if let Outcome::Ok(_) = observe(w, reader, node, &key, Op::Get { quorum: true }).await {
+                break;
+            }
+        }
+    }
+}
+
+fn check(w: &World) {
+    let records = w.history.lock().expect("history lock").records.clone();
+    if let Err(e) = linearizability::check(&records) {
+        w.violation(format!("linearizability: {e}"));
+    }
+    if let Err(e) = check_local_reads(&records) {
+        w.violation(e);
+    }
+    if let Err(e) = check_acknowledged(&records) {
+        w.violation(e);
+    }
+}
+
+/// Local (non-quorum) reads may be stale but never invent a value.
+fn check_local_reads(records: &[Record]) -> Result<(), String> {
+    for r in records.iter().filter(|r| r.op == Op::Get { quorum: false }) {
+        if let Outcome::Ok(Some(v)) = &r.outcome {
+            let written = records.iter().any(|w| {
+                w.key == r.key
+                    && w.invoke_ns <= r.complete_ns.unwrap_or(u64::MAX)
+                    && matches!(&w.op, Op::Set { value, .. } | Op::Cas { value, .. } if value == v)
+            });
+            if !written {
+                return Err(format!(
+                    "local read of {} returned {v:?}, which nobody wrote",
+                    r.key
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The last acknowledged write to a key, when no other write could follow it, is what
+/// the final read returns.
+fn check_acknowledged(records: &[Record]) -> Result<(), String> {
+    let mut keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        let of_key: Vec<&Record> = records.iter().filter(|r| r.key == key).collect();
+        let Some(fin) = of_key
+            .iter()
+            .rev()
+            .find(|r| r.op == Op::Get { quorum: true } && r.outcome != Outcome::Unknown)
+        else {
+            continue;
+        };
+        let writes: Vec<&&Record> = of_key
+            .iter()
+            .filter(|r| {
+                r.op.is_write() && r.outcome != Outcome::Failed && r.invoke_ns < fin.invoke_ns
+            })
+            .collect();
+        let Some(last) = writes
+            .iter()
+            .filter(|r| r.outcome == Outcome::Ok(None))
+            .max_by_key(|r| r.invoke_ns)
+        else {
+            continue;
+        };
+        let isolated = writes.iter().all(|o| {
+            std::ptr::eq(**o, **last)
+                || o.complete_ns.is_some_and(|t| t < last.invoke_ns)
+                    && o.outcome != Outcome::Unknown
+        });
+        if !isolated {
+            continue;
+        }
+        let want = match &last.op {
+            Op::Set { value, ttl: false } | Op::Cas { value, .. } => Some(value.clone()),
+            Op::Set { ttl: true, .. } => continue,
+            _ => None,
+        };
+        if fin.outcome != Outcome::Ok(want.clone()) {
+            return Err(format!(
+                "acknowledged write lost: {key} was last set to {want:?} (acknowledged at {} ns) but the final read returned {:?}",
+                last.complete_ns.unwrap_or(0),
+                fin.outcome
+            ));
+        }
+    }
+    Ok(())
+}
