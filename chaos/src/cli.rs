@@ -57,7 +57,12 @@ enum Cmd {
         out: PathBuf,
     },
     /// Run a seed file again and report what it does now.
-    Replay { file: PathBuf },
+    Replay {
+        file: PathBuf,
+        /// Write every client operation of the run to this JSON file.
+        #[arg(long)]
+        dump_history: Option<PathBuf>,
+    },
     /// Reduce a failing seed file's faults and operations while it still fails.
     Shrink {
         file: PathBuf,
@@ -160,9 +165,13 @@ fn real_main() -> Result<ExitCode> {
             println!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Replay { file } => {
+        Cmd::Replay { file, dump_history } => {
             let f = SeedFile::load(&file)?;
             let r = run(&f.scenario);
+            if let Some(p) = dump_history {
+                let text = serde_json::to_string_pretty(&r.history)?;
+                std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+            }
             println!(
                 "seed {} trace {:016x} ({} ops: {} ok, {} compare-failed, {} not-found, {} unknown; {} simulated ms; faults {:?})",
                 f.scenario.seed, r.trace_hash, r.ops, r.outcomes[0], r.outcomes[1], r.outcomes[2], r.outcomes[3], r.sim_ms, r.faults

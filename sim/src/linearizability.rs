@@ -111,6 +111,8 @@ pub fn check_key(ops: &[&Record]) -> Result<(), String> {
         prev[x] = e;
     };
     let mut steps: u64 = 0;
+    // The deepest partial linearization seen, for the failure report.
+    let mut best: (usize, Vec<u64>) = (0, linearized.clone());
     loop {
         if done_finite == finite {
             return Ok(());
@@ -125,6 +127,9 @@ pub fn check_key(ops: &[&Record]) -> Result<(), String> {
                 linearized[i / 64] |= 1 << (i % 64);
                 if cache.insert((linearized.clone(), ns.clone())) {
                     stack.push((cur, state.clone()));
+                    if stack.len() > best.0 {
+                        best = (stack.len(), linearized.clone());
+                    }
                     state = ns;
                     unlink(&mut next, &mut prev, cur);
                     if ret_of[i] != usize::MAX {
@@ -141,7 +146,7 @@ pub fn check_key(ops: &[&Record]) -> Result<(), String> {
         }
         // A return (or the end) reached with its call not linearized: backtrack.
         let Some((call, old)) = stack.pop() else {
-            return Err(describe(ops));
+            return Err(describe(ops, &best.1));
         };
         let i = entries[call].op;
         linearized[i / 64] &= !(1 << (i % 64));
@@ -155,12 +160,30 @@ pub fn check_key(ops: &[&Record]) -> Result<(), String> {
     }
 }
 
-fn describe(ops: &[&Record]) -> String {
-    let mut lines: Vec<String> = ops
+/// The operations around the first one (by invocation) that no linearization of the
+/// deepest explored prefix could place.
+fn describe(ops: &[&Record], lin: &[u64]) -> String {
+    let placed = |i: usize| lin[i / 64] & (1 << (i % 64)) != 0;
+    let mut order: Vec<usize> = (0..ops.len()).collect();
+    order.sort_by_key(|i| ops[*i].invoke_ns);
+    let stuck = order
         .iter()
-        .map(|r| {
+        .position(|i| !placed(*i) && ops[*i].outcome != Outcome::Unknown)
+        .unwrap_or(0);
+    let from = stuck.saturating_sub(25);
+    let lines: Vec<String> = order[from..(stuck + 10).min(order.len())]
+        .iter()
+        .map(|i| {
+            let r = ops[*i];
             format!(
-                "  [{:>12} .. {:>12}] client {} via node {}: {:?} -> {:?}",
+                "{} [{:>12} .. {:>12}] client {} via node {}: {:?} -> {:?}",
+                if *i == order[stuck] {
+                    "=>"
+                } else if placed(*i) {
+                    "  "
+                } else {
+                    " ?"
+                },
                 r.invoke_ns,
                 r.complete_ns
                     .map(|t| t.to_string())
@@ -172,13 +195,8 @@ fn describe(ops: &[&Record]) -> String {
             )
         })
         .collect();
-    if lines.len() > 40 {
-        let tail = lines.split_off(lines.len() - 40);
-        lines = tail;
-        lines.insert(0, "  … (earlier operations elided)".into());
-    }
     format!(
-        "no linearization exists for key {}:\n{}",
+        "no linearization exists for key {} (=> marks the first operation that cannot be placed; ? not placed):\n{}",
         ops[0].key,
         lines.join("\n")
     )

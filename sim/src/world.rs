@@ -36,8 +36,10 @@ pub struct Report {
     pub ops: usize,
     pub faults: BTreeMap<String, u64>,
     pub messages: (u64, u64, u64),
-    /// Operations by outcome: ok, compare failed, not found, unknown.
+    /// Operations by outcome: ok, compare failed, not found, unknown or failed.
     pub outcomes: [u64; 4],
+    /// Every client operation, in invocation order.
+    pub history: Vec<Record>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -699,6 +701,7 @@ async fn simulate(s: Scenario) -> Report {
     sample_digests(&w);
     check(&w);
     let trace = w.trace.lock().expect("trace lock").clone();
+    let history = w.history.lock().expect("history lock").records.clone();
     let (ops, outcomes) = {
         let h = w.history.lock().expect("history lock");
         let mut o = [0u64; 4];
@@ -723,6 +726,7 @@ async fn simulate(s: Scenario) -> Report {
         faults,
         messages: w.fabric.stats(),
         outcomes,
+        history,
     }
 }
 

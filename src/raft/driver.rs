@@ -420,7 +420,19 @@ impl Driver {
             index: e.index,
             why: err.to_string(),
         })?;
-        let applied = self.shared.machine().store.apply(&p.cmd);
+        let applied = {
+            let mut m = self.shared.machine();
+            if p.origin != 0 && !m.first_application(p.origin, p.seq) {
+                tracing::debug!(
+                    index = e.index,
+                    origin = p.origin,
+                    seq = p.seq,
+                    "duplicate proposal skipped"
+                );
+                return Ok(());
+            }
+            m.store.apply(&p.cmd)
+        };
         if !applied.events.is_empty() {
             self.shared.notify_events();
         }

@@ -3,7 +3,10 @@
 
 use crate::kv::Store;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Request sequence numbers remembered per proposer, to drop duplicated proposals.
+pub const DEDUP_WINDOW_PER_ORIGIN: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -19,6 +22,11 @@ pub struct Machine {
     pub store: Store,
     pub members: BTreeMap<u64, Member>,
     pub applied: u64,
+    /// Recently applied `(origin, seq)` request ids. A proposal can reach the log twice
+    /// (a forwarded proposal duplicated in transit, a frame resent after a broken
+    /// connection); it must take effect once.
+    #[serde(default)]
+    pub applied_requests: BTreeMap<u64, BTreeSet<u64>>,
 }
 
 impl Machine {
@@ -28,7 +36,20 @@ impl Machine {
             store: Store::new(),
             members: BTreeMap::new(),
             applied: 0,
+            applied_requests: BTreeMap::new(),
         }
+    }
+
+    /// Records request `(origin, seq)`; `false` if it was already applied.
+    pub fn first_application(&mut self, origin: u64, seq: u64) -> bool {
+        let seen = self.applied_requests.entry(origin).or_default();
+        if !seen.insert(seq) {
+            return false;
+        }
+        if seen.len() > DEDUP_WINDOW_PER_ORIGIN {
+            seen.pop_first();
+        }
+        true
     }
 
     /// A stable digest of the whole state, for comparing replicas.
@@ -62,4 +83,25 @@ pub fn cluster_id(members: &[Member]) -> u64 {
     ids.sort_unstable();
     let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_be_bytes()).collect();
     fnv1a(&bytes).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_applies_once_within_the_window() {
+        let mut m = Machine::new();
+        assert!(m.first_application(7, 100));
+        assert!(!m.first_application(7, 100), "duplicate must be refused");
+        assert!(m.first_application(8, 100), "ids are per origin");
+        for seq in 101..101 + DEDUP_WINDOW_PER_ORIGIN as u64 {
+            assert!(m.first_application(7, seq));
+        }
+        assert_eq!(
+            m.applied_requests[&7].len(),
+            DEDUP_WINDOW_PER_ORIGIN,
+            "the window is bounded"
+        );
+    }
 }
