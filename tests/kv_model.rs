@@ -196,10 +196,11 @@ impl Model {
         let m = self.nodes.get_mut(key).unwrap();
         if !m.dir {
             m.value = value.into();
+            m.modified = next;
         }
-        m.modified = next;
         m.expire = expire;
-        let after = flat(action, key, m);
+        let mut after = flat(action, key, m);
+        after.5 = next;
         self.index = next;
         Ok((after, Some(before)))
     }

@@ -1,6 +1,6 @@
 //! `/v2/keys`: turns HTTP requests into store reads and Raft writes.
 
-use super::params::Params;
+use super::params::{KeyRequest, Params};
 use super::{render, Api, Reply};
 use crate::kv::error::*;
 use crate::kv::{Action, Command, Event, Precondition, StoreError};
@@ -10,20 +10,27 @@ use http::{Method, Request, StatusCode};
 
 impl Api {
     pub(super) async fn keys(&self, req: &Request<Bytes>, key: &str) -> Reply {
-        let body = matches!(*req.method(), Method::PUT | Method::POST).then(|| req.body().as_ref());
+        let method = req.method().clone();
+        if !matches!(
+            method,
+            Method::GET | Method::HEAD | Method::PUT | Method::POST | Method::DELETE
+        ) {
+            return self.reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                b"Method Not Allowed\n".to_vec(),
+                None,
+            );
+        }
+        let body = matches!(method, Method::PUT | Method::POST).then(|| req.body().as_ref());
         let params = Params::parse(req.uri().query(), body);
-        let r = match *req.method() {
-            Method::GET | Method::HEAD => self.get(key, &params).await,
-            Method::PUT => self.put(key, &params).await,
-            Method::POST => self.post(key, &params).await,
-            Method::DELETE => self.delete(key, &params).await,
-            _ => {
-                return self.reply(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    b"Method Not Allowed\n".to_vec(),
-                    None,
-                )
-            }
+        let r = match KeyRequest::parse(&params, &method) {
+            Ok(kr) => match method {
+                Method::PUT => self.put(key, &kr).await,
+                Method::POST => self.post(key, &kr).await,
+                Method::DELETE => self.delete(key, &kr).await,
+                _ => self.get(key, &kr).await,
+            },
+            Err(e) => Err(e),
         };
         match r {
             Ok(reply) => reply,
@@ -31,22 +38,19 @@ impl Api {
         }
     }
 
-    async fn get(&self, key: &str, p: &Params) -> Result<Reply, StoreError> {
-        let recursive = p.bool("recursive")?;
-        let _sorted = p.bool("sorted")?; // children are always kept sorted
-        let quorum = p.bool("quorum")?;
-        if p.bool("wait")? {
-            let since = p.index("waitIndex")?;
-            return self.watch(key, recursive, since).await;
+    async fn get(&self, key: &str, kr: &KeyRequest) -> Result<Reply, StoreError> {
+        if kr.wait {
+            return self.watch(key, kr.recursive, kr.wait_index).await;
         }
-        if quorum {
+        if kr.quorum {
             self.raft
                 .read_barrier()
                 .await
                 .map_err(|e| self.propose_error(e))?;
         }
-        let ev = self.raft.shared.machine().store.get(key, recursive)?;
-        Ok(self.event_reply(StatusCode::OK, &ev, false))
+        // Children are kept sorted, so `sorted` needs no work.
+        let ev = self.raft.shared.machine().store.get(key, kr.recursive)?;
+        Ok(self.event_reply(StatusCode::OK, &ev, false, ev.index))
     }
 
     async fn watch(
@@ -57,10 +61,8 @@ impl Api {
     ) -> Result<Reply, StoreError> {
         let key = crate::kv::path::clean(key);
         let mut changes = self.raft.shared.subscribe();
-        let since = match since {
-            Some(i) => i,
-            None => self.raft.shared.machine().store.index() + 1,
-        };
+        let start = self.raft.shared.machine().store.index();
+        let since = since.unwrap_or(start + 1);
         loop {
             {
                 let m = self.raft.shared.machine();
@@ -71,7 +73,8 @@ impl Api {
                 {
                     let ev = ev.clone();
                     drop(m);
-                    return Ok(self.event_reply(StatusCode::OK, &ev, false));
+                    // As etcd: the header carries the index when the watch began.
+                    return Ok(self.event_reply(StatusCode::OK, &ev, false, start));
                 }
             }
             if changes.changed().await.is_err() {
@@ -80,32 +83,22 @@ impl Api {
         }
     }
 
-    fn expiry(&self, p: &Params) -> Result<(Option<u64>, bool), StoreError> {
-        let ttl = p.ttl()?;
-        let expire_ms = match ttl {
-            Some(Some(s)) if s > 0 => Some(
-                self.clock
-                    .now_wall_ms()
-                    .saturating_add(s.saturating_mul(1000)),
-            ),
-            _ => None,
-        };
-        Ok((expire_ms, ttl.is_some()))
+    fn expiry(&self, kr: &KeyRequest) -> Option<u64> {
+        // As etcd: the node taking the request fixes the absolute expiration; ttl=0
+        // expires at once.
+        kr.ttl.map(|s| {
+            self.clock
+                .now_wall_ms()
+                .saturating_add(s.saturating_mul(1000))
+        })
     }
 
-    fn precondition(&self, p: &Params) -> Result<Precondition, StoreError> {
-        if p.get("prevValue") == Some("") {
-            return Err(StoreError::new(
-                PREV_VALUE_REQUIRED,
-                "prevValue cannot be empty",
-                0,
-            ));
+    fn precondition(kr: &KeyRequest) -> Precondition {
+        Precondition {
+            exist: kr.prev_exist,
+            value: kr.prev_value.clone(),
+            index: kr.prev_index,
         }
-        Ok(Precondition {
-            exist: p.opt_bool("prevExist")?,
-            value: p.get("prevValue").unwrap_or_default().to_string(),
-            index: p.index("prevIndex")?.unwrap_or(0),
-        })
     }
 
     fn check_value(&self, value: &str) -> Result<(), StoreError> {
@@ -123,56 +116,37 @@ impl Api {
         Ok(())
     }
 
-    async fn put(&self, key: &str, p: &Params) -> Result<Reply, StoreError> {
-        let refresh = p.bool("refresh")?;
-        let dir = p.bool("dir")?;
-        let (expire_ms, ttl_given) = self.expiry(p)?;
-        let prev = self.precondition(p)?;
-        let no_value = p.bool("noValueOnSuccess")?;
-        if refresh {
-            if p.has("value") {
-                return Err(StoreError::new(
-                    REFRESH_VALUE,
-                    "A value was provided on a refresh",
-                    0,
-                ));
-            }
-            if !ttl_given {
-                return Err(StoreError::new(REFRESH_TTL_REQUIRED, "No TTL value set", 0));
-            }
-        }
-        let value = p.get("value").unwrap_or_default().to_string();
+    async fn put(&self, key: &str, kr: &KeyRequest) -> Result<Reply, StoreError> {
+        let value = kr.value.clone().unwrap_or_default();
         self.check_value(&value)?;
         let cmd = Command::Put {
             key: key.to_string(),
             value,
-            dir,
-            expire_ms,
-            refresh,
-            prev,
+            dir: kr.dir,
+            expire_ms: self.expiry(kr),
+            refresh: kr.refresh,
+            prev: Self::precondition(kr),
         };
-        self.write(cmd, no_value).await
+        self.write(cmd, kr.no_value_on_success).await
     }
 
-    async fn post(&self, key: &str, p: &Params) -> Result<Reply, StoreError> {
-        let (expire_ms, _) = self.expiry(p)?;
-        let no_value = p.bool("noValueOnSuccess")?;
-        let value = p.get("value").unwrap_or_default().to_string();
+    async fn post(&self, key: &str, kr: &KeyRequest) -> Result<Reply, StoreError> {
+        let value = kr.value.clone().unwrap_or_default();
         self.check_value(&value)?;
         let cmd = Command::CreateInOrder {
             dir: key.to_string(),
             value,
-            expire_ms,
+            expire_ms: self.expiry(kr),
         };
-        self.write(cmd, no_value).await
+        self.write(cmd, kr.no_value_on_success).await
     }
 
-    async fn delete(&self, key: &str, p: &Params) -> Result<Reply, StoreError> {
+    async fn delete(&self, key: &str, kr: &KeyRequest) -> Result<Reply, StoreError> {
         let cmd = Command::Delete {
             key: key.to_string(),
-            dir: p.bool("dir")?,
-            recursive: p.bool("recursive")?,
-            prev: self.precondition(p)?,
+            dir: kr.dir,
+            recursive: kr.recursive,
+            prev: Self::precondition(kr),
         };
         self.write(cmd, false).await
     }
@@ -191,7 +165,7 @@ impl Api {
         } else {
             StatusCode::OK
         };
-        Ok(self.event_reply(status, &ev, no_value))
+        Ok(self.event_reply(status, &ev, no_value, ev.index))
     }
 
     fn propose_error(&self, e: ProposeError) -> StoreError {
@@ -205,14 +179,20 @@ impl Api {
         }
     }
 
-    fn event_reply(&self, status: StatusCode, ev: &Event, no_value: bool) -> Reply {
+    fn event_reply(
+        &self,
+        status: StatusCode,
+        ev: &Event,
+        no_value: bool,
+        etcd_index: u64,
+    ) -> Reply {
         let body = render::event(ev, self.clock.now_wall_ms(), no_value);
-        self.reply(status, body, Some(ev.index))
+        self.reply(status, body, Some(etcd_index))
     }
 
+    /// etcd writes the error's own index (0 for a bad request) into `X-Etcd-Index`.
     pub(super) fn error_reply(&self, e: &StoreError) -> Reply {
         let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-        let idx = self.raft.shared.machine().store.index();
-        self.reply(status, render::error(e), Some(idx))
+        self.reply(status, render::error(e), Some(e.index))
     }
 }

@@ -42,20 +42,23 @@ impl Params {
         self.map.contains_key(name)
     }
 
-    /// Go's `strconv.ParseBool`; absent is `false`; anything else is error 209.
+    /// Go's `strconv.ParseBool`; absent is `false`; anything else is error 209 with
+    /// etcd's cause (which quotes the name).
     pub fn bool(&self, name: &str) -> Result<bool, StoreError> {
         match self.get(name) {
             None => Ok(false),
             Some(v) => parse_bool(v)
-                .ok_or_else(|| invalid(INVALID_FIELD, format!("invalid value for {name}"))),
+                .ok_or_else(|| invalid(INVALID_FIELD, format!("invalid value for \"{name}\""))),
         }
     }
 
-    /// `Some(bool)` when present.
+    /// `Some(bool)` when present (`prevExist`, `refresh`: etcd does not quote these).
     pub fn opt_bool(&self, name: &str) -> Result<Option<bool>, StoreError> {
         match self.get(name) {
             None => Ok(None),
-            Some(_) => self.bool(name).map(Some),
+            Some(v) => parse_bool(v)
+                .map(Some)
+                .ok_or_else(|| invalid(INVALID_FIELD, format!("invalid value for {name}"))),
         }
     }
 
@@ -66,21 +69,92 @@ impl Params {
             Some(v) => v
                 .parse::<u64>()
                 .map(Some)
-                .map_err(|_| invalid(INDEX_NAN, format!("invalid value for {name}"))),
+                .map_err(|_| invalid(INDEX_NAN, format!("invalid value for \"{name}\""))),
         }
     }
 
-    /// `ttl`: `None` absent, `Some(None)` present but empty (remove the TTL),
-    /// `Some(Some(s))` seconds. Negative or non-numeric is error 202.
-    pub fn ttl(&self) -> Result<Option<Option<u64>>, StoreError> {
+    /// `ttl` in seconds; empty counts as absent (as in etcd). Negative or non-numeric
+    /// is error 202.
+    pub fn ttl(&self) -> Result<Option<u64>, StoreError> {
         match self.get("ttl") {
-            None => Ok(None),
-            Some("") => Ok(Some(None)),
+            None | Some("") => Ok(None),
             Some(v) => v
                 .parse::<u64>()
-                .map(|s| Some(Some(s)))
-                .map_err(|_| invalid(TTL_NAN, "invalid value for ttl")),
+                .map(Some)
+                .map_err(|_| invalid(TTL_NAN, "invalid value for \"ttl\"")),
         }
+    }
+}
+
+/// Every parameter of a keys request, validated in etcd's order (so the first error
+/// reported is the one etcd reports).
+pub struct KeyRequest {
+    pub prev_index: u64,
+    pub wait_index: Option<u64>,
+    pub recursive: bool,
+    pub sorted: bool,
+    pub wait: bool,
+    pub dir: bool,
+    pub quorum: bool,
+    pub stream: bool,
+    pub prev_value: String,
+    pub no_value_on_success: bool,
+    pub ttl: Option<u64>,
+    pub prev_exist: Option<bool>,
+    pub refresh: bool,
+    pub value: Option<String>,
+}
+
+impl KeyRequest {
+    pub fn parse(p: &Params, method: &http::Method) -> Result<Self, StoreError> {
+        let prev_index = p.index("prevIndex")?.unwrap_or(0);
+        let wait_index = p.index("waitIndex")?;
+        let recursive = p.bool("recursive")?;
+        let sorted = p.bool("sorted")?;
+        let wait = p.bool("wait")?;
+        let dir = p.bool("dir")?;
+        let quorum = p.bool("quorum")?;
+        let stream = p.bool("stream")?;
+        if wait && method != http::Method::GET {
+            return Err(invalid(
+                INVALID_FIELD,
+                "\"wait\" can only be used with GET requests",
+            ));
+        }
+        if p.get("prevValue") == Some("") {
+            return Err(invalid(
+                PREV_VALUE_REQUIRED,
+                "\"prevValue\" cannot be empty",
+            ));
+        }
+        let no_value_on_success = p.bool("noValueOnSuccess")?;
+        let ttl = p.ttl()?;
+        let prev_exist = p.opt_bool("prevExist")?;
+        let refresh = p.opt_bool("refresh")?.unwrap_or(false);
+        if refresh {
+            if p.get("value").is_some_and(|v| !v.is_empty()) {
+                return Err(invalid(REFRESH_VALUE, "A value was provided on a refresh"));
+            }
+            if ttl.is_none() {
+                return Err(invalid(REFRESH_TTL_REQUIRED, "No TTL value set"));
+            }
+        }
+        Ok(Self {
+            prev_index,
+            wait_index,
+            recursive,
+            sorted,
+            wait,
+            dir,
+            quorum,
+            stream,
+            prev_value: p.get("prevValue").unwrap_or_default().to_string(),
+            no_value_on_success,
+            ttl,
+            prev_exist,
+            refresh,
+            value: p.get("value").map(String::from),
+        })
     }
 }
 
@@ -100,8 +174,15 @@ mod tests {
     fn body_overrides_query_and_bools_validate() {
         let p = Params::parse(Some("value=q&recursive=yes&ttl=-1"), Some(b"value=b"));
         assert_eq!(p.get("value"), Some("b"));
-        assert_eq!(p.bool("recursive").unwrap_err().code, INVALID_FIELD);
+        let e = p.bool("recursive").unwrap_err();
+        assert_eq!(
+            (e.code, e.cause.as_str()),
+            (INVALID_FIELD, "invalid value for \"recursive\"")
+        );
         assert_eq!(p.ttl().unwrap_err().code, TTL_NAN);
         assert!(!p.bool("dir").unwrap());
+        // etcd validates recursive before ttl: the first error wins.
+        let e = KeyRequest::parse(&p, &http::Method::PUT).err().unwrap();
+        assert_eq!(e.code, INVALID_FIELD);
     }
 }

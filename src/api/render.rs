@@ -72,11 +72,17 @@ pub fn ttl_secs(expire_ms: u64, now_ms: u64) -> i64 {
 
 fn node(v: &NodeView, now_ms: u64) -> JsonNode {
     JsonNode {
-        key: v.key.clone(),
+        // etcd shows the root without a key.
+        key: if v.key == "/" {
+            String::new()
+        } else {
+            v.key.clone()
+        },
         value: v.value.clone(),
         dir: v.dir,
         expiration: v.expire_ms.map(rfc3339),
-        ttl: v.expire_ms.map(|e| ttl_secs(e, now_ms)),
+        // etcd omits a ttl that has run down to zero (or past it).
+        ttl: v.expire_ms.map(|e| ttl_secs(e, now_ms)).filter(|t| *t > 0),
         nodes: v
             .nodes
             .as_ref()

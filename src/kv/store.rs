@@ -298,14 +298,17 @@ impl Store {
         let next = self.index + 1;
         let n = self.lookup_mut(key)?;
         let prev_node = NodeView::shallow(key, n);
+        // As etcd: a directory's stored modifiedIndex does not move on update (its TTL
+        // does); the event still reports the new index.
         if let Kind::File(v) = &mut n.kind {
             if !refresh {
                 *v = value.to_string();
             }
+            n.modified_index = next;
         }
-        n.modified_index = next;
         let old_expire = std::mem::replace(&mut n.expire_ms, expire_ms);
-        let view = NodeView::shallow(key, n);
+        let mut view = NodeView::shallow(key, n);
+        view.modified_index = next;
         if let Some(e) = old_expire {
             self.ttls.remove(&(e, key.to_string()));
         }

@@ -1,0 +1,378 @@
+//! Differential test: the same request sequence sent to a real etcd 3.4 (started here
+//! with `--enable-v2`) and to flotilla; responses must be equal after normalising
+//! indexes (each server's own starting index is subtracted), timestamps and cluster ids.
+//! Needs Debian's `etcd-server` (`scripts/test-all` installs it); fails loudly without.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Etcd {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_etcd() -> Etcd {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, p) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{c}");
+    let peer = format!("http://127.0.0.1:{p}");
+    let child = Command::new("etcd")
+        .args([
+            "--name=e1",
+            &format!("--data-dir={}", dir.path().display()),
+            "--enable-v2=true",
+            &format!("--listen-client-urls={url}"),
+            &format!("--advertise-client-urls={url}"),
+            &format!("--listen-peer-urls={peer}"),
+            &format!("--initial-advertise-peer-urls={peer}"),
+            &format!("--initial-cluster=e1={peer}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start etcd ({e}); install Debian's etcd-server (scripts/test-all does)")
+        });
+    Etcd {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+async fn wait_healthy(c: &Http, url: &str) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end {
+        if let Ok(r) = call(c, "GET", &format!("{url}/health"), None).await {
+            if r.status == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} did not become healthy");
+}
+
+fn index_of(r: &Resp) -> u64 {
+    r.headers
+        .get("x-etcd-index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Rewrites server-specific numbers: indexes relative to `base`, times, 20-digit keys.
+fn normalise(v: &mut Value, base: u64) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match (k.as_str(), &x) {
+                    ("modifiedIndex" | "createdIndex", Value::Number(n)) => {
+                        *x = Value::from(n.as_u64().unwrap_or(0).saturating_sub(base));
+                    }
+                    ("index", Value::Number(n)) if n.as_u64() != Some(0) => {
+                        *x = Value::from(n.as_u64().unwrap_or(0).saturating_sub(base));
+                    }
+                    ("expiration", _) => *x = Value::from("<time>"),
+                    ("key", Value::String(s)) => *x = Value::from(normalise_key(s, base)),
+                    ("cause", Value::String(s)) => *x = Value::from(normalise_cause(s, base)),
+                    _ => normalise(x, base),
+                }
+            }
+        }
+        Value::Array(a) => {
+            a.iter_mut().for_each(|x| normalise(x, base));
+            // etcd lists children in Go map order unless `sorted=true`: compare as sets.
+            a.sort_by_key(|x| {
+                x.get("key")
+                    .and_then(|k| k.as_str())
+                    .unwrap_or("")
+                    .to_string()
+            });
+        }
+        _ => {}
+    }
+}
+
+/// `[given != current]` pairs of numbers are indexes (the steps use non-numeric values).
+fn normalise_cause(s: &str, base: u64) -> String {
+    let s = normalise_key(s, base);
+    s.split(' ')
+        .map(
+            |w| match w.trim_matches(|c| c == '[' || c == ']').parse::<u64>() {
+                Ok(n) if n > base => w.replace(&n.to_string(), &(n - base).to_string()),
+                _ => w.to_string(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn normalise_key(s: &str, base: u64) -> String {
+    s.split('/')
+        .map(|seg| match seg.parse::<u64>() {
+            Ok(n) if seg.len() == 20 => format!("<{}>", n - base),
+            _ => seg.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// (method, path and query, form body)
+fn steps() -> Vec<(&'static str, &'static str, Option<&'static str>)> {
+    vec![
+        ("GET", "/v2/keys/", None),
+        ("GET", "/v2/keys", None),
+        ("GET", "/v2/keys/missing", None),
+        ("GET", "/v2/keys/missing/deeper", None),
+        ("PUT", "/v2/keys/a", Some("value=1")),
+        ("PUT", "/v2/keys/a", Some("value=2")),
+        ("GET", "/v2/keys/a", None),
+        ("PUT", "/v2/keys/a?value=fromquery", None),
+        ("PUT", "/v2/keys/a?value=q", Some("value=body")),
+        ("GET", "/v2/keys/a/b", None),
+        ("PUT", "/v2/keys/a/b", Some("value=x")),
+        ("POST", "/v2/keys/a", Some("value=x")),
+        ("PUT", "/v2/keys/", Some("value=x")),
+        ("DELETE", "/v2/keys/", None),
+        ("DELETE", "/v2/keys/?recursive=true", None),
+        ("PUT", "/v2/keys/dir?dir=true", None),
+        ("PUT", "/v2/keys/dir?dir=true", None),
+        ("PUT", "/v2/keys/dir", Some("value=x")),
+        ("GET", "/v2/keys/dir", None),
+        ("PUT", "/v2/keys/dir/x", Some("value=1")),
+        ("PUT", "/v2/keys/dir/y", Some("value=2")),
+        ("PUT", "/v2/keys/dir/sub/z", Some("value=3")),
+        ("PUT", "/v2/keys/dir/_hidden", Some("value=secret")),
+        ("GET", "/v2/keys/dir", None),
+        ("GET", "/v2/keys/dir?recursive=true", None),
+        ("GET", "/v2/keys/dir?recursive=true&sorted=true", None),
+        ("GET", "/v2/keys/dir/_hidden", None),
+        ("GET", "/v2/keys/dir?recursive=maybe", None),
+        ("GET", "/v2/keys/dir?sorted=nope", None),
+        ("DELETE", "/v2/keys/dir", None),
+        ("DELETE", "/v2/keys/dir?dir=true", None),
+        ("DELETE", "/v2/keys/dir/sub?dir=true", None),
+        ("DELETE", "/v2/keys/dir/x?dir=true", None),
+        ("DELETE", "/v2/keys/dir/y", None),
+        ("DELETE", "/v2/keys/dir/y", None),
+        ("DELETE", "/v2/keys/dir?recursive=true", None),
+        ("GET", "/v2/keys/dir", None),
+        ("PUT", "/v2/keys/c?prevExist=false", Some("value=one")),
+        ("PUT", "/v2/keys/c?prevExist=false", Some("value=one")),
+        ("PUT", "/v2/keys/c?prevExist=true", Some("value=two")),
+        ("PUT", "/v2/keys/nothere?prevExist=true", Some("value=two")),
+        ("PUT", "/v2/keys/c?prevExist=maybe", Some("value=two")),
+        ("PUT", "/v2/keys/c?prevValue=two", Some("value=three")),
+        ("PUT", "/v2/keys/c?prevValue=wrong", Some("value=four")),
+        ("PUT", "/v2/keys/c?prevIndex=1", Some("value=four")),
+        (
+            "PUT",
+            "/v2/keys/c?prevValue=wrong&prevIndex=1",
+            Some("value=four"),
+        ),
+        ("PUT", "/v2/keys/c?prevIndex=0", Some("value=five")),
+        ("PUT", "/v2/keys/c?prevIndex=abc", Some("value=five")),
+        ("PUT", "/v2/keys/c?prevValue=", Some("value=five")),
+        ("PUT", "/v2/keys/nothere?prevValue=x", Some("value=five")),
+        (
+            "PUT",
+            "/v2/keys/c?prevExist=true&prevValue=five",
+            Some("value=six"),
+        ),
+        (
+            "PUT",
+            "/v2/keys/c?prevExist=true&prevValue=no",
+            Some("value=six"),
+        ),
+        ("DELETE", "/v2/keys/c?prevValue=no", None),
+        ("DELETE", "/v2/keys/c?prevIndex=1", None),
+        ("DELETE", "/v2/keys/c?prevIndex=zzz", None),
+        ("DELETE", "/v2/keys/c?prevValue=six", None),
+        ("DELETE", "/v2/keys/c?prevValue=six", None),
+        ("PUT", "/v2/keys/cd?dir=true", None),
+        ("PUT", "/v2/keys/cd?prevValue=x", Some("value=1")),
+        ("DELETE", "/v2/keys/cd?prevValue=x", None),
+        ("DELETE", "/v2/keys/cd?dir=true", None),
+        ("PUT", "/v2/keys/t?ttl=100", Some("value=v")),
+        ("GET", "/v2/keys/t", None),
+        ("PUT", "/v2/keys/t?ttl=abc", Some("value=v")),
+        ("PUT", "/v2/keys/t?ttl=-5", Some("value=v")),
+        ("PUT", "/v2/keys/t?ttl=0", Some("value=v0")),
+        ("GET", "/v2/keys/t", None),
+        ("PUT", "/v2/keys/t?ttl=50", Some("value=v1")),
+        ("PUT", "/v2/keys/t?ttl=&prevExist=true", Some("value=v2")),
+        ("GET", "/v2/keys/t", None),
+        ("PUT", "/v2/keys/t?ttl=60&refresh=true", None),
+        ("GET", "/v2/keys/t", None),
+        ("PUT", "/v2/keys/t?refresh=true", None),
+        ("PUT", "/v2/keys/t?ttl=60&refresh=true", Some("value=x")),
+        ("PUT", "/v2/keys/nope?ttl=60&refresh=true", None),
+        ("PUT", "/v2/keys/t?ttl=60&refresh=true&prevExist=true", None),
+        ("PUT", "/v2/keys/t?refresh=maybe&ttl=5", None),
+        ("PUT", "/v2/keys/tdir?dir=true&ttl=100", None),
+        ("GET", "/v2/keys/tdir", None),
+        ("PUT", "/v2/keys/tdir?dir=true&ttl=200&prevExist=true", None),
+        ("POST", "/v2/keys/queue", Some("value=job1")),
+        ("POST", "/v2/keys/queue", Some("value=job2")),
+        ("POST", "/v2/keys/queue?ttl=100", Some("value=job3")),
+        ("GET", "/v2/keys/queue?recursive=true&sorted=true", None),
+        ("POST", "/v2/keys/t", Some("value=x")),
+        ("PUT", "/v2/keys/nv?noValueOnSuccess=true", Some("value=1")),
+        ("PUT", "/v2/keys/nv?noValueOnSuccess=true", Some("value=2")),
+        ("DELETE", "/v2/keys/nv", None),
+        ("PUT", "/v2/keys/e", None),
+        ("GET", "/v2/keys/e", None),
+        ("PUT", "/v2/keys/s%20p", Some("value=space")),
+        ("GET", "/v2/keys/s%20p", None),
+        ("PUT", "/v2/keys/u", Some("value=h%C3%A9llo+w%26rld")),
+        ("GET", "/v2/keys/u", None),
+        (
+            "PUT",
+            "/v2/keys/services/quad/10.253.156.164",
+            Some("value=10.253.156.164:8810"),
+        ),
+        (
+            "PUT",
+            "/v2/keys/services/quad/10.253.156.165",
+            Some("value=10.253.156.165:8810"),
+        ),
+        ("GET", "/v2/keys/services/quad?sorted=true", None),
+        (
+            "PUT",
+            "/v2/keys/domains/example.com/10.10.10.123:8081",
+            Some("value=run"),
+        ),
+        (
+            "GET",
+            "/v2/keys/domains/example.com/10.10.10.123:8081",
+            None,
+        ),
+        (
+            "DELETE",
+            "/v2/keys/domains/example.com/10.10.10.123:8081",
+            None,
+        ),
+        ("GET", "/v2/keys/a?wait=true&waitIndex=1", None),
+        (
+            "GET",
+            "/v2/keys/dir?wait=true&waitIndex=1&recursive=true",
+            None,
+        ),
+        ("GET", "/v2/keys/a?wait=true&waitIndex=xyz", None),
+        ("GET", "/v2/keys/a?wait=maybe", None),
+        ("GET", "/v2/keys/a?quorum=true", None),
+        ("GET", "/v2/keys/a?quorum=nah", None),
+        ("PATCH", "/v2/keys/a", Some("value=1")),
+        ("PUT", "/v2/keys/a?wait=true", Some("value=1")),
+        ("PUT", "/v2/keys/a?dir=maybe", Some("value=1")),
+        ("PUT", "/v2/keys/a?noValueOnSuccess=maybe", Some("value=1")),
+        ("GET", "/v2/keys/a?stream=maybe", None),
+        (
+            "PUT",
+            "/v2/keys/a?prevIndex=x&recursive=y&ttl=z",
+            Some("value=1"),
+        ),
+        ("PUT", "/v2/keys/t?ttl=&refresh=true", None),
+        ("GET", "/v2/keys/?recursive=true&sorted=true", None),
+        ("GET", "/version", None),
+        ("GET", "/health", None),
+    ]
+}
+
+/// Shifts the 1-based indexes used in the steps by the server's starting index.
+fn shift(path: &str, base: u64) -> String {
+    let mut out = String::new();
+    for (i, part) in path.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        let (head, tail) = part.split_at(part.find('?').map(|p| p + 1).unwrap_or(0));
+        out.push_str(head);
+        match tail.split_once('=') {
+            Some((k, v))
+                if (k == "prevIndex" || k == "waitIndex")
+                    && v.parse::<u64>().is_ok_and(|n| n > 0) =>
+            {
+                out.push_str(&format!("{k}={}", v.parse::<u64>().unwrap() + base));
+            }
+            _ => out.push_str(tail),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_match_etcd() {
+    let etcd = start_etcd();
+    let mut fl = Cluster::new(1, &[]);
+    fl.start_all();
+    let c = client();
+    wait_healthy(&c, &etcd.url).await;
+    fl.leader(&c, Duration::from_secs(20)).await;
+    let servers = [etcd.url.clone(), fl.nodes[0].client_url.clone()];
+    let mut bases = [0u64; 2];
+    for (i, s) in servers.iter().enumerate() {
+        bases[i] = index_of(
+            &call(&c, "GET", &format!("{s}/v2/keys/"), None)
+                .await
+                .unwrap(),
+        );
+    }
+    let all = steps();
+    assert!(
+        all.len() >= 100,
+        "the sequence covers at least 100 requests"
+    );
+    let mut mismatches = vec![];
+    for (method, path, body) in all {
+        let mut seen = vec![];
+        for (i, s) in servers.iter().enumerate() {
+            let url = format!("{s}{}", shift(path, bases[i]));
+            let r = call(&c, method, &url, body)
+                .await
+                .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+            let mut v = r.body.clone();
+            normalise(&mut v, bases[i]);
+            let idx = r
+                .headers
+                .contains_key("x-etcd-index")
+                .then(|| index_of(&r).saturating_sub(bases[i]));
+            let ttl_ok = v.pointer("/node/ttl").is_some();
+            if let Some(n) = v.pointer_mut("/node/ttl") {
+                *n = Value::from("<ttl>");
+            }
+            let text = if v.is_null() {
+                r.text.trim().to_string()
+            } else {
+                String::new()
+            };
+            seen.push((r.status, v, idx, ttl_ok, text));
+        }
+        if seen[0] != seen[1] {
+            mismatches.push(format!(
+                "{method} {path} {body:?}\n  etcd:     {:?}\n  flotilla: {:?}",
+                seen[0], seen[1]
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of the responses differ:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
