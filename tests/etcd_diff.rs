@@ -8,63 +8,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Etcd {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn start_etcd() -> Etcd {
-    let dir = tempfile::tempdir().unwrap();
-    let (c, p) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{c}");
-    let peer = format!("http://127.0.0.1:{p}");
-    let child = Command::new("etcd")
-        .args([
-            "--name=e1",
-            &format!("--data-dir={}", dir.path().display()),
-            "--enable-v2=true",
-            &format!("--listen-client-urls={url}"),
-            &format!("--advertise-client-urls={url}"),
-            &format!("--listen-peer-urls={peer}"),
-            &format!("--initial-advertise-peer-urls={peer}"),
-            &format!("--initial-cluster=e1={peer}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start etcd ({e}); install Debian's etcd-server (scripts/test-all does)")
-        });
-    Etcd {
-        child,
-        url,
-        _dir: dir,
-    }
-}
-
-async fn wait_healthy(c: &Http, url: &str) {
-    let end = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < end {
-        if let Ok(r) = call(c, "GET", &format!("{url}/health"), None).await {
-            if r.status == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{url} did not become healthy");
-}
+use std::time::Duration;
 
 fn index_of(r: &Resp) -> u64 {
     r.headers
