@@ -255,7 +255,7 @@ pub fn start_etcd() -> Etcd {
     }
 }
 
-async fn wait_healthy(c: &Http, url: &str) {
+pub async fn wait_healthy(c: &Http, url: &str) {
     let end = Instant::now() + Duration::from_secs(30);
     while Instant::now() < end {
         if let Ok(r) = call(c, "GET", &format!("{url}/health"), None).await {
