@@ -121,6 +121,37 @@ fn identity(cfg: &NodeConfig) -> Result<Identity, StartError> {
     })
 }
 
+const PUBLISH_ATTEMPT_MS: u64 = 1_000;
+
+/// Announces this member's name and client URLs through Raft, retrying (bounded backoff)
+/// until it lands, as an etcd member publishes its attributes after it starts.
+fn publish(env: &Env, handle: &RaftHandle, id: u64, cfg: &NodeConfig) {
+    let (h, clock) = (handle.clone(), env.clock.clone());
+    let (name, urls) = (cfg.name.clone(), cfg.client_urls.clone());
+    env.spawn.spawn(
+        "publish",
+        Box::pin(async move {
+            let mut backoff_ms = 100;
+            loop {
+                // A forwarded proposal lost while peer connections come up is never
+                // retried by Raft: give each attempt a short deadline of its own.
+                let attempt = tokio::select! {
+                    biased;
+                    r = h.publish(id, name.clone(), urls.clone()) => r,
+                    _ = clock.sleep(Duration::from_millis(PUBLISH_ATTEMPT_MS)) => Err(crate::raft::ProposeError::Timeout),
+                };
+                match attempt {
+                    Ok(_) | Err(crate::raft::ProposeError::Stopped) => return,
+                    Err(_) => {
+                        clock.sleep(Duration::from_millis(backoff_ms)).await;
+                        backoff_ms = (backoff_ms * 2).min(1_000);
+                    }
+                }
+            }
+        }),
+    );
+}
+
 /// Recovers (or bootstraps) from `disk` and assembles the node. Nothing is served until
 /// a fresh identity is synced.
 pub async fn start(
@@ -168,6 +199,7 @@ pub async fn start(
         cluster_id: rec.identity.cluster_id,
         value_bytes_max: cfg.value_bytes_max,
     };
+    publish(env, &handle, id, cfg);
     Ok(Started {
         id,
         handle,

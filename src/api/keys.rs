@@ -62,7 +62,8 @@ impl Api {
         let key = crate::kv::path::clean(key);
         let mut changes = self.raft.shared.subscribe();
         let start = self.raft.shared.machine().store.index();
-        let since = since.unwrap_or(start + 1);
+        // As etcd: no waitIndex, or 0, watches from the next change.
+        let since = since.filter(|i| *i > 0).unwrap_or(start + 1);
         loop {
             {
                 let m = self.raft.shared.machine();

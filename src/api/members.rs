@@ -14,19 +14,32 @@ struct AddRequest {
     peer_urls: Vec<String>,
 }
 
+/// A member as etcd shows it (field order included).
+#[derive(serde::Serialize)]
+struct MemberJson<'a> {
+    id: String,
+    name: &'a str,
+    #[serde(rename = "peerURLs")]
+    peer_urls: &'a [String],
+    #[serde(rename = "clientURLs")]
+    client_urls: &'a [String],
+}
+
 fn member_json(m: &Member) -> serde_json::Value {
-    json!({
-        "id": format!("{:x}", m.id),
-        "name": m.name,
-        "peerURLs": m.peer_urls,
-        "clientURLs": m.client_urls,
+    serde_json::to_value(MemberJson {
+        id: format!("{:x}", m.id),
+        name: &m.name,
+        peer_urls: &m.peer_urls,
+        client_urls: &m.client_urls,
     })
+    .expect("member serializes")
 }
 
 impl Api {
     pub(super) async fn members(&self, req: &Request<Bytes>, rest: &str) -> Reply {
         match (req.method(), rest) {
             (&Method::GET, "" | "/") => self.list_members(),
+            (&Method::GET, "/leader") => self.leader_member(),
             (&Method::POST, "" | "/") => self.add_member(req.body()).await,
             (&Method::DELETE, id) if id.len() > 1 => self.remove_member(&id[1..]).await,
             _ => self.message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
@@ -43,6 +56,15 @@ impl Api {
             .map(member_json)
             .collect();
         self.json(StatusCode::OK, json!({ "members": list }))
+    }
+
+    fn leader_member(&self) -> Reply {
+        let leader = self.raft.shared.status().leader;
+        let m = self.raft.shared.machine().members.get(&leader).cloned();
+        match m {
+            Some(m) => self.json(StatusCode::OK, member_json(&m)),
+            None => self.message(StatusCode::SERVICE_UNAVAILABLE, "raft: no leader"),
+        }
     }
 
     fn message(&self, status: StatusCode, msg: &str) -> Reply {

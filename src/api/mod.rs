@@ -62,10 +62,12 @@ impl Api {
         }
         match (req.method(), path.as_str()) {
             (&Method::GET, "/health") => self.health(),
-            (&Method::GET, "/version") => self.json(
-                StatusCode::OK,
-                json!({"etcdserver": VERSION_SERVER, "etcdcluster": VERSION_CLUSTER}),
-            ),
+            (&Method::GET, "/version") => {
+                let body = format!(
+                    r#"{{"etcdserver":"{VERSION_SERVER}","etcdcluster":"{VERSION_CLUSTER}"}}"#
+                );
+                self.reply(StatusCode::OK, body.into_bytes(), None)
+            }
             (&Method::GET, "/v2/stats/self") => self.stats_self(),
             _ => self.reply(
                 StatusCode::NOT_FOUND,
@@ -76,10 +78,15 @@ impl Api {
     }
 
     fn health(&self) -> Reply {
+        // etcd 3.4 writes these bodies without a trailing newline.
         if self.raft.shared.status().leader != 0 {
-            self.json(StatusCode::OK, json!({"health": "true"}))
+            self.reply(StatusCode::OK, br#"{"health":"true"}"#.to_vec(), None)
         } else {
-            self.json(StatusCode::SERVICE_UNAVAILABLE, json!({"health": "false"}))
+            self.reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                br#"{"health":"false"}"#.to_vec(),
+                None,
+            )
         }
     }
 

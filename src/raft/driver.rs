@@ -72,12 +72,26 @@ pub enum Fatal {
     BadSnapshot(String),
 }
 
-/// What a normal entry carries.
+/// What a normal entry carries: who proposed it (for the reply and deduplication) and
+/// the request.
 #[derive(Serialize, Deserialize)]
 pub struct Proposal {
     pub origin: u64,
     pub seq: u64,
-    pub cmd: Command,
+    pub req: Request,
+}
+
+/// A replicated request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// A write to the KV store.
+    Kv(Command),
+    /// A member announces its name and client URLs (as etcd members publish theirs).
+    Publish {
+        id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    },
 }
 
 /// What a conf-change entry carries in its context.
@@ -230,7 +244,7 @@ impl Driver {
             let p = Proposal {
                 origin: 0,
                 seq: 0,
-                cmd: Command::Expire { now_ms: wall },
+                req: Request::Kv(Command::Expire { now_ms: wall }),
             };
             let data = serde_json::to_vec(&p).expect("proposal serializes");
             if let Err(e) = self.raw.propose(vec![], data) {
@@ -257,7 +271,7 @@ impl Driver {
 
     fn on_input(&mut self, input: Input) {
         match input {
-            Input::Propose { cmd, reply } => {
+            Input::Propose { req: cmd, reply } => {
                 if self.pending.len() >= self.cfg.pending_max {
                     let _ = reply.send(Err(ProposeError::Busy));
                     return;
@@ -266,7 +280,7 @@ impl Driver {
                 let p = Proposal {
                     origin: self.id,
                     seq,
-                    cmd,
+                    req: cmd,
                 };
                 let data = serde_json::to_vec(&p).expect("proposal serializes");
                 match self.raw.propose(vec![], data) {
@@ -431,7 +445,23 @@ impl Driver {
                 );
                 return Ok(());
             }
-            m.store.apply(&p.cmd)
+            match &p.req {
+                Request::Kv(cmd) => m.store.apply(cmd),
+                Request::Publish {
+                    id,
+                    name,
+                    client_urls,
+                } => {
+                    if let Some(mem) = m.members.get_mut(id) {
+                        mem.name = name.clone();
+                        mem.client_urls = client_urls.clone();
+                    }
+                    crate::kv::Applied {
+                        result: Ok(None),
+                        events: vec![],
+                    }
+                }
+            }
         };
         if !applied.events.is_empty() {
             self.shared.notify_events();

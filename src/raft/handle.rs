@@ -1,6 +1,7 @@
 //! The node's side of the Ready loop: how API handlers submit writes and reads, and the
 //! state they share with the loop.
 
+use super::driver::Request;
 use super::machine::{Machine, Member};
 use crate::kv::{Command, Event, StoreError};
 use flotilla_shims::Clock;
@@ -38,7 +39,7 @@ pub type Reply = oneshot::Sender<Result<Outcome, ProposeError>>;
 
 pub enum Input {
     Propose {
-        cmd: Command,
+        req: Request,
         reply: Reply,
     },
     ReadIndex {
@@ -140,7 +141,23 @@ impl RaftHandle {
 
     /// Proposes a write and waits until it is committed and applied here.
     pub async fn write(&self, cmd: Command) -> Result<Outcome, ProposeError> {
-        self.call(|reply| Input::Propose { cmd, reply }).await
+        let req = Request::Kv(cmd);
+        self.call(|reply| Input::Propose { req, reply }).await
+    }
+
+    /// Announces this member's name and client URLs through Raft.
+    pub async fn publish(
+        &self,
+        id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    ) -> Result<Outcome, ProposeError> {
+        let req = Request::Publish {
+            id,
+            name,
+            client_urls,
+        };
+        self.call(|reply| Input::Propose { req, reply }).await
     }
 
     /// Waits until this node has applied everything committed when the read began

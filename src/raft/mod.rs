@@ -22,7 +22,7 @@ pub mod storage;
 pub use boot::{
     recover, BootError, Identity, Recovered, META_HARD_STATE, META_IDENTITY, META_SNAPSHOT,
 };
-pub use driver::{peer_addr, Driver, DriverParts, Fatal, RaftConfig};
+pub use driver::{peer_addr, Driver, DriverParts, Fatal, RaftConfig, Request};
 pub use handle::{Outcome, ProposeError, RaftHandle, Shared, Status};
 pub use machine::{cluster_id, member_id, Machine, Member};
 pub use storage::LogStore;
