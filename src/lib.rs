@@ -15,5 +15,6 @@
 pub mod api;
 pub mod cli;
 pub mod kv;
+pub mod metrics;
 pub mod node;
 pub mod raft;

@@ -177,6 +177,7 @@ pub async fn start(
         }
     }
     let shared = Arc::new(Shared::new(rec.machine, id));
+    shared.raft_stats().start_wall_ms = env.clock.now_wall_ms();
     let (tx, inbox) = mpsc::channel(cfg.inbox_inputs_max);
     let timeout = Duration::from_millis(cfg.request_timeout_ms);
     let handle = RaftHandle::new(tx, shared.clone(), env.clock.clone(), timeout);

@@ -31,6 +31,7 @@ fn normalise(v: &mut Value, base: u64) {
                         *x = Value::from(n.as_u64().unwrap_or(0).saturating_sub(base));
                     }
                     ("expiration", _) => *x = Value::from("<time>"),
+                    ("leader" | "id", Value::String(_)) => *x = Value::from("<member id>"),
                     ("key", Value::String(s)) => *x = Value::from(normalise_key(s, base)),
                     ("cause", Value::String(s)) => *x = Value::from(normalise_cause(s, base)),
                     _ => normalise(x, base),
@@ -231,6 +232,10 @@ fn steps() -> Vec<(&'static str, &'static str, Option<&'static str>)> {
             Some("value=1"),
         ),
         ("PUT", "/v2/keys/t?ttl=&refresh=true", None),
+        ("PUT", "/v2/keys/x/../y", Some("value=1")),
+        ("DELETE", "/v2/keys/x//y", None),
+        ("PUT", "/v2/keys/trailing/", Some("value=1")),
+        ("GET", "/v2/stats/leader", None),
         ("GET", "/v2/keys/?recursive=true&sorted=true", None),
         ("GET", "/version", None),
         ("GET", "/health", None),

@@ -49,7 +49,15 @@ impl Api {
                 .map_err(|e| self.propose_error(e))?;
         }
         // Children are kept sorted, so `sorted` needs no work.
-        let ev = self.raft.shared.machine().store.get(key, kr.recursive)?;
+        let got = self.raft.shared.machine().store.get(key, kr.recursive);
+        {
+            let mut st = self.raft.shared.store_stats();
+            match &got {
+                Ok(_) => st.gets_success += 1,
+                Err(_) => st.gets_fail += 1,
+            }
+        }
+        let ev = got?;
         Ok(self.event_reply(StatusCode::OK, &ev, false, ev.index))
     }
 
@@ -60,6 +68,7 @@ impl Api {
         since: Option<u64>,
     ) -> Result<Reply, StoreError> {
         let key = crate::kv::path::clean(key);
+        let _watching = WatcherCount::new(&self.raft.shared);
         let mut changes = self.raft.shared.subscribe();
         let start = self.raft.shared.machine().store.index();
         // As etcd: no waitIndex, or 0, watches from the next change.
@@ -195,5 +204,22 @@ impl Api {
     pub(super) fn error_reply(&self, e: &StoreError) -> Reply {
         let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
         self.reply(status, render::error(e), Some(e.index))
+    }
+}
+
+/// Counts a waiting watcher for `/v2/stats/store` while it lives.
+struct WatcherCount<'a>(&'a crate::raft::Shared);
+
+impl<'a> WatcherCount<'a> {
+    fn new(shared: &'a crate::raft::Shared) -> Self {
+        shared.store_stats().watchers += 1;
+        Self(shared)
+    }
+}
+
+impl Drop for WatcherCount<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.store_stats();
+        st.watchers = st.watchers.saturating_sub(1);
     }
 }

@@ -42,6 +42,7 @@ impl Api {
             (&Method::GET, "/leader") => self.leader_member(),
             (&Method::POST, "" | "/") => self.add_member(req.body()).await,
             (&Method::DELETE, id) if id.len() > 1 => self.remove_member(&id[1..]).await,
+            (&Method::PUT, id) if id.len() > 1 => self.update_member(&id[1..], req.body()).await,
             _ => self.message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
         }
     }
@@ -118,6 +119,47 @@ impl Api {
         };
         match self.raft.remove_member(member).await {
             Ok(_) => self.reply(StatusCode::NO_CONTENT, vec![], None),
+            Err(e) => self.conf_error(e),
+        }
+    }
+
+    async fn update_member(&self, id_hex: &str, body: &[u8]) -> Reply {
+        let Ok(id) = u64::from_str_radix(id_hex, 16) else {
+            return self.message(
+                StatusCode::BAD_REQUEST,
+                &format!("member id {id_hex:?} is not hex"),
+            );
+        };
+        let req: AddRequest = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return self.message(StatusCode::BAD_REQUEST, &format!("bad member JSON: {e}"))
+            }
+        };
+        if req.peer_urls.is_empty() || req.peer_urls.iter().any(|u| peer_addr(u).is_none()) {
+            return self.message(
+                StatusCode::BAD_REQUEST,
+                "peerURLs must be non-empty http URLs",
+            );
+        }
+        let (known, taken) = {
+            let m = self.raft.shared.machine();
+            let taken = m
+                .members
+                .values()
+                .filter(|x| x.id != id)
+                .any(|x| x.peer_urls.iter().any(|u| req.peer_urls.contains(u)));
+            (m.members.contains_key(&id), taken)
+        };
+        if !known {
+            return self.message(StatusCode::NOT_FOUND, &format!("member {id_hex} not found"));
+        }
+        if taken {
+            return self.message(StatusCode::CONFLICT, "membership: peerURL exists");
+        }
+        match self.raft.update_peers(id, req.peer_urls).await {
+            Ok(o) if o.result.is_ok() => self.reply(StatusCode::NO_CONTENT, vec![], None),
+            Ok(_) => self.message(StatusCode::NOT_FOUND, &format!("member {id_hex} not found")),
             Err(e) => self.conf_error(e),
         }
     }

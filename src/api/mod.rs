@@ -45,7 +45,31 @@ impl Api {
     }
 
     async fn route(&self, req: Request<Bytes>) -> Reply {
+        let t0 = self.clock.now_mono();
+        let method = req.method().to_string();
+        let resp = self.dispatch(req).await;
+        let secs = self.clock.now_mono().saturating_sub(t0).as_secs_f64();
+        self.raft
+            .shared
+            .metrics
+            .observe_http(&method, resp.status().as_u16(), secs);
+        resp
+    }
+
+    async fn dispatch(&self, req: Request<Bytes>) -> Reply {
         let raw_path = req.uri().path().to_string();
+        if let Some(clean) = unclean(&raw_path) {
+            // As Go's ServeMux (and so etcd): redirect to the cleaned path, query kept.
+            let location = match req.uri().query() {
+                Some(q) => format!("{clean}?{q}"),
+                None => clean,
+            };
+            let mut r = self.reply(StatusCode::MOVED_PERMANENTLY, vec![], None);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(http::header::LOCATION, v);
+            }
+            return r;
+        }
         let path = percent_encoding::percent_decode_str(&raw_path)
             .decode_utf8_lossy()
             .into_owned();
@@ -69,6 +93,18 @@ impl Api {
                 self.reply(StatusCode::OK, body.into_bytes(), None)
             }
             (&Method::GET, "/v2/stats/self") => self.stats_self(),
+            (&Method::GET, "/v2/stats/leader") => self.stats_leader(),
+            (&Method::GET, "/v2/stats/store") => self.stats_store(),
+            (&Method::GET, "/metrics") => {
+                let mut r = full(StatusCode::OK, self.raft.shared.metrics.render());
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            }
             _ => self.reply(
                 StatusCode::NOT_FOUND,
                 b"404 page not found\n".to_vec(),
@@ -92,6 +128,7 @@ impl Api {
 
     fn stats_self(&self) -> Reply {
         let st = self.raft.shared.status().clone();
+        let rs = self.raft.shared.raft_stats().clone();
         let name = self
             .raft
             .shared
@@ -105,18 +142,66 @@ impl Api {
         } else {
             "StateFollower"
         };
+        let now = self.clock.now_wall_ms();
+        let uptime = std::time::Duration::from_millis(now.saturating_sub(rs.leader_since_wall_ms));
         self.json(
             StatusCode::OK,
             json!({
                 "name": name,
                 "id": format!("{:x}", st.id),
                 "state": state,
-                "leaderInfo": { "leader": format!("{:x}", st.leader) },
-                "raftTerm": st.term,
-                "raftCommit": st.commit,
-                "snapshotIndex": st.snapshot_index,
+                "startTime": render::rfc3339(rs.start_wall_ms),
+                "leaderInfo": {
+                    "leader": format!("{:x}", st.leader),
+                    "uptime": format!("{:?}", uptime),
+                    "startTime": render::rfc3339(rs.leader_since_wall_ms),
+                },
+                "recvAppendRequestCnt": rs.recv_append,
+                "sendAppendRequestCnt": rs.send_append,
             }),
         )
+    }
+
+    fn stats_leader(&self) -> Reply {
+        let st = self.raft.shared.status().clone();
+        if !st.is_leader {
+            return self.json(
+                StatusCode::FORBIDDEN,
+                json!({"message": "not current leader"}),
+            );
+        }
+        let members: Vec<u64> = self.raft.shared.machine().members.keys().copied().collect();
+        let rs = self.raft.shared.raft_stats().clone();
+        let mut followers = serde_json::Map::new();
+        for id in members.into_iter().filter(|id| *id != st.id) {
+            let f = rs.followers.get(&id).cloned().unwrap_or_default();
+            let n = f.rtt_count.max(1) as f64;
+            let avg = f.rtt_sum_s / n;
+            let sd = (f.rtt_sum_sq / n - avg * avg).max(0.0).sqrt();
+            followers.insert(
+                format!("{id:x}"),
+                json!({
+                    "latency": {
+                        "current": f.rtt_current_s,
+                        "average": avg,
+                        "standardDeviation": sd,
+                        "minimum": f.rtt_min_s,
+                        "maximum": f.rtt_max_s,
+                    },
+                    "counts": { "fail": f.fail, "success": f.success },
+                }),
+            );
+        }
+        self.json(
+            StatusCode::OK,
+            json!({"leader": format!("{:x}", st.id), "followers": followers}),
+        )
+    }
+
+    fn stats_store(&self) -> Reply {
+        let stats = self.raft.shared.store_stats().clone();
+        let v = serde_json::to_value(stats).expect("stats serialize");
+        self.json(StatusCode::OK, v)
     }
 
     fn json(&self, status: StatusCode, v: serde_json::Value) -> Reply {
@@ -142,6 +227,16 @@ impl Api {
         }
         r
     }
+}
+
+/// Go's `cleanPath`: `Some(cleaned)` when `p` has empty, `.` or `..` segments (a
+/// trailing slash is kept and is not unclean).
+fn unclean(p: &str) -> Option<String> {
+    let mut clean = crate::kv::path::clean(p);
+    if p.ends_with('/') && clean != "/" {
+        clean.push('/');
+    }
+    (clean != p).then_some(clean)
 }
 
 fn hv(s: String) -> HeaderValue {

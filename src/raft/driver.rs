@@ -92,6 +92,8 @@ pub enum Request {
         name: String,
         client_urls: Vec<String>,
     },
+    /// `PUT /v2/members/ID`: a member's new peer URLs.
+    UpdatePeers { id: u64, peer_urls: Vec<String> },
 }
 
 /// What a conf-change entry carries in its context.
@@ -256,11 +258,35 @@ impl Driver {
     fn on_peer(&mut self, frame: Bytes) {
         match Message::parse_from_bytes(&frame) {
             Ok(m) => {
+                self.count_received(&m);
                 if let Err(e) = self.raw.step(m) {
                     tracing::debug!(error = %e, "peer message refused");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "undecodable peer message dropped"),
+        }
+    }
+
+    fn count_received(&self, m: &Message) {
+        let mut st = self.shared.raft_stats();
+        match m.get_msg_type() {
+            MessageType::MsgAppend => st.recv_append += 1,
+            MessageType::MsgAppendResponse => {
+                let f = st.followers.entry(m.from).or_default();
+                if m.reject {
+                    f.fail += 1;
+                } else {
+                    f.success += 1;
+                }
+            }
+            MessageType::MsgHeartbeatResponse => {
+                let now = self.clock.now_mono();
+                let f = st.followers.entry(m.from).or_default();
+                if let Some(sent) = f.heartbeat_sent.take() {
+                    f.record_rtt(now.saturating_sub(sent).as_secs_f64());
+                }
+            }
+            _ => {}
         }
     }
 
@@ -285,9 +311,11 @@ impl Driver {
                 let data = serde_json::to_vec(&p).expect("proposal serializes");
                 match self.raw.propose(vec![], data) {
                     Ok(()) => {
+                        self.shared.metrics.proposals.inc();
                         self.pending.insert(seq, reply);
                     }
                     Err(_) => {
+                        self.shared.metrics.proposals_failed.inc();
                         let _ = reply.send(Err(ProposeError::NoLeader));
                     }
                 }
@@ -318,6 +346,22 @@ impl Driver {
     }
 
     fn send(&mut self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let now = self.clock.now_mono();
+        {
+            let mut st = self.shared.raft_stats();
+            for m in &msgs {
+                match m.get_msg_type() {
+                    MessageType::MsgAppend => st.send_append += 1,
+                    MessageType::MsgHeartbeat => {
+                        st.followers.entry(m.to).or_default().heartbeat_sent = Some(now)
+                    }
+                    _ => {}
+                }
+            }
+        }
         for m in msgs {
             let to = m.to;
             let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
@@ -356,7 +400,7 @@ impl Driver {
             wrote = true;
         }
         if (wrote || rd.must_sync()) && !self.cfg.bug_skip_sync {
-            self.disk.sync().await?;
+            self.sync().await?;
         }
         self.apply(rd.take_committed_entries())?;
         self.send(rd.take_persisted_messages());
@@ -371,6 +415,16 @@ impl Driver {
         self.release_reads();
         self.maybe_snapshot().await?;
         self.publish_status();
+        Ok(())
+    }
+
+    async fn sync(&mut self) -> Result<(), Fatal> {
+        let t0 = self.clock.now_mono();
+        self.disk.sync().await?;
+        let m = &self.shared.metrics;
+        m.syncs.inc();
+        m.sync_seconds
+            .observe(self.clock.now_mono().saturating_sub(t0).as_secs_f64());
         Ok(())
     }
 
@@ -422,6 +476,7 @@ impl Driver {
                 }
             }
             self.shared.machine().applied = e.index;
+            self.shared.metrics.applied.inc();
         }
         Ok(())
     }
@@ -461,8 +516,33 @@ impl Driver {
                         events: vec![],
                     }
                 }
+                Request::UpdatePeers { id, peer_urls } => {
+                    let result = match m.members.get_mut(id) {
+                        Some(mem) => {
+                            mem.peer_urls = peer_urls.clone();
+                            if *id != self.id {
+                                if let Some(a) = peer_urls.first().and_then(|u| peer_addr(u)) {
+                                    self.net.set_peer(*id, &a);
+                                }
+                            }
+                            Ok(None)
+                        }
+                        None => Err(crate::kv::StoreError::new(
+                            crate::kv::error::KEY_NOT_FOUND,
+                            format!("member {id:x}"),
+                            0,
+                        )),
+                    };
+                    crate::kv::Applied {
+                        result,
+                        events: vec![],
+                    }
+                }
             }
         };
+        if let Request::Kv(cmd) = &p.req {
+            count_write(&mut self.shared.store_stats(), cmd, &applied);
+        }
         if !applied.events.is_empty() {
             self.shared.notify_events();
         }
@@ -597,7 +677,8 @@ impl Driver {
         if compact_to > self.raw.store().first() {
             self.disk.log_truncate_before(compact_to)?;
         }
-        self.disk.sync().await?;
+        self.sync().await?;
+        self.shared.metrics.snapshots.inc();
         let store = self.raw.mut_store();
         store.set_snapshot(snap);
         store.compact(compact_to);
@@ -608,13 +689,52 @@ impl Driver {
 
     fn publish_status(&self) {
         let r = &self.raw.raft;
+        let m = &self.shared.metrics;
+        m.term.set(r.term as i64);
+        m.is_leader.set(i64::from(r.state == StateRole::Leader));
         let mut st = self.shared.status();
+        if st.leader != r.leader_id {
+            m.leader_changes.inc();
+            self.shared.raft_stats().leader_since_wall_ms = self.clock.now_wall_ms();
+        }
         st.leader = r.leader_id;
         st.term = r.term;
         st.is_leader = r.state == StateRole::Leader;
         st.commit = r.raft_log.committed;
         st.first_index = self.raw.store().first();
         st.snapshot_index = self.last_snap_index;
+    }
+}
+
+/// etcd's per-operation store counters, from a command and what applying it did.
+fn count_write(st: &mut super::handle::StoreStats, cmd: &Command, applied: &crate::kv::Applied) {
+    let ok = applied.result.is_ok();
+    let pick = |st: &mut super::handle::StoreStats,
+                success: fn(&mut super::handle::StoreStats) -> &mut u64,
+                fail: fn(&mut super::handle::StoreStats) -> &mut u64| {
+        *(if ok { success(st) } else { fail(st) }) += 1;
+    };
+    match cmd {
+        Command::Put { prev, .. } if prev.is_compare() => pick(
+            st,
+            |s| &mut s.compare_and_swap_success,
+            |s| &mut s.compare_and_swap_fail,
+        ),
+        Command::Put { prev, .. } => match prev.exist {
+            Some(true) => pick(st, |s| &mut s.update_success, |s| &mut s.update_fail),
+            Some(false) => pick(st, |s| &mut s.create_success, |s| &mut s.create_fail),
+            None => pick(st, |s| &mut s.sets_success, |s| &mut s.sets_fail),
+        },
+        Command::CreateInOrder { .. } => {
+            pick(st, |s| &mut s.create_success, |s| &mut s.create_fail)
+        }
+        Command::Delete { prev, .. } if prev.is_compare() => pick(
+            st,
+            |s| &mut s.compare_and_delete_success,
+            |s| &mut s.compare_and_delete_fail,
+        ),
+        Command::Delete { .. } => pick(st, |s| &mut s.delete_success, |s| &mut s.delete_fail),
+        Command::Expire { .. } => st.expire_count += applied.events.len() as u64,
     }
 }
 

@@ -63,11 +63,75 @@ pub struct Status {
     pub snapshot_index: u64,
 }
 
+/// etcd's `/v2/stats/store` counters (per member, like etcd's).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreStats {
+    pub gets_success: u64,
+    pub gets_fail: u64,
+    pub sets_success: u64,
+    pub sets_fail: u64,
+    pub delete_success: u64,
+    pub delete_fail: u64,
+    pub update_success: u64,
+    pub update_fail: u64,
+    pub create_success: u64,
+    pub create_fail: u64,
+    pub compare_and_swap_success: u64,
+    pub compare_and_swap_fail: u64,
+    pub compare_and_delete_success: u64,
+    pub compare_and_delete_fail: u64,
+    pub expire_count: u64,
+    pub watchers: u64,
+}
+
+/// A follower as the leader sees it: append outcomes and heartbeat round trips.
+#[derive(Debug, Clone, Default)]
+pub struct FollowerStats {
+    pub success: u64,
+    pub fail: u64,
+    pub heartbeat_sent: Option<Duration>,
+    pub rtt_current_s: f64,
+    pub rtt_min_s: f64,
+    pub rtt_max_s: f64,
+    pub rtt_sum_s: f64,
+    pub rtt_sum_sq: f64,
+    pub rtt_count: u64,
+}
+
+impl FollowerStats {
+    pub fn record_rtt(&mut self, s: f64) {
+        self.rtt_current_s = s;
+        self.rtt_min_s = if self.rtt_count == 0 {
+            s
+        } else {
+            self.rtt_min_s.min(s)
+        };
+        self.rtt_max_s = self.rtt_max_s.max(s);
+        self.rtt_sum_s += s;
+        self.rtt_sum_sq += s * s;
+        self.rtt_count += 1;
+    }
+}
+
+/// `/v2/stats/self` and `/v2/stats/leader` counters.
+#[derive(Debug, Clone, Default)]
+pub struct RaftStats {
+    pub start_wall_ms: u64,
+    pub leader_since_wall_ms: u64,
+    pub recv_append: u64,
+    pub send_append: u64,
+    pub followers: std::collections::BTreeMap<u64, FollowerStats>,
+}
+
 /// State the loop writes and handlers read.
 pub struct Shared {
     machine: Mutex<Machine>,
     status: Mutex<Status>,
     events: watch::Sender<u64>,
+    pub store_stats: Mutex<StoreStats>,
+    pub raft_stats: Mutex<RaftStats>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Shared {
@@ -80,6 +144,9 @@ impl Shared {
             machine: Mutex::new(machine),
             status: Mutex::new(status),
             events: watch::Sender::new(0),
+            store_stats: Mutex::new(StoreStats::default()),
+            raft_stats: Mutex::new(RaftStats::default()),
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 
@@ -89,6 +156,14 @@ impl Shared {
 
     pub fn status(&self) -> MutexGuard<'_, Status> {
         self.status.lock().expect("status lock poisoned")
+    }
+
+    pub fn store_stats(&self) -> MutexGuard<'_, StoreStats> {
+        self.store_stats.lock().expect("stats lock poisoned")
+    }
+
+    pub fn raft_stats(&self) -> MutexGuard<'_, RaftStats> {
+        self.raft_stats.lock().expect("stats lock poisoned")
     }
 
     pub(crate) fn notify_events(&self) {
@@ -142,6 +217,16 @@ impl RaftHandle {
     /// Proposes a write and waits until it is committed and applied here.
     pub async fn write(&self, cmd: Command) -> Result<Outcome, ProposeError> {
         let req = Request::Kv(cmd);
+        self.call(|reply| Input::Propose { req, reply }).await
+    }
+
+    /// Replaces a member's peer URLs (replicated).
+    pub async fn update_peers(
+        &self,
+        id: u64,
+        peer_urls: Vec<String>,
+    ) -> Result<Outcome, ProposeError> {
+        let req = Request::UpdatePeers { id, peer_urls };
         self.call(|reply| Input::Propose { req, reply }).await
     }
 
