@@ -51,18 +51,7 @@ async fn etcdctl_v2_works_against_a_cluster() {
         .collect::<Vec<_>>()
         .join(",");
     let e = eps.as_str();
-    let members_url = format!("{}/v2/members", cl.nodes[0].client_url);
-    for _ in 0..200 {
-        let r = call(&c, "GET", &members_url, None).await.unwrap();
-        let published = r.body["members"].as_array().map(|m| {
-            m.iter()
-                .all(|x| x["clientURLs"].as_array().is_some_and(|u| !u.is_empty()))
-        });
-        if published == Some(true) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    await_published(&c, &cl).await;
     let mut health = String::new();
     for _ in 0..100 {
         let out = etcdctl(e, &["cluster-health"]);
@@ -201,4 +190,110 @@ async fn etcdctl_v2_works_against_a_cluster() {
     }
     let _ = watch.kill();
     assert_eq!(out, "woke\n");
+}
+
+/// `flotilla kv` behaves like etcdctl v2: same stdout, stderr and exit code for the same
+/// arguments against the same cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flotilla_kv_matches_etcdctl() {
+    let mut cl = Cluster::new(1, &[]);
+    cl.start_all();
+    let c = client();
+    cl.leader(&c, Duration::from_secs(20)).await;
+    await_published(&c, &cl).await;
+    let e = cl.nodes[0].client_url.clone();
+    let run_both = |args: &[&str], setup: Option<&[&str]>| {
+        let mut outs = vec![];
+        for tool in ["etcdctl", "flotilla"] {
+            if let Some(s) = setup {
+                // Setup may legitimately fail (removing what is not there yet).
+                etcdctl(&e, s);
+            }
+            let out = if tool == "etcdctl" {
+                etcdctl(&e, args)
+            } else {
+                Command::new(env!("CARGO_BIN_EXE_flotilla"))
+                    .args(["kv", &format!("--endpoints={e}")])
+                    .args(args)
+                    .output()
+                    .unwrap()
+            };
+            let text = |b: &[u8]| normalise_indexes(&String::from_utf8_lossy(b));
+            outs.push((out.status.code(), text(&out.stdout), text(&out.stderr)));
+        }
+        assert_eq!(outs[0], outs[1], "etcdctl vs flotilla kv for {args:?}");
+    };
+    // Each pair runs the command twice (etcdctl, then flotilla), so writes are set up
+    // again before each run, and idempotent checks come after.
+    run_both(&["get", "/a"], Some(&["set", "/a", "1"]));
+    run_both(&["get", "/missing"], None);
+    run_both(&["mk", "/a", "2"], Some(&["set", "/a", "1"]));
+    run_both(&["set", "/a", "3"], None);
+    run_both(&["update", "/nope", "3"], None);
+    run_both(&["update", "/a", "4"], None);
+    run_both(&["rm", "/r"], Some(&["set", "/r", "gone"]));
+    run_both(&["rm", "/r"], None);
+    run_both(&["mkdir", "/d"], Some(&["rm", "-r", "/d"]));
+    run_both(&["mkdir", "/d"], None);
+    run_both(&["rmdir", "/d"], Some(&["mkdir", "/d"]));
+    run_both(&["ls", "--sort", "-r", "/"], Some(&["set", "/d2/x/y", "1"]));
+    run_both(&["ls", "--sort", "-p", "/"], None);
+    run_both(&["ls", "/nope"], None);
+    run_both(&["-o", "extended", "get", "/a"], None);
+    run_both(&["-o", "json", "get", "/a"], None);
+    run_both(&["set", "--swap-with-value", "wrong", "/a", "5"], None);
+    run_both(
+        &["set", "--swap-with-value", "4", "/a", "5"],
+        Some(&["set", "/a", "4"]),
+    );
+    run_both(&["rm", "--with-value", "wrong", "/a"], None);
+    run_both(&["get", "/d2"], None);
+}
+
+/// Store indexes move between the two runs (setup is repeated): blank them out in
+/// `[N]` error suffixes, `…Index: N` lines and `"…Index":N` JSON fields.
+fn normalise_indexes(s: &str) -> String {
+    let mut out = String::new();
+    for line in s.lines() {
+        let mut l = line.to_string();
+        if let Some(p) = l.rfind(" [") {
+            if l.ends_with(']') && l[p + 2..l.len() - 1].chars().all(|c| c.is_ascii_digit()) {
+                l.truncate(p);
+                l.push_str(" [N]");
+            }
+        }
+        if let Some((k, _)) = l.split_once("Index: ") {
+            l = format!("{k}Index: N");
+        }
+        while let Some(p) = l.find("Index\":") {
+            let start = p + 7;
+            let end = l[start..]
+                .find(|c: char| !c.is_ascii_digit())
+                .map(|e| start + e)
+                .unwrap_or(l.len());
+            l.replace_range(p..end, "Index#N");
+        }
+        out.push_str(&l);
+        out.push('\n');
+    }
+    out
+}
+
+/// Waits until every member has published its client URLs (etcdctl syncs endpoints
+/// from them).
+async fn await_published(c: &Http, cl: &Cluster) {
+    let url = format!("{}/v2/members", cl.nodes[0].client_url);
+    for _ in 0..200 {
+        let r = call(c, "GET", &url, None).await.unwrap();
+        let all = r.body["members"].as_array().is_some_and(|m| {
+            m.len() == cl.nodes.len()
+                && m.iter()
+                    .all(|x| x["clientURLs"].as_array().is_some_and(|u| !u.is_empty()))
+        });
+        if all {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("members did not publish their client URLs\n{}", cl.logs());
 }

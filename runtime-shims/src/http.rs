@@ -79,3 +79,60 @@ pub async fn accept_tokio(
         }
     }
 }
+
+/// A whole response, as a client sees it.
+pub struct ClientResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// One HTTP/1.1 request over a fresh Tokio TCP connection to `url`'s `host:port` (a
+/// command-line client's needs: no pooling), bounded by `timeout`.
+pub async fn request(
+    method: &str,
+    url: &str,
+    form: Option<String>,
+    timeout: std::time::Duration,
+) -> Result<ClientResponse, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{url}: no host"))?
+        .to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let fut = async {
+        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("{host}:{port}: {e}"))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+            .header(http::header::HOST, format!("{host}:{port}"));
+        if form.is_some() {
+            b = b.header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            );
+        }
+        let req = b
+            .body(Full::new(Bytes::from(form.unwrap_or_default())))
+            .map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(ClientResponse {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("{url}: timed out after {timeout:?}")),
+    }
+}

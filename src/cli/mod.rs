@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! - [`node`]: `flotilla node` (also the default with no subcommand), etcd's flag names.
+//! - [`kv`]: `flotilla kv …`, an etcdctl (v2) work-alike.
 
+pub mod kv;
 pub mod node;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,8 @@ pub struct Cli {
 enum Cmd {
     /// Run a node (the default: a single-node cluster on 127.0.0.1:2379, data in ./flotilla.data).
     Node(node::NodeArgs),
+    /// etcdctl-style key-value commands: get, set, mk, mkdir, update, rm, rmdir, ls, watch, member.
+    Kv(kv::KvArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -36,9 +40,19 @@ pub fn main() -> ExitCode {
     let cmd = cli.cmd.unwrap_or(Cmd::Node(node::NodeArgs::default_args()));
     let result = match cmd {
         Cmd::Node(args) => node::run(args),
+        Cmd::Kv(args) => kv::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // etcdctl prints server errors as they are and exits 4.
+        Err(e) if e.is::<kv::ServerError>() => {
+            eprintln!("{e}");
+            ExitCode::from(4)
+        }
+        Err(e) if e.is::<kv::PlainError>() => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("flotilla: error: {e:#}");
             ExitCode::FAILURE

@@ -1,0 +1,571 @@
+//! `flotilla kv`: etcdctl v2's commands, output formats and exit codes, against
+//! flotilla (or etcd).
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use flotilla_shims::http::{request, ClientResponse};
+use serde_json::Value;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct KvArgs {
+    /// Client URLs to try, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:2379",
+        env = "FLOTILLA_ENDPOINTS"
+    )]
+    endpoints: String,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "simple")]
+    output: Output,
+    /// Per-request timeout in seconds.
+    #[arg(long, global = true, default_value_t = 5)]
+    timeout_s: u64,
+    #[command(subcommand)]
+    cmd: KvCmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Output {
+    Simple,
+    Extended,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum KvCmd {
+    /// Read a key.
+    Get {
+        key: String,
+        /// Linearizable read through Raft.
+        #[arg(long)]
+        quorum: bool,
+    },
+    /// Set a key.
+    Set {
+        key: String,
+        value: String,
+        #[arg(long)]
+        ttl: Option<u64>,
+        #[arg(long)]
+        swap_with_value: Option<String>,
+        #[arg(long)]
+        swap_with_index: Option<u64>,
+    },
+    /// Create a key that must not exist.
+    Mk {
+        key: String,
+        value: String,
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Create a directory that must not exist.
+    Mkdir {
+        key: String,
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Update a key that must exist.
+    Update {
+        key: String,
+        value: String,
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Remove a key (or a directory with --dir / --recursive).
+    Rm {
+        key: String,
+        #[arg(long)]
+        dir: bool,
+        #[arg(short, long)]
+        recursive: bool,
+        #[arg(long)]
+        with_value: Option<String>,
+        #[arg(long)]
+        with_index: Option<u64>,
+    },
+    /// Remove an empty directory.
+    Rmdir { key: String },
+    /// List a directory.
+    Ls {
+        #[arg(default_value = "/")]
+        key: String,
+        #[arg(long)]
+        sort: bool,
+        #[arg(short, long)]
+        recursive: bool,
+        /// Append / to directories.
+        #[arg(short = 'p')]
+        slash: bool,
+        #[arg(long)]
+        quorum: bool,
+    },
+    /// Wait for the next change of a key (or subtree with -r).
+    Watch {
+        key: String,
+        #[arg(long)]
+        forever: bool,
+        #[arg(short, long)]
+        recursive: bool,
+        #[arg(long)]
+        after_index: Option<u64>,
+    },
+    /// List, add or remove members.
+    Member {
+        #[command(subcommand)]
+        cmd: MemberCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MemberCmd {
+    List,
+    /// Add a member: NAME PEER_URLS (comma-separated).
+    Add {
+        name: String,
+        peer_urls: String,
+    },
+    /// Remove a member by hex id.
+    Remove {
+        id: String,
+    },
+}
+
+/// An etcd error, printed as etcdctl prints it, exiting 4 as etcdctl does.
+#[derive(Debug)]
+pub struct ServerError(pub String);
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// A usage error etcdctl prints bare, exiting 1.
+#[derive(Debug)]
+pub struct PlainError(pub String);
+
+impl std::fmt::Display for PlainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PlainError {}
+
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn key_path(key: &str) -> String {
+    let key = if key.starts_with('/') {
+        key.to_string()
+    } else {
+        format!("/{key}")
+    };
+    key.split('/')
+        .map(|seg| {
+            percent_encoding::utf8_percent_encode(seg, percent_encoding::NON_ALPHANUMERIC)
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+struct Client {
+    endpoints: Vec<String>,
+    timeout: Duration,
+}
+
+impl Client {
+    async fn call(&self, method: &str, path: &str, form: Option<String>) -> Result<ClientResponse> {
+        let mut errors = vec![];
+        for ep in &self.endpoints {
+            match request(
+                method,
+                &format!("{}{path}", ep.trim_end_matches('/')),
+                form.clone(),
+                self.timeout,
+            )
+            .await
+            {
+                Ok(r) => return Ok(r),
+                Err(e) => errors.push(e),
+            }
+        }
+        bail!("no endpoint answered: {}", errors.join("; "))
+    }
+
+    /// A keys-API call; etcd errors become [`ServerError`].
+    async fn keys(
+        &self,
+        method: &str,
+        key: &str,
+        query: &[(&str, String)],
+        form: Option<String>,
+    ) -> Result<Value> {
+        let q: Vec<String> = query
+            .iter()
+            .map(|(k, v)| format!("{k}={}", enc(v)))
+            .collect();
+        let path = format!(
+            "/v2/keys{}{}{}",
+            key_path(key),
+            if q.is_empty() { "" } else { "?" },
+            q.join("&")
+        );
+        let r = self.call(method, &path, form).await?;
+        let mut v: Value = serde_json::from_slice(&r.body)
+            .map_err(|e| anyhow!("unexpected reply ({}): {e}", r.status))?;
+        // etcdctl's extended output shows the X-Etcd-Index header as "Index".
+        let index = r
+            .headers
+            .get("x-etcd-index")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<u64>().ok());
+        if let Some(code) = v.get("errorCode") {
+            return Err(ServerError(format!(
+                "Error:  {}: {} ({}) [{}]",
+                code,
+                v["message"].as_str().unwrap_or(""),
+                v["cause"].as_str().unwrap_or(""),
+                v["index"]
+            ))
+            .into());
+        }
+        if let (Some(obj), Some(i)) = (v.as_object_mut(), index) {
+            obj.insert(INDEX_FIELD.into(), Value::from(i));
+        }
+        Ok(v)
+    }
+}
+
+/// The etcd v2 Go client's response and node, field for field: etcdctl's `-o json`
+/// marshals these.
+#[derive(serde::Serialize)]
+struct GoResponse {
+    action: String,
+    node: Option<GoNode>,
+    #[serde(rename = "prevNode")]
+    prev_node: Option<GoNode>,
+}
+
+#[derive(serde::Serialize)]
+struct GoNode {
+    key: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dir: bool,
+    value: String,
+    nodes: Option<Vec<GoNode>>,
+    #[serde(rename = "createdIndex")]
+    created_index: u64,
+    #[serde(rename = "modifiedIndex")]
+    modified_index: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expiration: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<i64>,
+}
+
+fn go_node(v: &Value) -> Option<GoNode> {
+    v.as_object()?;
+    Some(GoNode {
+        key: v["key"].as_str().unwrap_or("").to_string(),
+        dir: v["dir"].as_bool().unwrap_or(false),
+        value: v["value"].as_str().unwrap_or("").to_string(),
+        nodes: v["nodes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(go_node).collect()),
+        created_index: v["createdIndex"].as_u64().unwrap_or(0),
+        modified_index: v["modifiedIndex"].as_u64().unwrap_or(0),
+        expiration: v["expiration"].as_str().map(String::from),
+        ttl: v["ttl"].as_i64(),
+    })
+}
+
+/// Where [`Client::keys`] keeps the response's `X-Etcd-Index` (not shown in JSON output).
+const INDEX_FIELD: &str = "__etcd_index";
+
+fn print_node(out: Output, v: &Value) {
+    let n = &v["node"];
+    match out {
+        Output::Json => {
+            let r = GoResponse {
+                action: v["action"].as_str().unwrap_or("").to_string(),
+                node: go_node(&v["node"]),
+                prev_node: go_node(&v["prevNode"]),
+            };
+            println!(
+                "{}",
+                serde_json::to_string(&r).expect("response serializes")
+            )
+        }
+        Output::Simple => println!("{}", n["value"].as_str().unwrap_or("")),
+        Output::Extended => {
+            println!("Key: {}", n["key"].as_str().unwrap_or(""));
+            println!("Created-Index: {}", n["createdIndex"]);
+            println!("Modified-Index: {}", n["modifiedIndex"]);
+            println!("TTL: {}", n["ttl"].as_i64().unwrap_or(0));
+            println!("Index: {}", v[INDEX_FIELD]);
+            println!();
+            println!("{}", n["value"].as_str().unwrap_or(""));
+        }
+    }
+}
+
+fn ttl_param(ttl: Option<u64>) -> Vec<(&'static str, String)> {
+    ttl.map(|t| vec![("ttl", t.to_string())])
+        .unwrap_or_default()
+}
+
+fn value_form(v: &str) -> Option<String> {
+    Some(format!("value={}", enc(v)))
+}
+
+fn list(n: &Value, recursive: bool, slash: bool, out: &mut Vec<String>) {
+    for c in n["nodes"].as_array().into_iter().flatten() {
+        let key = c["key"].as_str().unwrap_or("").to_string();
+        let dir = c["dir"].as_bool().unwrap_or(false);
+        out.push(if dir && slash { format!("{key}/") } else { key });
+        if dir && recursive {
+            list(c, recursive, slash, out);
+        }
+    }
+}
+
+pub fn run(a: KvArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(exec(a))
+}
+
+async fn exec(a: KvArgs) -> Result<()> {
+    let c = Client {
+        endpoints: a
+            .endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(String::from)
+            .collect(),
+        timeout: Duration::from_secs(a.timeout_s),
+    };
+    let out = a.output;
+    match a.cmd {
+        KvCmd::Get { key, quorum } => {
+            let q = if quorum {
+                vec![("quorum", "true".to_string())]
+            } else {
+                vec![]
+            };
+            let v = c.keys("GET", &key, &q, None).await?;
+            if v["node"]["dir"].as_bool() == Some(true) {
+                return Err(PlainError(format!("{key}: is a directory")).into());
+            }
+            print_node(out, &v);
+        }
+        KvCmd::Set {
+            key,
+            value,
+            ttl,
+            swap_with_value,
+            swap_with_index,
+        } => {
+            let mut q = ttl_param(ttl);
+            if let Some(p) = swap_with_value {
+                q.push(("prevValue", p));
+            }
+            if let Some(i) = swap_with_index {
+                q.push(("prevIndex", i.to_string()));
+            }
+            print_node(out, &c.keys("PUT", &key, &q, value_form(&value)).await?);
+        }
+        KvCmd::Mk { key, value, ttl } => {
+            let mut q = ttl_param(ttl);
+            q.push(("prevExist", "false".into()));
+            print_node(out, &c.keys("PUT", &key, &q, value_form(&value)).await?);
+        }
+        KvCmd::Mkdir { key, ttl } => {
+            let mut q = ttl_param(ttl);
+            q.push(("dir", "true".into()));
+            q.push(("prevExist", "false".into()));
+            c.keys("PUT", &key, &q, None).await?;
+        }
+        KvCmd::Update { key, value, ttl } => {
+            let mut q = ttl_param(ttl);
+            q.push(("prevExist", "true".into()));
+            print_node(out, &c.keys("PUT", &key, &q, value_form(&value)).await?);
+        }
+        KvCmd::Rm {
+            key,
+            dir,
+            recursive,
+            with_value,
+            with_index,
+        } => {
+            let mut q = vec![];
+            if dir {
+                q.push(("dir", "true".to_string()));
+            }
+            if recursive {
+                q.push(("recursive", "true".to_string()));
+            }
+            if let Some(v) = with_value {
+                q.push(("prevValue", v));
+            }
+            if let Some(i) = with_index {
+                q.push(("prevIndex", i.to_string()));
+            }
+            let v = c.keys("DELETE", &key, &q, None).await?;
+            if out == Output::Simple {
+                if let Some(p) = v["prevNode"]["value"].as_str() {
+                    println!("PrevNode.Value: {p}");
+                }
+            } else {
+                print_node(out, &v);
+            }
+        }
+        KvCmd::Rmdir { key } => {
+            c.keys("DELETE", &key, &[("dir", "true".into())], None)
+                .await?;
+        }
+        KvCmd::Ls {
+            key,
+            sort,
+            recursive,
+            slash,
+            quorum,
+        } => {
+            let mut q = vec![
+                ("recursive", recursive.to_string()),
+                ("sorted", sort.to_string()),
+            ];
+            if quorum {
+                q.push(("quorum", "true".into()));
+            }
+            let v = c.keys("GET", &key, &q, None).await?;
+            if out == Output::Json {
+                print_node(out, &v);
+                return Ok(());
+            }
+            let n = &v["node"];
+            if n["dir"].as_bool() != Some(true) {
+                println!("{}", n["key"].as_str().unwrap_or(""));
+                return Ok(());
+            }
+            let mut keys = vec![];
+            list(n, recursive, slash, &mut keys);
+            for k in keys {
+                println!("{k}");
+            }
+        }
+        KvCmd::Watch {
+            key,
+            forever,
+            recursive,
+            after_index,
+        } => {
+            let mut next = after_index.map(|i| i + 1);
+            loop {
+                let mut q = vec![("wait", "true".to_string())];
+                if recursive {
+                    q.push(("recursive", "true".into()));
+                }
+                if let Some(i) = next {
+                    q.push(("waitIndex", i.to_string()));
+                }
+                let watch = Client {
+                    endpoints: c.endpoints.clone(),
+                    timeout: Duration::from_secs(24 * 3600),
+                };
+                let v = watch.keys("GET", &key, &q, None).await?;
+                if recursive && out == Output::Simple {
+                    println!(
+                        "[{}] {}",
+                        v["action"].as_str().unwrap_or(""),
+                        v["node"]["key"].as_str().unwrap_or("")
+                    );
+                }
+                print_node(out, &v);
+                if !forever {
+                    return Ok(());
+                }
+                next = v["node"]["modifiedIndex"].as_u64().map(|i| i + 1);
+            }
+        }
+        KvCmd::Member { cmd } => member(&c, cmd).await?,
+    }
+    Ok(())
+}
+
+async fn member(c: &Client, cmd: MemberCmd) -> Result<()> {
+    match cmd {
+        MemberCmd::List => {
+            let r = c.call("GET", "/v2/members", None).await?;
+            let v: Value = serde_json::from_slice(&r.body)?;
+            let leader = c
+                .call("GET", "/v2/members/leader", None)
+                .await
+                .ok()
+                .and_then(|r| serde_json::from_slice::<Value>(&r.body).ok());
+            let leader_id = leader
+                .as_ref()
+                .and_then(|l| l["id"].as_str())
+                .unwrap_or("")
+                .to_string();
+            for m in v["members"].as_array().into_iter().flatten() {
+                let id = m["id"].as_str().unwrap_or("");
+                let join = |k: &str| {
+                    m[k].as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|u| u.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                println!(
+                    "{id}: name={} peerURLs={} clientURLs={} isLeader={}",
+                    m["name"].as_str().unwrap_or(""),
+                    join("peerURLs"),
+                    join("clientURLs"),
+                    id == leader_id
+                );
+            }
+        }
+        MemberCmd::Add { name, peer_urls } => {
+            let urls: Vec<&str> = peer_urls.split(',').collect();
+            let body = serde_json::json!({ "peerURLs": urls }).to_string();
+            let r = c.call("POST", "/v2/members", Some(body)).await?;
+            let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            if r.status != 201 {
+                return Err(ServerError(format!(
+                    "Error: {}",
+                    v["message"].as_str().unwrap_or("member add failed")
+                ))
+                .into());
+            }
+            println!(
+                "Added member named {name} with ID {} to cluster",
+                v["id"].as_str().unwrap_or("")
+            );
+        }
+        MemberCmd::Remove { id } => {
+            let r = c.call("DELETE", &format!("/v2/members/{id}"), None).await?;
+            if r.status != 204 {
+                let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+                return Err(ServerError(format!(
+                    "Error: {}",
+                    v["message"].as_str().unwrap_or("member remove failed")
+                ))
+                .into());
+            }
+            println!("Removed member {id} from cluster");
+        }
+    }
+    Ok(())
+}
