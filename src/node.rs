@@ -197,6 +197,7 @@ pub async fn start(
     let api = Api {
         raft: handle.clone(),
         clock: env.clock.clone(),
+        spawn: env.spawn.clone(),
         cluster_id: rec.identity.cluster_id,
         value_bytes_max: cfg.value_bytes_max,
     };

@@ -325,3 +325,127 @@ async fn responses_match_etcd() {
         mismatches.join("\n")
     );
 }
+
+/// Past the 1000-event window, a watch gets etcd's 401 (with `[oldest/asked]`);
+/// inside it, the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleared_event_window_matches_etcd() {
+    let etcd = start_etcd();
+    let mut fl = Cluster::new(1, &[]);
+    fl.start_all();
+    let c = client();
+    wait_healthy(&c, &etcd.url).await;
+    fl.leader(&c, Duration::from_secs(20)).await;
+    let servers = [etcd.url.clone(), fl.nodes[0].client_url.clone()];
+    let mut seen = vec![];
+    for s in &servers {
+        let mut writers = vec![];
+        for w in 0..8 {
+            let (c, s) = (c.clone(), s.clone());
+            writers.push(tokio::spawn(async move {
+                for i in (w..1010).step_by(8) {
+                    let r = call(
+                        &c,
+                        "PUT",
+                        &format!("{s}/v2/keys/w"),
+                        Some(&format!("value={i}")),
+                    )
+                    .await
+                    .unwrap();
+                    assert!(r.status == 200 || r.status == 201, "{}", r.text);
+                }
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        let now = index_of(
+            &call(&c, "GET", &format!("{s}/v2/keys/w"), None)
+                .await
+                .unwrap(),
+        );
+        let mut got = vec![];
+        let old = now - 1005;
+        let r = call(
+            &c,
+            "GET",
+            &format!("{s}/v2/keys/w?wait=true&waitIndex={old}"),
+            None,
+        )
+        .await
+        .unwrap();
+        let cause = r.body["cause"].as_str().unwrap_or("").to_string();
+        assert!(
+            cause.starts_with("the requested history has been cleared ["),
+            "{s}: {}",
+            r.text
+        );
+        assert!(
+            cause.ends_with(&format!("/{old}]")),
+            "{s}: asked index last: {cause}"
+        );
+        got.push((
+            r.status,
+            r.body["errorCode"].clone(),
+            r.body["message"].clone(),
+            r.body["index"] == now,
+        ));
+        let recent = now - 10;
+        let r = call(
+            &c,
+            "GET",
+            &format!("{s}/v2/keys/w?wait=true&waitIndex={recent}"),
+            None,
+        )
+        .await
+        .unwrap();
+        got.push((
+            r.status,
+            r.body["action"].clone(),
+            r.body["node"]["key"].clone(),
+            r.body["node"]["modifiedIndex"] == recent,
+        ));
+        seen.push(got);
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "etcd vs flotilla past and inside the window"
+    );
+    assert_eq!(seen[1][0].0, 400, "{:?}", seen[1]);
+    assert_eq!(seen[1][0].1, 401);
+    // flotilla keeps exactly the last 1000 events.
+    let now = index_of(
+        &call(&c, "GET", &format!("{}/v2/keys/w", servers[1]), None)
+            .await
+            .unwrap(),
+    );
+    let edge = call(
+        &c,
+        "GET",
+        &format!("{}/v2/keys/w?wait=true&waitIndex={}", servers[1], now - 999),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(edge.status, 200, "{}", edge.text);
+    let past = call(
+        &c,
+        "GET",
+        &format!(
+            "{}/v2/keys/w?wait=true&waitIndex={}",
+            servers[1],
+            now - 1000
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        past.body["cause"],
+        format!(
+            "the requested history has been cleared [{}/{}]",
+            now - 999,
+            now - 1000
+        )
+    );
+}

@@ -39,6 +39,9 @@ impl Api {
     }
 
     async fn get(&self, key: &str, kr: &KeyRequest) -> Result<Reply, StoreError> {
+        if kr.wait && kr.stream {
+            return self.stream_watch(crate::kv::path::clean(key), kr.recursive, kr.wait_index);
+        }
         if kr.wait {
             return self.watch(key, kr.recursive, kr.wait_index).await;
         }

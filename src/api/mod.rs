@@ -14,6 +14,7 @@ pub mod keys;
 pub mod members;
 pub mod params;
 pub mod render;
+pub mod stream;
 
 use crate::raft::RaftHandle;
 use bytes::Bytes;
@@ -31,6 +32,8 @@ pub const VERSION_CLUSTER: &str = "3.4.0";
 pub struct Api {
     pub raft: RaftHandle,
     pub clock: Arc<dyn Clock>,
+    /// Streaming watches run as tasks.
+    pub spawn: Arc<dyn flotilla_shims::Spawn>,
     pub cluster_id: u64,
     pub value_bytes_max: usize,
 }
