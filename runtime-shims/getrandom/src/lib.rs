@@ -3,6 +3,44 @@
 //! # Layout
 //! - [`getrandom`]: fill a buffer (retries on `EINTR`, loops on short reads).
 //! - [`Error`]: the error type rand_core 0.6 expects (`code`, `raw_os_error`, `From<NonZeroU32>`).
+//! - [`seed_thread`]: a test hook — this thread's entropy comes from a seeded generator
+//!   instead (turmoil runs a whole cluster on one thread; this makes raft-rs's election
+//!   jitter, drawn through `thread_rng()`, replay from a seed there too).
+
+use std::cell::Cell;
+
+thread_local! {
+    static SEEDED: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// From now on, on this thread only, fill from a splitmix64 stream seeded with `seed`
+/// (`None`: back to libc). Use a fresh thread per seeded run: `thread_rng()` seeds itself
+/// once per thread.
+pub fn seed_thread(seed: Option<u64>) {
+    SEEDED.with(|s| s.set(seed));
+}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn fill_seeded(dest: &mut [u8]) -> bool {
+    SEEDED.with(|s| {
+        let Some(mut state) = s.get() else {
+            return false;
+        };
+        for chunk in dest.chunks_mut(8) {
+            let v = splitmix64(&mut state).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        s.set(Some(state));
+        true
+    })
+}
 
 use core::fmt;
 use core::num::NonZeroU32;
@@ -65,6 +103,9 @@ fn last_errno() -> Error {
 
 /// Fills `dest` with random bytes from libc's `getrandom`.
 pub fn getrandom(dest: &mut [u8]) -> Result<(), Error> {
+    if fill_seeded(dest) {
+        return Ok(());
+    }
     let mut filled = 0;
     while filled < dest.len() {
         let rest = &mut dest[filled..];
@@ -84,6 +125,21 @@ pub fn getrandom(dest: &mut [u8]) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_seeded_thread_replays() {
+        let draw = || {
+            std::thread::spawn(|| {
+                super::seed_thread(Some(42));
+                let mut b = [0u8; 20];
+                super::getrandom(&mut b).unwrap();
+                b
+            })
+            .join()
+            .unwrap()
+        };
+        assert_eq!(draw(), draw());
+    }
+
     #[test]
     fn fills_whole_buffers() {
         let mut a = [0u8; 64];
