@@ -44,6 +44,24 @@ enum Cmd {
         #[arg(long)]
         bug: Option<String>,
     },
+    /// Deterministic throughput: writes per simulated second with a modelled disk and
+    /// network (the same number on every run), and the simulator's own speed.
+    Bench {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Modelled fsync latency, ms.
+        #[arg(long, default_value_t = 2)]
+        sync_ms: u64,
+        /// Modelled network round trip, ms.
+        #[arg(long, default_value_t = 1)]
+        rtt_ms: u64,
+        /// Simulated seconds of load.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Write the scenario of one seed as a seed file (to replay, edit or shrink it).
     Scenario {
         #[arg(long)]
@@ -146,6 +164,46 @@ fn real_main() -> Result<ExitCode> {
                 })
                 .max(1);
             campaign(range, nodes, &kinds, &out, jobs, bug_skip_sync)
+        }
+        Cmd::Bench {
+            nodes,
+            clients,
+            sync_ms,
+            rtt_ms,
+            seconds,
+        } => {
+            let s = Scenario::bench(nodes, clients, sync_ms, rtt_ms, seconds);
+            let t0 = Instant::now();
+            let r = run(&s);
+            let wall = t0.elapsed().as_secs_f64();
+            let end_ns = seconds * 1_000_000_000;
+            let writes = r
+                .history
+                .iter()
+                .filter(|h| {
+                    h.key.starts_with("/bench/")
+                        && h.outcome == flotilla_sim::history::Outcome::Ok(None)
+                })
+                .filter(|h| h.complete_ns.is_some_and(|t| t <= end_ns))
+                .count();
+            println!("{nodes} members, {clients} writers, sync {sync_ms} ms, rtt {rtt_ms} ms, {seconds} simulated s");
+            println!(
+                "writes per simulated second: {:.1}",
+                writes as f64 / seconds as f64
+            );
+            println!("trace hash:                  {:016x}", r.trace_hash);
+            println!(
+                "simulator: {:.1} s wall, {:.0} simulated s per wall s",
+                wall,
+                r.sim_ms as f64 / 1000.0 / wall
+            );
+            if !r.violations.is_empty() {
+                bail!(
+                    "the benchmark run violated a checker: {}",
+                    r.violations.join("; ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Scenario {
             seed,

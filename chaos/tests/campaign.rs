@@ -97,33 +97,31 @@ fn planted_bug_is_found_within_ten_seeds() {
 
 #[test]
 fn shrinking_keeps_the_failure_and_removes_faults() {
-    let mut s = (0..10)
-        .map(|seed| Scenario::generate(seed, 3, &["crash", "partition", "pause"]))
-        .find(|s| s.schedule.len() >= 4)
-        .expect("a scenario with several faults");
-    s.bug_skip_sync = true;
-    // Crashes that keep nothing lose every unsynced entry.
-    s.schedule.push(flotilla_sim::scenario::Event {
-        at_ms: 10_000,
-        fault: flotilla_sim::scenario::Fault::Crash {
-            node: 0,
-            keep_permille: 0,
-            down_ms: 500,
-        },
-    });
-    s.schedule.push(flotilla_sim::scenario::Event {
-        at_ms: 12_000,
-        fault: flotilla_sim::scenario::Fault::Crash {
-            node: 1,
-            keep_permille: 0,
-            down_ms: 500,
-        },
-    });
+    use flotilla_sim::scenario::{Event, Fault};
+    let mut s = (0..20)
+        .map(|seed| {
+            let mut s = Scenario::generate(seed, 3, &["crash", "partition", "pause"]);
+            s.bug_skip_sync = true;
+            s
+        })
+        .find(|s| !run(s).violations.is_empty())
+        .expect("the planted bug fails some seed");
+    // Pad with events that cannot matter; the shrinker must remove them.
+    for i in 0..6 {
+        s.schedule.push(Event {
+            at_ms: 1_000 + i * 2_000,
+            fault: Fault::ClockJump {
+                node: 0,
+                delta_ms: 0,
+            },
+        });
+    }
     s.schedule.sort_by_key(|e| e.at_ms);
     let before = s.schedule.len();
-    if run(&s).violations.is_empty() {
-        panic!("the planted bug should fail this scenario");
-    }
+    assert!(
+        !run(&s).violations.is_empty(),
+        "padding changed the outcome"
+    );
     let small = shrink(&s, |_, _| {});
     assert!(
         !run(&small).violations.is_empty(),
@@ -133,4 +131,16 @@ fn shrinking_keeps_the_failure_and_removes_faults() {
         small.schedule.len() < before,
         "shrinking removed nothing ({before} faults)"
     );
+    let padding_left = small
+        .schedule
+        .iter()
+        .filter(|e| {
+            e.fault
+                == Fault::ClockJump {
+                    node: 0,
+                    delta_ms: 0,
+                }
+        })
+        .count();
+    assert!(padding_left < 6, "irrelevant events survived shrinking");
 }

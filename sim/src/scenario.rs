@@ -85,6 +85,9 @@ pub struct Scenario {
     /// Planted bug (test-only): never sync the Raft log.
     #[serde(default)]
     pub bug_skip_sync: bool,
+    /// Throughput mode (`chaos bench`): clients only set unique keys, back to back.
+    #[serde(default)]
+    pub bench: bool,
 }
 
 /// Which fault kinds a campaign may draw from.
@@ -200,6 +203,32 @@ impl Scenario {
             },
             schedule,
             bug_skip_sync: false,
+            bench: false,
+        }
+    }
+
+    /// The fixed throughput scenario: no faults, `clients` writers, a disk whose sync
+    /// takes `sync_ms`, a network with `rtt_ms` round trips.
+    pub fn bench(nodes: usize, clients: usize, sync_ms: u64, rtt_ms: u64, seconds: u64) -> Self {
+        let one_way = (rtt_ms / 2).max(1);
+        Self {
+            seed: 0,
+            nodes,
+            clients,
+            keys: 1,
+            ops_per_client: usize::MAX,
+            fault_phase_ms: seconds * 1000,
+            heal_ms: 0,
+            sync_latency_ms: sync_ms,
+            net: Net {
+                latency_min_ms: one_way,
+                latency_max_ms: one_way,
+                loss_permille: 0,
+                dup_permille: 0,
+            },
+            schedule: vec![],
+            bug_skip_sync: false,
+            bench: true,
         }
     }
 }

@@ -133,8 +133,9 @@ fn node_config(s: &Scenario, i: usize) -> NodeConfig {
             tick_ms: 100,
             election_ticks: 10,
             heartbeat_ticks: 1,
-            snapshot_entries: 100,
-            catchup_entries: 20,
+            // Chaos runs snapshot often to exercise it; the benchmark uses production values.
+            snapshot_entries: if s.bench { 10_000 } else { 100 },
+            catchup_entries: if s.bench { 5_000 } else { 20 },
             bug_skip_sync: s.bug_skip_sync,
             ..RaftConfig::default()
         },
@@ -565,6 +566,16 @@ async fn client(w: Arc<World>, c: usize, until: Duration) {
         if elapsed() >= until {
             return;
         }
+        if w.s.bench {
+            // Throughput: unique keys, no think time, each client on its own member.
+            let key = format!("/bench/c{c}/{n}");
+            let op = Op::Set {
+                value: "v".repeat(100),
+                ttl: false,
+            };
+            observe(&w, me, c % w.s.nodes, &key, op).await;
+            continue;
+        }
         let (key, node, op) = {
             let mut rng = madsim::rand::thread_rng();
             let key = format!("/k{}", rng.gen_range(0..w.s.keys));
@@ -677,7 +688,9 @@ async fn simulate(s: Scenario) -> Report {
     }
     let helpers = rt.create_node().name("harness").build();
     helpers.spawn(supervise(w.clone()));
-    helpers.spawn(sampler(w.clone()));
+    if !s.bench {
+        helpers.spawn(sampler(w.clone()));
+    }
     let fault_end = Duration::from_millis(s.fault_phase_ms);
     let mut clients = vec![];
     for c in 0..s.clients {
@@ -778,13 +791,21 @@ fn check(w: &World) {
 
 /// Local (non-quorum) reads may be stale but never invent a value.
 fn check_local_reads(records: &[Record]) -> Result<(), String> {
+    // (key, value) → earliest invocation of a write of that value.
+    let mut writes: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for w in records {
+        if let Op::Set { value, .. } | Op::Cas { value, .. } = &w.op {
+            let t = writes
+                .entry((w.key.as_str(), value.as_str()))
+                .or_insert(u64::MAX);
+            *t = (*t).min(w.invoke_ns);
+        }
+    }
     for r in records.iter().filter(|r| r.op == Op::Get { quorum: false }) {
         if let Outcome::Ok(Some(v)) = &r.outcome {
-            let written = records.iter().any(|w| {
-                w.key == r.key
-                    && w.invoke_ns <= r.complete_ns.unwrap_or(u64::MAX)
-                    && matches!(&w.op, Op::Set { value, .. } | Op::Cas { value, .. } if value == v)
-            });
+            let written = writes
+                .get(&(r.key.as_str(), v.as_str()))
+                .is_some_and(|t| *t <= r.complete_ns.unwrap_or(u64::MAX));
             if !written {
                 return Err(format!(
                     "local read of {} returned {v:?}, which nobody wrote",
@@ -799,11 +820,11 @@ fn check_local_reads(records: &[Record]) -> Result<(), String> {
 /// The last acknowledged write to a key, when no other write could follow it, is what
 /// the final read returns.
 fn check_acknowledged(records: &[Record]) -> Result<(), String> {
-    let mut keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    for key in keys {
-        let of_key: Vec<&Record> = records.iter().filter(|r| r.key == key).collect();
+    let mut by_key: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+    for r in records {
+        by_key.entry(r.key.as_str()).or_default().push(r);
+    }
+    for (key, of_key) in by_key {
         let Some(fin) = of_key
             .iter()
             .rev()
