@@ -245,6 +245,44 @@ async fn load(c: &Cluster, conns: usize, secs: f64, write: bool, tag: &str) -> R
     }
 }
 
+/// Per member: syncs, mean sync latency and entries per sync, from `/metrics`.
+async fn sync_profile(c: &Cluster) {
+    for url in &c.client_urls {
+        let mut conn = connect(url).await;
+        conn.ready().await.unwrap();
+        let req = http::Request::get("/metrics")
+            .header("host", "bench")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let body = conn
+            .send_request(req)
+            .await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        let get = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let (syncs, secs, applied) = (
+            get("flotilla_disk_syncs_total "),
+            get("flotilla_disk_sync_duration_seconds_sum "),
+            get("flotilla_raft_applied_entries_total "),
+        );
+        println!(
+            "           {url}: {syncs:.0} syncs, mean {:.2} ms, {:.1} applied entries per sync",
+            secs / syncs.max(1.0) * 1000.0,
+            applied / syncs.max(1.0)
+        );
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -314,8 +352,23 @@ async fn bench(kind: &'static str, conns: &[usize], secs: f64, keys: usize) -> R
             r.ops_per_s, r.p50_ms, r.p99_ms, r.errors, r.loadgen_cpu * 100.0
         );
         writes.push((n, r));
+        if kind == "flotilla" {
+            sync_profile(&c).await;
+        }
     }
-    let reads = load(&c, 64, secs, false, "w64").await;
+    let mut conn = connect(&c.client_urls[0]).await;
+    for j in 0..100 {
+        request(
+            &mut conn,
+            "PUT",
+            &format!("/v2/keys/bench/read-{j}"),
+            Some("value=r".repeat(1)),
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reads = load(&c, 64, secs, false, "read").await;
     println!(
         "{kind:>8} reads   conns=64   {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:<5} loadgen cpu {:>4.0}%",
         reads.ops_per_s, reads.p50_ms, reads.p99_ms, reads.errors, reads.loadgen_cpu * 100.0

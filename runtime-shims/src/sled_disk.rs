@@ -1,7 +1,10 @@
 //! The production [`Disk`] on sled, plus [`RealFiles`] for small files.
 //!
-//! One sled tree holds everything: log records under `l` + big-endian index, metadata
-//! under `m` + name, each value [`seal`]ed with a CRC32. sled's background flusher is off,
+//! The log lives in one sled tree (big-endian index → record); each metadata record in a
+//! tree of its own, so updating the hard state never rewrites the page that holds a
+//! multi-megabyte snapshot (measured: sharing one tree made every hard-state update
+//! rewrite the snapshot as a sled blob — gigabytes written for thousands of entries).
+//! Every value is [`seal`]ed with a CRC32. sled's background flusher is off,
 //! so data reaches the platter only through [`Disk::sync`] (sled `flush` = fsync) — or
 //! earlier, which is harmless.
 
@@ -14,6 +17,8 @@ pub struct SledDisk {
     path: String,
     dir: std::path::PathBuf,
     db: sled::Db,
+    log: sled::Tree,
+    meta: std::collections::BTreeMap<String, sled::Tree>,
     /// Syncs so far (stamped into the store on each sync).
     generation: u64,
     /// When the side file last recorded a durable generation.
@@ -27,19 +32,13 @@ pub const WATERMARK_FILE: &str = "DURABLE_GENERATION";
 const WATERMARK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 const GENERATION_KEY: &[u8] = b"g";
 
-fn log_key(index: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = b'l';
-    k[1..].copy_from_slice(&index.to_be_bytes());
-    k
+fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
 }
 
-fn meta_key(name: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(name.len() + 1);
-    k.push(b'm');
-    k.extend_from_slice(name.as_bytes());
-    k
-}
+const LOG_TREE: &str = "log";
+const META_PREFIX: &str = "meta:";
+const META_VALUE: &[u8] = b"v";
 
 impl SledDisk {
     /// Opens (creating if absent or empty) the store in `dir`. An existing dir must have
@@ -93,6 +92,15 @@ impl SledDisk {
             .flush_every_ms(None)
             .open()
             .map_err(|e| sled_error(path, e))?;
+        let log = db.open_tree(LOG_TREE).map_err(|e| sled_error(path, e))?;
+        let mut meta = std::collections::BTreeMap::new();
+        for name in db.tree_names() {
+            if let Some(key) = name.strip_prefix(META_PREFIX.as_bytes()) {
+                let key = String::from_utf8_lossy(key).into_owned();
+                let tree = db.open_tree(&name).map_err(|e| sled_error(path, e))?;
+                meta.insert(key, tree);
+            }
+        }
         let generation = match db.get(GENERATION_KEY).map_err(|e| sled_error(path, e))? {
             Some(v) => {
                 let data = unseal(path, "sync generation record", &v)?;
@@ -109,6 +117,8 @@ impl SledDisk {
             path: path.to_string(),
             dir: dir.to_path_buf(),
             db,
+            log,
+            meta,
             generation,
             watermark_at: None,
         })
@@ -165,13 +175,13 @@ impl SledDisk {
     fn remove_range(&mut self, lo: u64, hi_exclusive: Option<u64>) -> Result<(), DiskError> {
         let mut batch = sled::Batch::default();
         let range = match hi_exclusive {
-            Some(hi) => self.db.range(log_key(lo)..log_key(hi)),
-            None => self.db.range(log_key(lo)..=log_key(u64::MAX)),
+            Some(hi) => self.log.range(log_key(lo)..log_key(hi)),
+            None => self.log.range(log_key(lo)..=log_key(u64::MAX)),
         };
         for kv in range.keys() {
             batch.remove(kv.map_err(|e| self.io(e))?);
         }
-        self.db.apply_batch(batch).map_err(|e| self.io(e))
+        self.log.apply_batch(batch).map_err(|e| self.io(e))
     }
 }
 
@@ -263,7 +273,7 @@ fn sled_error(path: &str, e: sled::Error) -> DiskError {
 
 impl Disk for SledDisk {
     fn log_put(&mut self, index: u64, data: &[u8]) -> Result<(), DiskError> {
-        self.db
+        self.log
             .insert(log_key(index), seal(data))
             .map(|_| ())
             .map_err(|e| self.io(e))
@@ -278,10 +288,17 @@ impl Disk for SledDisk {
     }
 
     fn meta_put(&mut self, key: &str, data: &[u8]) -> Result<(), DiskError> {
-        self.db
-            .insert(meta_key(key), seal(data))
+        if !self.meta.contains_key(key) {
+            let tree = self
+                .db
+                .open_tree(format!("{META_PREFIX}{key}"))
+                .map_err(|e| self.io(e))?;
+            self.meta.insert(key.to_string(), tree);
+        }
+        let tree = &self.meta[key];
+        tree.insert(META_VALUE, seal(data))
             .map(|_| ())
-            .map_err(|e| self.io(e))
+            .map_err(|e| sled_error(&self.path, e))
     }
 
     fn sync(&mut self) -> BoxFuture<'_, Result<(), DiskError>> {
@@ -307,26 +324,30 @@ impl Disk for SledDisk {
 
     fn load(&mut self) -> Result<Loaded, DiskError> {
         let mut out = Loaded::default();
-        for kv in self.db.iter() {
+        for kv in self.log.iter() {
             let (k, v) = kv.map_err(|e| self.io(e))?;
-            match k.first() {
-                Some(b'l') if k.len() == 9 => {
-                    let mut be = [0u8; 8];
-                    be.copy_from_slice(&k[1..]);
-                    let i = u64::from_be_bytes(be);
-                    out.log
-                        .insert(i, unseal(&self.path, &format!("log record {i}"), &v)?);
+            let bytes: [u8; 8] = k.as_ref().try_into().map_err(|_| DiskError::Corrupt {
+                path: self.path.clone(),
+                what: format!("log key {k:?} is not an index"),
+            })?;
+            let i = u64::from_be_bytes(bytes);
+            out.log
+                .insert(i, unseal(&self.path, &format!("log record {i}"), &v)?);
+        }
+        for (name, tree) in &self.meta {
+            let what = format!("meta record {name}");
+            match tree
+                .get(META_VALUE)
+                .map_err(|e| sled_error(&self.path, e))?
+            {
+                Some(v) => {
+                    out.meta
+                        .insert(name.clone(), unseal(&self.path, &what, &v)?);
                 }
-                Some(b'g') if k.len() == 1 => {}
-                Some(b'm') => {
-                    let name = String::from_utf8_lossy(&k[1..]).into_owned();
-                    let data = unseal(&self.path, &format!("meta record {name}"), &v)?;
-                    out.meta.insert(name, data);
-                }
-                _ => {
+                None => {
                     return Err(DiskError::Corrupt {
                         path: self.path.clone(),
-                        what: format!("unknown record key {k:?}"),
+                        what: format!("{what} is missing its value"),
                     })
                 }
             }

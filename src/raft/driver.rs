@@ -195,27 +195,33 @@ impl Driver {
                     tick = self.clock.sleep(tick_every);
                     self.on_tick();
                 }
-                Wake::Peer(Some(frame)) => {
-                    self.on_peer(frame);
-                    for _ in 1..self.cfg.batch_inputs_max {
-                        match self.peer_in.try_recv() {
-                            Ok(f) => self.on_peer(f),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Wake::Input(Some(input)) => {
-                    self.on_input(input);
-                    for _ in 1..self.cfg.batch_inputs_max {
-                        match self.inbox.try_recv() {
-                            Ok(i) => self.on_input(i),
-                            Err(_) => break,
-                        }
-                    }
-                }
+                Wake::Peer(Some(frame)) => self.on_peer(frame),
+                Wake::Input(Some(input)) => self.on_input(input),
                 Wake::Peer(None) | Wake::Input(None) => return Ok(()),
             }
+            // Group commit: whatever woke us, take everything already waiting — peer
+            // messages and client proposals alike — into this one Ready and its one sync.
+            // (Draining only the branch that fired would let a steady stream of peer
+            // messages starve proposals and turn every turn into an fsync.)
+            self.drain();
             self.on_ready().await?;
+        }
+    }
+
+    fn drain(&mut self) {
+        for _ in 0..self.cfg.batch_inputs_max {
+            let mut idle = true;
+            if let Ok(f) = self.peer_in.try_recv() {
+                self.on_peer(f);
+                idle = false;
+            }
+            if let Ok(i) = self.inbox.try_recv() {
+                self.on_input(i);
+                idle = false;
+            }
+            if idle {
+                break;
+            }
         }
     }
 
