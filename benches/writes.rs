@@ -202,7 +202,7 @@ async fn load(c: &Cluster, conns: usize, secs: f64, write: bool, tag: &str) -> R
                     request(
                         &mut conn,
                         "GET",
-                        &format!("/v2/keys/bench/{tag}-{i}-{}", n % 100),
+                        &format!("/v2/keys/bench/read-{}", n % 100),
                         None,
                     )
                     .await
@@ -362,7 +362,7 @@ async fn bench(kind: &'static str, conns: &[usize], secs: f64, keys: usize) -> R
             &mut conn,
             "PUT",
             &format!("/v2/keys/bench/read-{j}"),
-            Some("value=r".repeat(1)),
+            Some("value=r".to_string()),
         )
         .await
         .unwrap();

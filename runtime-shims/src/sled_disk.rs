@@ -37,6 +37,7 @@ fn log_key(index: u64) -> [u8; 8] {
 }
 
 const LOG_TREE: &str = "log";
+pub const SLED_CACHE_BYTES: u64 = 32 << 20;
 const META_PREFIX: &str = "meta:";
 const META_VALUE: &[u8] = b"v";
 
@@ -90,6 +91,8 @@ impl SledDisk {
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(None)
+            // sled caches up to 1 GiB by default; Raft reads its log from memory anyway.
+            .cache_capacity(SLED_CACHE_BYTES)
             .open()
             .map_err(|e| sled_error(path, e))?;
         let log = db.open_tree(LOG_TREE).map_err(|e| sled_error(path, e))?;

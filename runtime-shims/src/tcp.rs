@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 pub const RECONNECT_BACKOFF_MIN_MS: u64 = 20;
 pub const RECONNECT_BACKOFF_MAX_MS: u64 = 1000;
 pub const INBOUND_QUEUE_FRAMES_MAX: usize = 8192;
+pub const INBOUND_BUFFER_BYTES: usize = 64 << 10;
 
 /// Opens a byte stream to `addr`.
 pub trait Connect: Send + Sync + 'static {
@@ -153,7 +154,9 @@ async fn outbound<C: Connect>(
 }
 
 /// Serves one inbound peer connection: frames go to `inbound` until the stream ends.
-pub async fn serve_inbound<S: AsyncRead + Unpin>(mut stream: S, inbound: mpsc::Sender<Bytes>) {
+/// Reads are buffered: a frame's header and payload take one read, not three.
+pub async fn serve_inbound<S: AsyncRead + Unpin>(stream: S, inbound: mpsc::Sender<Bytes>) {
+    let mut stream = tokio::io::BufReader::with_capacity(INBOUND_BUFFER_BYTES, stream);
     let from = match wire::read_hello(&mut stream).await {
         Ok(id) => id,
         Err(_) => return,

@@ -50,7 +50,7 @@ impl Default for RaftConfig {
             tick_ms: 100,
             election_ticks: 10,
             heartbeat_ticks: 1,
-            snapshot_entries: 10_000,
+            snapshot_entries: 100_000,
             catchup_entries: 5_000,
             batch_inputs_max: 4096,
             pending_max: 100_000,
@@ -400,10 +400,11 @@ impl Driver {
             wrote = true;
         }
         if let Some(hs) = rd.hs() {
+            // Written every time; synced only when raft needs it (a commit-index-only
+            // change may be lost in a crash and is relearned from the leader), as etcd.
             let bytes = hs.write_to_bytes().expect("hard state encodes");
             self.disk.meta_put(META_HARD_STATE, &bytes)?;
             self.raw.mut_store().set_hard_state(hs.clone());
-            wrote = true;
         }
         if (wrote || rd.must_sync()) && !self.cfg.bug_skip_sync {
             self.sync().await?;
