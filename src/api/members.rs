@@ -72,32 +72,47 @@ impl Api {
         self.json(status, json!({ "message": msg }))
     }
 
-    async fn add_member(&self, body: &[u8]) -> Reply {
-        let req: AddRequest = match serde_json::from_slice(body) {
-            Ok(r) => r,
-            Err(e) => {
-                return self.message(StatusCode::BAD_REQUEST, &format!("bad member JSON: {e}"))
-            }
-        };
+    /// A `{"peerURLs": [...]}` body with at least one http URL, or the 400 to answer.
+    fn peer_urls(&self, body: &[u8]) -> Result<Vec<String>, Reply> {
+        let req: AddRequest = serde_json::from_slice(body)
+            .map_err(|e| self.message(StatusCode::BAD_REQUEST, &format!("bad member JSON: {e}")))?;
         if req.peer_urls.is_empty() || req.peer_urls.iter().any(|u| peer_addr(u).is_none()) {
-            return self.message(
+            return Err(self.message(
                 StatusCode::BAD_REQUEST,
                 "peerURLs must be non-empty http URLs",
-            );
+            ));
         }
+        Ok(req.peer_urls)
+    }
+
+    /// A hex member id, or the 400 to answer.
+    fn member_id(&self, id_hex: &str) -> Result<u64, Reply> {
+        u64::from_str_radix(id_hex, 16).map_err(|_| {
+            self.message(
+                StatusCode::BAD_REQUEST,
+                &format!("member id {id_hex:?} is not hex"),
+            )
+        })
+    }
+
+    async fn add_member(&self, body: &[u8]) -> Reply {
+        let peer_urls = match self.peer_urls(body) {
+            Ok(u) => u,
+            Err(r) => return r,
+        };
         let taken = {
             let m = self.raft.shared.machine();
             m.members
                 .values()
-                .any(|mem| mem.peer_urls.iter().any(|u| req.peer_urls.contains(u)))
+                .any(|mem| mem.peer_urls.iter().any(|u| peer_urls.contains(u)))
         };
         if taken {
             return self.message(StatusCode::CONFLICT, "membership: peerURL exists");
         }
         let member = Member {
-            id: member_id(&req.peer_urls),
+            id: member_id(&peer_urls),
             name: String::new(),
-            peer_urls: req.peer_urls,
+            peer_urls: peer_urls,
             client_urls: vec![],
         };
         match self.raft.add_member(member.clone()).await {
@@ -107,11 +122,9 @@ impl Api {
     }
 
     async fn remove_member(&self, id_hex: &str) -> Reply {
-        let Ok(id) = u64::from_str_radix(id_hex, 16) else {
-            return self.message(
-                StatusCode::BAD_REQUEST,
-                &format!("member id {id_hex:?} is not hex"),
-            );
+        let id = match self.member_id(id_hex) {
+            Ok(id) => id,
+            Err(r) => return r,
         };
         let member = self.raft.shared.machine().members.get(&id).cloned();
         let Some(member) = member else {
@@ -124,31 +137,17 @@ impl Api {
     }
 
     async fn update_member(&self, id_hex: &str, body: &[u8]) -> Reply {
-        let Ok(id) = u64::from_str_radix(id_hex, 16) else {
-            return self.message(
-                StatusCode::BAD_REQUEST,
-                &format!("member id {id_hex:?} is not hex"),
-            );
+        let (id, peer_urls) = match (self.member_id(id_hex), self.peer_urls(body)) {
+            (Ok(id), Ok(urls)) => (id, urls),
+            (Err(r), _) | (_, Err(r)) => return r,
         };
-        let req: AddRequest = match serde_json::from_slice(body) {
-            Ok(r) => r,
-            Err(e) => {
-                return self.message(StatusCode::BAD_REQUEST, &format!("bad member JSON: {e}"))
-            }
-        };
-        if req.peer_urls.is_empty() || req.peer_urls.iter().any(|u| peer_addr(u).is_none()) {
-            return self.message(
-                StatusCode::BAD_REQUEST,
-                "peerURLs must be non-empty http URLs",
-            );
-        }
         let (known, taken) = {
             let m = self.raft.shared.machine();
             let taken = m
                 .members
                 .values()
                 .filter(|x| x.id != id)
-                .any(|x| x.peer_urls.iter().any(|u| req.peer_urls.contains(u)));
+                .any(|x| x.peer_urls.iter().any(|u| peer_urls.contains(u)));
             (m.members.contains_key(&id), taken)
         };
         if !known {
@@ -157,7 +156,7 @@ impl Api {
         if taken {
             return self.message(StatusCode::CONFLICT, "membership: peerURL exists");
         }
-        match self.raft.update_peers(id, req.peer_urls).await {
+        match self.raft.update_peers(id, peer_urls).await {
             Ok(o) if o.result.is_ok() => self.reply(StatusCode::NO_CONTENT, vec![], None),
             Ok(_) => self.message(StatusCode::NOT_FOUND, &format!("member {id_hex} not found")),
             Err(e) => self.conf_error(e),
