@@ -72,33 +72,25 @@ impl Api {
         self.json(status, json!({ "message": msg }))
     }
 
-    /// A `{"peerURLs": [...]}` body with at least one http URL, or the 400 to answer.
-    fn peer_urls(&self, body: &[u8]) -> Result<Vec<String>, Reply> {
-        let req: AddRequest = serde_json::from_slice(body)
-            .map_err(|e| self.message(StatusCode::BAD_REQUEST, &format!("bad member JSON: {e}")))?;
+    /// A `{"peerURLs": [...]}` body with at least one http URL, or why not.
+    fn peer_urls(body: &[u8]) -> Result<Vec<String>, String> {
+        let req: AddRequest =
+            serde_json::from_slice(body).map_err(|e| format!("bad member JSON: {e}"))?;
         if req.peer_urls.is_empty() || req.peer_urls.iter().any(|u| peer_addr(u).is_none()) {
-            return Err(self.message(
-                StatusCode::BAD_REQUEST,
-                "peerURLs must be non-empty http URLs",
-            ));
+            return Err("peerURLs must be non-empty http URLs".into());
         }
         Ok(req.peer_urls)
     }
 
-    /// A hex member id, or the 400 to answer.
-    fn member_id(&self, id_hex: &str) -> Result<u64, Reply> {
-        u64::from_str_radix(id_hex, 16).map_err(|_| {
-            self.message(
-                StatusCode::BAD_REQUEST,
-                &format!("member id {id_hex:?} is not hex"),
-            )
-        })
+    /// A hex member id, or why not.
+    fn member_id(id_hex: &str) -> Result<u64, String> {
+        u64::from_str_radix(id_hex, 16).map_err(|_| format!("member id {id_hex:?} is not hex"))
     }
 
     async fn add_member(&self, body: &[u8]) -> Reply {
-        let peer_urls = match self.peer_urls(body) {
+        let peer_urls = match Self::peer_urls(body) {
             Ok(u) => u,
-            Err(r) => return r,
+            Err(why) => return self.message(StatusCode::BAD_REQUEST, &why),
         };
         let taken = {
             let m = self.raft.shared.machine();
@@ -112,7 +104,7 @@ impl Api {
         let member = Member {
             id: member_id(&peer_urls),
             name: String::new(),
-            peer_urls: peer_urls,
+            peer_urls,
             client_urls: vec![],
         };
         match self.raft.add_member(member.clone()).await {
@@ -122,9 +114,9 @@ impl Api {
     }
 
     async fn remove_member(&self, id_hex: &str) -> Reply {
-        let id = match self.member_id(id_hex) {
+        let id = match Self::member_id(id_hex) {
             Ok(id) => id,
-            Err(r) => return r,
+            Err(why) => return self.message(StatusCode::BAD_REQUEST, &why),
         };
         let member = self.raft.shared.machine().members.get(&id).cloned();
         let Some(member) = member else {
@@ -137,9 +129,9 @@ impl Api {
     }
 
     async fn update_member(&self, id_hex: &str, body: &[u8]) -> Reply {
-        let (id, peer_urls) = match (self.member_id(id_hex), self.peer_urls(body)) {
+        let (id, peer_urls) = match (Self::member_id(id_hex), Self::peer_urls(body)) {
             (Ok(id), Ok(urls)) => (id, urls),
-            (Err(r), _) | (_, Err(r)) => return r,
+            (Err(why), _) | (_, Err(why)) => return self.message(StatusCode::BAD_REQUEST, &why),
         };
         let (known, taken) = {
             let m = self.raft.shared.machine();
