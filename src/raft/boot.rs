@@ -85,7 +85,7 @@ pub fn recover(disk: &mut dyn Disk, want: &Identity) -> Result<Recovered, BootEr
         Some(b) => {
             let snap = Snapshot::parse_from_bytes(b)
                 .map_err(|e| corrupt(format!("snapshot record does not parse: {e}")))?;
-            let machine: Machine = serde_json::from_slice(snap.get_data())
+            let machine: Machine = Machine::decode(snap.get_data())
                 .map_err(|e| corrupt(format!("snapshot data does not parse: {e}")))?;
             (snap, machine)
         }

@@ -25,6 +25,9 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
+/// How often the leader looks for lapsed TTLs (etcd's SYNC interval).
+pub const EXPIRE_CHECK_MS: u64 = 500;
+
 /// Tuning, in the units the names say.
 #[derive(Debug, Clone)]
 pub struct RaftConfig {
@@ -238,17 +241,18 @@ impl Driver {
         if self.raw.raft.state != StateRole::Leader {
             return;
         }
+        // Checked at etcd's SYNC cadence, not every tick.
         let now = self.clock.now_mono();
         if now < self.next_expire_try {
             return;
         }
+        self.next_expire_try = now + Duration::from_millis(EXPIRE_CHECK_MS);
         let wall = self.clock.now_wall_ms();
         let due = {
             let m = self.shared.machine();
             m.store.next_expiry_ms().is_some_and(|t| t <= wall)
         };
         if due {
-            self.next_expire_try = now + Duration::from_millis(500);
             let p = Proposal {
                 origin: 0,
                 seq: 0,
@@ -447,8 +451,8 @@ impl Driver {
     }
 
     fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), Fatal> {
-        let machine: Machine = serde_json::from_slice(snap.get_data())
-            .map_err(|e| Fatal::BadSnapshot(e.to_string()))?;
+        let machine: Machine =
+            Machine::decode(snap.get_data()).map_err(|e| Fatal::BadSnapshot(e.to_string()))?;
         let index = snap.get_metadata().index;
         assert_eq!(machine.applied, index, "snapshot state matches its index");
         let bytes = snap.write_to_bytes().expect("snapshot encodes");
@@ -671,7 +675,7 @@ impl Driver {
         if applied < self.last_snap_index + self.cfg.snapshot_entries {
             return Ok(());
         }
-        let data = serde_json::to_vec(&*self.shared.machine()).expect("machine serializes");
+        let data = self.shared.machine().encode();
         let mut snap = Snapshot::default();
         snap.set_data(data.into());
         let meta = snap.mut_metadata();

@@ -52,6 +52,16 @@ impl Machine {
         true
     }
 
+    /// The snapshot encoding (bincode: several times faster than JSON for large stores,
+    /// and a snapshot is taken inside the Ready loop).
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serialize(self).expect("machine serializes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        bincode::deserialize(bytes).map_err(|e| e.to_string())
+    }
+
     /// A stable digest of the whole state, for comparing replicas.
     pub fn digest(&self) -> u64 {
         let bytes = serde_json::to_vec(self).expect("machine serializes");
@@ -88,6 +98,22 @@ pub fn cluster_id(members: &[Member]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_encoding_round_trips() {
+        let mut m = Machine::new();
+        m.first_application(1, 2);
+        m.store.apply(&crate::kv::Command::Put {
+            key: "/a/b".into(),
+            value: "v".into(),
+            dir: false,
+            expire_ms: Some(9),
+            refresh: false,
+            prev: Default::default(),
+        });
+        assert_eq!(Machine::decode(&m.encode()).unwrap(), m);
+        assert!(Machine::decode(b"garbage").is_err());
+    }
 
     #[test]
     fn a_request_applies_once_within_the_window() {
