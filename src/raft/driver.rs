@@ -53,7 +53,7 @@ impl Default for RaftConfig {
             tick_ms: 100,
             election_ticks: 10,
             heartbeat_ticks: 1,
-            snapshot_entries: 100_000,
+            snapshot_entries: 10_000,
             catchup_entries: 5_000,
             batch_inputs_max: 4096,
             pending_max: 100_000,
