@@ -51,7 +51,6 @@ struct State {
     durable: Layer,
     pending: Vec<Op>,
     fail_next_sync: bool,
-    syncs: u64,
 }
 
 /// Shared control over one simulated disk.
@@ -93,10 +92,6 @@ impl MemDiskHandle {
 
     pub fn fail_next_sync(&self) {
         self.lock().fail_next_sync = true;
-    }
-
-    pub fn syncs(&self) -> u64 {
-        self.lock().syncs
     }
 
     /// Flips one bit in a durable record, chosen by `pick` among all records.
@@ -162,7 +157,6 @@ impl Disk for MemDisk {
                 clock.sleep(*d).await;
             }
             let mut st = self.handle.lock();
-            st.syncs += 1;
             if std::mem::take(&mut st.fail_next_sync) {
                 return Err(DiskError::SyncFailed {
                     path: PATH.into(),

@@ -64,16 +64,6 @@ impl Store {
         self.ttls.first().map(|(t, _)| *t)
     }
 
-    /// Number of nodes in the tree, directories included, root excluded.
-    pub fn node_count(&self) -> usize {
-        fn count(n: &Node) -> usize {
-            n.children()
-                .map(|c| c.values().map(|ch| 1 + count(ch)).sum())
-                .unwrap_or(0)
-        }
-        count(&self.root)
-    }
-
     pub fn get(&self, key: &str, recursive: bool) -> Result<Event, StoreError> {
         let key = clean(key);
         let n = self.lookup(&key)?;

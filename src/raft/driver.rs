@@ -712,8 +712,6 @@ impl Driver {
         st.term = r.term;
         st.is_leader = r.state == StateRole::Leader;
         st.commit = r.raft_log.committed;
-        st.first_index = self.raw.store().first();
-        st.snapshot_index = self.last_snap_index;
     }
 }
 

@@ -59,8 +59,6 @@ pub struct Status {
     pub term: u64,
     pub is_leader: bool,
     pub commit: u64,
-    pub first_index: u64,
-    pub snapshot_index: u64,
 }
 
 /// etcd's `/v2/stats/store` counters (per member, like etcd's).
