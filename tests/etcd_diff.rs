@@ -267,11 +267,10 @@ fn shift(path: &str, base: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_match_etcd() {
-    let etcd = start_etcd();
+    let c = client();
+    let etcd = start_etcd(&c).await;
     let mut fl = Cluster::new(1, &[]);
     fl.start_all();
-    let c = client();
-    wait_healthy(&c, &etcd.url).await;
     fl.leader(&c, Duration::from_secs(20)).await;
     let servers = [etcd.url.clone(), fl.nodes[0].client_url.clone()];
     let mut bases = [0u64; 2];
@@ -331,11 +330,10 @@ async fn responses_match_etcd() {
 /// inside it, the event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleared_event_window_matches_etcd() {
-    let etcd = start_etcd();
+    let c = client();
+    let etcd = start_etcd(&c).await;
     let mut fl = Cluster::new(1, &[]);
     fl.start_all();
-    let c = client();
-    wait_healthy(&c, &etcd.url).await;
     fl.leader(&c, Duration::from_secs(20)).await;
     let servers = [etcd.url.clone(), fl.nodes[0].client_url.clone()];
     let mut seen = vec![];

@@ -17,13 +17,19 @@ pub fn client() -> Http {
         .build_http()
 }
 
-/// A free port on 127.0.0.1 (bound, then released).
+/// A free port on 127.0.0.1. Ports come from a per-process counter below the kernel's
+/// ephemeral range (so a port just handed out cannot be handed out again, nor picked by
+/// the kernel for an outgoing connection), each checked by binding it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 10_000 + (std::process::id() * 7919) % 20_000;
+    loop {
+        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 2_000;
+        if std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok() {
+            return p as u16;
+        }
+    }
 }
 
 pub struct Resp {
@@ -226,33 +232,56 @@ impl Drop for Etcd {
     }
 }
 
-pub fn start_etcd() -> Etcd {
-    let dir = tempfile::tempdir().unwrap();
-    let (c, p) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{c}");
-    let peer = format!("http://127.0.0.1:{p}");
-    let child = Command::new("etcd")
-        .args([
-            "--name=e1",
-            &format!("--data-dir={}", dir.path().display()),
-            "--enable-v2=true",
-            &format!("--listen-client-urls={url}"),
-            &format!("--advertise-client-urls={url}"),
-            &format!("--listen-peer-urls={peer}"),
-            &format!("--initial-advertise-peer-urls={peer}"),
-            &format!("--initial-cluster=e1={peer}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start etcd ({e}); install Debian's etcd-server (scripts/test-all does)")
-        });
-    Etcd {
-        child,
-        url,
-        _dir: dir,
+/// Starts etcd and waits until it is healthy, retrying on fresh ports if it dies at
+/// start; its log is shown if it never comes up.
+pub async fn start_etcd(c: &Http) -> Etcd {
+    let mut last_log = String::new();
+    for _attempt in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, pp) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{cp}");
+        let peer = format!("http://127.0.0.1:{pp}");
+        let log_path = dir.path().join("etcd.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new("etcd")
+            .args([
+                "--name=e1",
+                &format!("--data-dir={}", dir.path().join("data").display()),
+                "--enable-v2=true",
+                &format!("--listen-client-urls={url}"),
+                &format!("--advertise-client-urls={url}"),
+                &format!("--listen-peer-urls={peer}"),
+                &format!("--initial-advertise-peer-urls={peer}"),
+                &format!("--initial-cluster=e1={peer}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start etcd ({e}); install Debian's etcd-server (scripts/test-all does)"
+                )
+            });
+        let mut etcd = Etcd {
+            child,
+            url,
+            _dir: dir,
+        };
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            if etcd.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if let Ok(r) = call(c, "GET", &format!("{}/health", etcd.url), None).await {
+                if r.status == 200 {
+                    return etcd;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
     }
+    panic!("etcd did not become healthy in 3 attempts; its log:\n{last_log}");
 }
 
 pub async fn wait_healthy(c: &Http, url: &str) {
