@@ -56,20 +56,32 @@ fn too_large_or_bad(e: Box<dyn std::error::Error + Send + Sync>, max: usize) -> 
     }
 }
 
-/// Accepts connections on a Tokio listener forever.
+/// Client connections served at once; further ones wait in the listen backlog until one
+/// closes (long-poll watches hold theirs).
+pub const CONNECTIONS_MAX: usize = 16_384;
+
+/// Accepts connections on a Tokio listener forever, at most [`CONNECTIONS_MAX`] at once.
 pub async fn accept_tokio(
     listener: tokio::net::TcpListener,
     handler: Handler,
     spawn: Arc<dyn Spawn>,
     body_bytes_max: usize,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
+                let h = handler.clone();
                 spawn.spawn(
                     "http-conn",
-                    Box::pin(serve_conn(stream, handler.clone(), body_bytes_max)),
+                    Box::pin(async move {
+                        serve_conn(stream, h, body_bytes_max).await;
+                        drop(permit);
+                    }),
                 );
             }
             Err(e) => {
