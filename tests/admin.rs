@@ -113,9 +113,9 @@ async fn stats_metrics_members_and_bad_input() {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {name} in:\n{}", r.text))
     };
-    // The follower proposed the 20 writes and its own publish (maybe retried).
+    // The follower proposed the 20 writes (its own publish may still be in backoff).
     assert!(
-        metric("flotilla_raft_proposals_total ") >= 21.0,
+        metric("flotilla_raft_proposals_total ") >= 20.0,
         "{}",
         r.text
     );
