@@ -35,8 +35,8 @@ async fn write_range(
                 };
                 let key = format!("/w/{i:05}");
                 let value = format!("v{i}");
-                // Retry on another node until acknowledged or out of patience.
-                for attempt in 0..40 {
+                // Retry on another node until acknowledged or out of patience (~10 s).
+                for attempt in 0..200 {
                     let url = &urls[(w + i + attempt) % urls.len()];
                     let r = call(
                         &c,
