@@ -7,6 +7,7 @@
 //!     cargo bench --bench writes                       # all of it
 //!     BENCH_SECONDS=3 BENCH_CONNS=1,8,64,256 cargo bench --bench writes
 //!     BENCH_SVG=bench.svg cargo bench --bench writes   # also draw the plot
+//!     BENCH_ETCD=0 cargo bench --bench writes           # flotilla only
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use bytes::Bytes;
@@ -67,6 +68,10 @@ fn start(kind: &'static str) -> Cluster {
         } else {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
             cmd.arg("node");
+            // Extra node flags for experiments, e.g. BENCH_FLOTILLA_ARGS="--snapshot-count=100000".
+            if let Ok(extra) = std::env::var("BENCH_FLOTILLA_ARGS") {
+                cmd.args(extra.split_whitespace());
+            }
             cmd
         };
         cmd.args([
@@ -162,6 +167,27 @@ struct Run {
     p99_ms: f64,
     errors: u64,
     loadgen_cpu: f64,
+    /// CPU seconds all members used per operation.
+    server_cpu_us_per_op: f64,
+}
+
+/// CPU seconds (user + system) a child process has used so far, from /proc.
+fn child_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    f.iter().sum::<f64>() / ticks
+}
+
+fn servers_cpu_seconds(c: &Cluster) -> f64 {
+    c.children.iter().map(|ch| child_cpu_seconds(ch.id())).sum()
 }
 
 fn cpu_seconds() -> f64 {
@@ -178,6 +204,7 @@ async fn load(c: &Cluster, conns: usize, secs: f64, write: bool, tag: &str) -> R
     let errors = Arc::new(AtomicU64::new(0));
     let value = "v".repeat(100);
     let cpu0 = cpu_seconds();
+    let server0 = servers_cpu_seconds(c);
     let t0 = Instant::now();
     let mut tasks = vec![];
     for i in 0..conns {
@@ -230,6 +257,7 @@ async fn load(c: &Cluster, conns: usize, secs: f64, write: bool, tag: &str) -> R
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
+    let server = servers_cpu_seconds(c) - server0;
     all.sort_unstable();
     let pct = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
@@ -242,6 +270,7 @@ async fn load(c: &Cluster, conns: usize, secs: f64, write: bool, tag: &str) -> R
         p99_ms: pct(0.99),
         errors: errors.load(Ordering::Relaxed),
         loadgen_cpu: cpu / wall,
+        server_cpu_us_per_op: server * 1e6 / all.len().max(1) as f64,
     }
 }
 
@@ -348,8 +377,8 @@ async fn bench(kind: &'static str, conns: &[usize], secs: f64, keys: usize) -> R
     for &n in conns {
         let r = load(&c, n, secs, true, &format!("w{n}")).await;
         println!(
-            "{kind:>8} writes  conns={n:<4} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:<5} loadgen cpu {:>4.0}%",
-            r.ops_per_s, r.p50_ms, r.p99_ms, r.errors, r.loadgen_cpu * 100.0
+            "{kind:>8} writes  conns={n:<4} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:<5} loadgen cpu {:>4.0}%  members {:>4.0} µs cpu/write",
+            r.ops_per_s, r.p50_ms, r.p99_ms, r.errors, r.loadgen_cpu * 100.0, r.server_cpu_us_per_op
         );
         writes.push((n, r));
         if kind == "flotilla" {
@@ -370,8 +399,8 @@ async fn bench(kind: &'static str, conns: &[usize], secs: f64, keys: usize) -> R
     tokio::time::sleep(Duration::from_millis(500)).await;
     let reads = load(&c, 64, secs, false, "read").await;
     println!(
-        "{kind:>8} reads   conns=64   {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:<5} loadgen cpu {:>4.0}%",
-        reads.ops_per_s, reads.p50_ms, reads.p99_ms, reads.errors, reads.loadgen_cpu * 100.0
+        "{kind:>8} reads   conns=64   {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:<5} loadgen cpu {:>4.0}%  members {:>4.0} µs cpu/read",
+        reads.ops_per_s, reads.p50_ms, reads.p99_ms, reads.errors, reads.loadgen_cpu * 100.0, reads.server_cpu_us_per_op
     );
     fill(&c, keys).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -472,7 +501,8 @@ fn main() {
         .build()
         .unwrap();
     let mut reports = vec![rt.block_on(bench("flotilla", &conns, secs, keys))];
-    if Command::new("etcd").arg("--version").output().is_ok() {
+    let etcd_wanted = std::env::var("BENCH_ETCD").map_or(true, |v| v != "0");
+    if etcd_wanted && Command::new("etcd").arg("--version").output().is_ok() {
         reports.push(rt.block_on(bench("etcd", &conns, secs, keys)));
         let (f, e) = (&reports[0], &reports[1]);
         println!("\nflotilla / etcd");

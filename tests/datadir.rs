@@ -72,6 +72,16 @@ fn refuses(args: &[String]) -> String {
     stderr
 }
 
+/// The newest WAL segment of a data dir.
+fn segment(dir: &Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.pop().expect("a wal segment")
+}
+
 fn last_nonzero(data: &[u8]) -> usize {
     data.iter().rposition(|b| *b != 0).unwrap()
 }
@@ -102,13 +112,13 @@ async fn check(damage: impl FnOnce(&Path), expect: &str) {
 async fn flipped_byte_is_detected() {
     check(
         |d| {
-            let p = d.join("db");
+            let p = segment(d);
             let mut data = std::fs::read(&p).unwrap();
             let at = last_nonzero(&data) * 3 / 4;
             data[at] ^= 0x5a;
             std::fs::write(&p, data).unwrap();
         },
-        "truncated or damaged|fails its checksums",
+        "truncated or damaged",
     )
     .await;
 }
@@ -117,7 +127,7 @@ async fn flipped_byte_is_detected() {
 async fn truncated_store_file_is_detected() {
     check(
         |d| {
-            let p = d.join("db");
+            let p = segment(d);
             let data = std::fs::read(&p).unwrap();
             std::fs::write(&p, &data[..last_nonzero(&data) / 2]).unwrap();
         },
@@ -129,8 +139,8 @@ async fn truncated_store_file_is_detected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_store_file_is_detected() {
     check(
-        |d| std::fs::remove_file(d.join("db")).unwrap(),
-        "store file db is missing",
+        |d| std::fs::remove_file(segment(d)).unwrap(),
+        "the wal is missing",
     )
     .await;
 }
@@ -138,8 +148,8 @@ async fn missing_store_file_is_detected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emptied_store_file_is_detected() {
     check(
-        |d| std::fs::write(d.join("db"), b"").unwrap(),
-        "store file db is empty",
+        |d| std::fs::write(segment(d), b"").unwrap(),
+        "truncated or damaged",
     )
     .await;
 }

@@ -6,9 +6,10 @@
 //! - [`net`]: peer messages between node ids ([`PeerNet`]); the framed wire format
 //!   ([`wire`]) is generic over any `AsyncRead + AsyncWrite`, and [`tcp`] runs it on Tokio TCP.
 //! - [`http`]: an HTTP/1.1 server on hyper, generic over the listener's stream type.
-//! - [`disk`]: the durable store node logic writes to ([`Disk`], [`Files`]); [`sled_disk`]
-//!   is the production store, [`mem_disk`] the in-memory one (durable + pending layers)
-//!   that tests and the simulator crash.
+//! - [`disk`]: the durable store node logic writes to ([`Disk`], [`Files`]); [`wal_disk`]
+//!   is the production store (a write-ahead log of segment files), [`mem_disk`] the
+//!   in-memory one (durable + pending layers) that tests and the simulator crash;
+//!   [`files`] writes small files atomically.
 //! - [`containers`]: the container-runtime trait and its types.
 //!
 //! Node crates reach the outside world only through these traits; `clippy.toml` in the
@@ -17,12 +18,13 @@
 pub mod clock;
 pub mod containers;
 pub mod disk;
+pub mod files;
 pub mod http;
 pub mod mem_disk;
 pub mod net;
-pub mod sled_disk;
 pub mod task;
 pub mod tcp;
+pub mod wal_disk;
 pub mod wire;
 
 pub use clock::{Clock, TokioClock};

@@ -1,11 +1,11 @@
-//! `flotilla node`: production wiring (Tokio, TCP, sled) of [`crate::node`].
+//! `flotilla node`: production wiring (Tokio, TCP, the WAL disk) of [`crate::node`].
 
 use crate::node::{start, ClusterState, Env, NodeConfig};
 use crate::raft::{peer_addr, RaftConfig};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser};
-use flotilla_shims::sled_disk::SledDisk;
 use flotilla_shims::tcp::{StreamTransport, TokioConnect, INBOUND_QUEUE_FRAMES_MAX};
+use flotilla_shims::wal_disk::WalDisk;
 use flotilla_shims::{SeededRng, Spawn, TokioClock, TokioSpawn};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -149,7 +149,11 @@ fn config(a: &NodeArgs) -> Result<NodeConfig> {
 
 pub fn run(a: NodeArgs) -> Result<()> {
     let cfg = config(&a)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Ok(n) = std::env::var("FLOTILLA_WORKERS") {
+        b.worker_threads(n.parse().unwrap_or(1));
+    }
+    let rt = b
         .enable_all()
         .build()
         .context("starting the Tokio runtime")?;
@@ -158,13 +162,10 @@ pub fn run(a: NodeArgs) -> Result<()> {
 
 async fn serve(a: NodeArgs, cfg: NodeConfig) -> Result<()> {
     let dir = a.data_dir.display().to_string();
-    if let Some(mut pre) =
-        SledDisk::preflight(&a.data_dir).with_context(|| format!("checking data dir {dir}"))?
-    {
-        crate::node::check_disk(&cfg, &mut pre.disk)
-            .with_context(|| format!("checking data dir {dir}"))?;
-    }
-    let disk = SledDisk::open(&a.data_dir).with_context(|| format!("opening data dir {dir}"))?;
+    // Opening replays and checks the dir read-only; nothing is written before the
+    // identity check below passes, so a refused dir is left exactly as it was.
+    let mut disk = WalDisk::open(&a.data_dir).with_context(|| format!("opening data dir {dir}"))?;
+    crate::node::check_disk(&cfg, &mut disk).with_context(|| format!("checking data dir {dir}"))?;
     let clock = Arc::new(TokioClock::new());
     let spawn = Arc::new(TokioSpawn);
     let env = Env {

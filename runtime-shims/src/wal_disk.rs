@@ -1,0 +1,819 @@
+//! The production [`Disk`]: a write-ahead log of preallocated segment files, as etcd's.
+//!
+//! Every [`Disk`] call appends one checksummed record to an in-memory batch; [`Disk::sync`]
+//! hands the batch to a blocking thread that writes it with one `pwrite` and makes it
+//! durable with one `fdatasync`. Segments are preallocated (`fallocate`), so a sync has no
+//! file-size metadata to commit. Replaying every segment in order rebuilds [`Loaded`].
+//!
+//! When the active segment passes [`SEGMENT_BYTES`] a new one is started, opening with the
+//! current value of every metadata record; older segments then hold nothing but log
+//! records, and are deleted once the log is compacted past them.
+//!
+//! Record layout (little-endian): `len u32` (bytes after the crc) · `crc32 u32` (of those
+//! bytes) · `seq u64` · `kind u8` · body. `seq` runs on across segments without gaps;
+//! zeros (`len` 0) mark the unwritten, preallocated rest of a segment.
+//!
+//! Damage: a record that fails its checksum in any segment but the last, a gap in `seq`,
+//! or a log that ends before the record the side file [`WATERMARK_FILE`] says was durable
+//! is refused at open, naming the segment. A bad record at the very tail of the last
+//! segment after the watermark is a torn, unacknowledged write: it is cut off (zeroed)
+//! before the first new write, never before — a refused dir is left as it was.
+
+use crate::disk::{seal, unseal, Disk, DiskError, Loaded};
+use crate::BoxFuture;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const WAL_DIR: &str = "wal";
+/// Size a segment is preallocated to; the next segment starts once it is full.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Written once, when the dir is created; its absence in a non-empty dir means the dir
+/// is not (or no longer) a flotilla data dir.
+pub const MARKER_FILE: &str = "FLOTILLA_DATA_DIR";
+const MARKER_TEXT: &[u8] = b"flotilla data dir, format 2 (wal)\n";
+/// Side file recording a record `seq` known durable (rewritten at most once a second):
+/// how a restart notices that synced records went missing from the tail.
+pub const WATERMARK_FILE: &str = "DURABLE_SEQ";
+const WATERMARK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const HEADER_BYTES: usize = 8;
+/// No record is this large; a header claiming more is damage, not a record.
+const RECORD_BYTES_MAX: usize = 1 << 30;
+/// The batch buffer keeps its capacity between syncs unless it grew past this.
+const BATCH_CAPACITY_KEEP: usize = 4 << 20;
+
+const PUT: u8 = 1;
+const TRUNCATE_FROM: u8 = 2;
+const TRUNCATE_BEFORE: u8 = 3;
+const META: u8 = 4;
+
+struct Segment {
+    id: u64,
+    file: Arc<File>,
+    /// Highest log index written into this segment (0: none).
+    log_index_max: u64,
+}
+
+/// Where the latest record for a metadata key lives: (segment id, offset, total length).
+type MetaAt = (u64, u64, usize);
+
+pub struct WalDisk {
+    path: String,
+    dir: PathBuf,
+    /// Oldest first; the last is the active one.
+    segments: Vec<Segment>,
+    segment_bytes: u64,
+    /// End of the last record in the active segment, counting the pending batch's start.
+    written: u64,
+    batch: Vec<u8>,
+    seq: u64,
+    meta_at: BTreeMap<String, MetaAt>,
+    compacted_before: u64,
+    /// A torn tail found at open, cut off before the first write: (offset in the active
+    /// segment).
+    torn_at: Option<u64>,
+    watermark_at: Option<std::time::Instant>,
+    /// Set by a failed sync: the node must stop; every later call fails.
+    broken: bool,
+}
+
+/// A record read back from a segment.
+struct Record<'a> {
+    seq: u64,
+    kind: u8,
+    body: &'a [u8],
+    /// Offset just past it.
+    next: usize,
+}
+
+enum Parse<'a> {
+    Record(Record<'a>),
+    End,
+    Bad(String),
+}
+
+fn parse(buf: &[u8], at: usize) -> Parse<'_> {
+    if at + HEADER_BYTES > buf.len() {
+        return if buf[at..].iter().all(|b| *b == 0) {
+            Parse::End
+        } else {
+            Parse::Bad("record header cut short".into())
+        };
+    }
+    let len = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(buf[at + 4..at + 8].try_into().expect("4 bytes"));
+    if len == 0 && crc == 0 {
+        return Parse::End;
+    }
+    let start = at + HEADER_BYTES;
+    if !(9..=RECORD_BYTES_MAX).contains(&len) || start + len > buf.len() {
+        return Parse::Bad(format!("record length {len} does not fit the segment"));
+    }
+    let data = &buf[start..start + len];
+    if crc32fast::hash(data) != crc {
+        return Parse::Bad("checksum mismatch".into());
+    }
+    Parse::Record(Record {
+        seq: u64::from_le_bytes(data[..8].try_into().expect("8 bytes")),
+        kind: data[8],
+        body: &data[9..],
+        next: start + len,
+    })
+}
+
+fn segment_name(id: u64) -> String {
+    format!("{id:016x}.wal")
+}
+
+fn u64_at(body: &[u8], what: &str) -> Result<u64, String> {
+    body.get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .ok_or_else(|| format!("{what} record too short"))
+}
+
+/// Applies one record to the replayed state; `Err` names what is malformed.
+fn apply(out: &mut Loaded, r: &Record) -> Result<(), String> {
+    match r.kind {
+        PUT => {
+            let index = u64_at(r.body, "log")?;
+            out.log.insert(index, r.body[8..].to_vec());
+        }
+        TRUNCATE_FROM => {
+            out.log.split_off(&u64_at(r.body, "truncation")?);
+        }
+        TRUNCATE_BEFORE => {
+            let keep = out.log.split_off(&u64_at(r.body, "compaction")?);
+            out.log = keep;
+        }
+        META => {
+            let (key, data) = meta_body(r.body)?;
+            out.meta.insert(key.to_string(), data.to_vec());
+        }
+        k => return Err(format!("unknown record kind {k}")),
+    }
+    Ok(())
+}
+
+fn meta_body(body: &[u8]) -> Result<(&str, &[u8]), String> {
+    let n = body
+        .get(..2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+        .ok_or("metadata record too short")?;
+    let key = body.get(2..2 + n).ok_or("metadata record too short")?;
+    let key = std::str::from_utf8(key).map_err(|_| "metadata key is not UTF-8")?;
+    Ok((key, &body[2 + n..]))
+}
+
+/// Everything replayed from the segments, and where appending resumes.
+struct Replay {
+    loaded: Loaded,
+    segments: Vec<(u64, u64)>, // (id, log_index_max)
+    last_seq: u64,
+    end: u64,
+    torn_at: Option<u64>,
+    meta_at: BTreeMap<String, MetaAt>,
+    compacted_before: u64,
+}
+
+impl WalDisk {
+    /// Opens the data dir, creating it if absent or empty. An existing dir is replayed and
+    /// checked here, read-only: refusing it leaves every byte as it was.
+    pub fn open(dir: &Path) -> Result<Self, DiskError> {
+        Self::open_with(dir, SEGMENT_BYTES)
+    }
+
+    /// [`WalDisk::open`] with another segment size (tests use small ones).
+    pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<Self, DiskError> {
+        let path = dir.display().to_string();
+        let io_err = |source| DiskError::Io {
+            path: path.clone(),
+            source,
+        };
+        if !is_populated(dir).map_err(io_err)? {
+            return Self::create(dir, &path, segment_bytes);
+        }
+        check_marker(dir, &path)?;
+        let rp = replay(dir, &path)?;
+        let mut segments = vec![];
+        for (id, log_index_max) in &rp.segments {
+            let f = File::options()
+                .read(true)
+                .write(true)
+                .open(dir.join(WAL_DIR).join(segment_name(*id)))
+                .map_err(io_err)?;
+            segments.push(Segment {
+                id: *id,
+                file: Arc::new(f),
+                log_index_max: *log_index_max,
+            });
+        }
+        Ok(Self {
+            path: path.clone(),
+            dir: dir.to_path_buf(),
+            segments,
+            segment_bytes,
+            written: rp.end,
+            batch: vec![],
+            seq: rp.last_seq,
+            meta_at: rp.meta_at,
+            compacted_before: rp.compacted_before,
+            torn_at: rp.torn_at,
+            watermark_at: None,
+            broken: false,
+        })
+    }
+
+    fn create(dir: &Path, path: &str, segment_bytes: u64) -> Result<Self, DiskError> {
+        let io_err = |source| DiskError::Io {
+            path: path.to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir.join(WAL_DIR)).map_err(io_err)?;
+        let file = new_segment(&dir.join(WAL_DIR), 0, segment_bytes).map_err(io_err)?;
+        write_marker(dir).map_err(io_err)?;
+        Ok(Self {
+            path: path.to_string(),
+            dir: dir.to_path_buf(),
+            segments: vec![Segment {
+                id: 0,
+                file: Arc::new(file),
+                log_index_max: 0,
+            }],
+            segment_bytes,
+            written: 0,
+            batch: vec![],
+            seq: 0,
+            meta_at: BTreeMap::new(),
+            compacted_before: 0,
+            torn_at: None,
+            watermark_at: None,
+            broken: false,
+        })
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("a WAL always has an active segment")
+    }
+
+    fn push(&mut self, kind: u8, parts: &[&[u8]]) -> u64 {
+        let at = self.batch.len();
+        self.seq += 1;
+        let body: usize = parts.iter().map(|p| p.len()).sum();
+        let len = 9 + body;
+        assert!(len <= RECORD_BYTES_MAX, "record of {len} bytes");
+        self.batch.extend_from_slice(&(len as u32).to_le_bytes());
+        self.batch.extend_from_slice(&[0; 4]);
+        self.batch.extend_from_slice(&self.seq.to_le_bytes());
+        self.batch.push(kind);
+        for p in parts {
+            self.batch.extend_from_slice(p);
+        }
+        let crc = crc32fast::hash(&self.batch[at + HEADER_BYTES..]);
+        self.batch[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        self.written + at as u64
+    }
+
+    fn check_usable(&self) -> Result<(), DiskError> {
+        if self.broken {
+            return Err(DiskError::Corrupt {
+                path: self.path.clone(),
+                what: "an earlier sync failed; the node must restart from what is durable".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn io(&self, source: io::Error) -> DiskError {
+        DiskError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Starts the next segment with every metadata record's current value, so that the
+    /// older segments hold only log records. Rare (every [`SEGMENT_BYTES`]).
+    fn rotate(&mut self) -> Result<(), DiskError> {
+        let id = self.active().id + 1;
+        let wal = self.dir.join(WAL_DIR);
+        let file = new_segment(&wal, id, self.segment_bytes).map_err(|e| self.io(e))?;
+        let mut values = vec![];
+        for (key, &(seg, off, len)) in &self.meta_at {
+            let s = self
+                .segments
+                .iter()
+                .find(|s| s.id == seg)
+                .expect("metadata lives in a kept segment");
+            let mut buf = vec![0; len];
+            s.file
+                .read_exact_at(&mut buf, off)
+                .map_err(|e| self.io(e))?;
+            let data = match parse(&buf, 0) {
+                Parse::Record(r) => meta_body(r.body)
+                    .map(|(_, d)| d.to_vec())
+                    .map_err(|w| self.corrupt_in(seg, off, &w))?,
+                _ => return Err(self.corrupt_in(seg, off, "metadata record unreadable")),
+            };
+            values.push((key.clone(), data));
+        }
+        self.segments.push(Segment {
+            id,
+            file: Arc::new(file),
+            log_index_max: 0,
+        });
+        self.written = 0;
+        for (key, data) in values {
+            self.put_meta(&key, &data);
+        }
+        if self.compacted_before > 0 {
+            self.push(TRUNCATE_BEFORE, &[&self.compacted_before.to_le_bytes()]);
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let f = &self.active().file;
+        f.write_all_at(&batch, 0)
+            .and_then(|_| f.sync_data())
+            .and_then(|_| File::open(&wal)?.sync_all())
+            .map_err(|e| self.sync_failed(e))?;
+        self.written = batch.len() as u64;
+        Ok(())
+    }
+
+    /// Deletes the oldest segments once every log record in them is compacted away.
+    fn delete_compacted(&mut self) -> Result<(), DiskError> {
+        let mut removed = false;
+        // A segment may still hold a metadata record's latest value if a crash cut its
+        // successor's opening copy short.
+        while self.segments.len() > 1
+            && self.segments[0].log_index_max < self.compacted_before
+            && !self.meta_at.values().any(|m| m.0 == self.segments[0].id)
+        {
+            let s = self.segments.remove(0);
+            let p = self.dir.join(WAL_DIR).join(segment_name(s.id));
+            std::fs::remove_file(&p).map_err(|e| self.io(e))?;
+            removed = true;
+        }
+        if removed {
+            File::open(self.dir.join(WAL_DIR))
+                .and_then(|d| d.sync_all())
+                .map_err(|e| self.io(e))?;
+        }
+        Ok(())
+    }
+
+    fn put_meta(&mut self, key: &str, data: &[u8]) {
+        let key_len = u16::try_from(key.len()).expect("metadata keys are short names");
+        let off = self.push(META, &[&key_len.to_le_bytes(), key.as_bytes(), data]);
+        let len = self.written as usize + self.batch.len() - off as usize;
+        self.meta_at
+            .insert(key.to_string(), (self.active().id, off, len));
+    }
+
+    fn corrupt_in(&self, seg: u64, off: u64, what: &str) -> DiskError {
+        DiskError::Corrupt {
+            path: self.path.clone(),
+            what: format!(
+                "wal segment {}: record at byte {off}: {what}",
+                segment_name(seg)
+            ),
+        }
+    }
+
+    fn sync_failed(&mut self, source: io::Error) -> DiskError {
+        self.broken = true;
+        DiskError::SyncFailed {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn write_watermark(&mut self) -> io::Result<()> {
+        use std::io::Write;
+        let now = std::time::Instant::now();
+        if self
+            .watermark_at
+            .is_some_and(|t| now.duration_since(t) < WATERMARK_EVERY)
+        {
+            return Ok(());
+        }
+        self.watermark_at = Some(now);
+        let tmp = self.dir.join(format!("{WATERMARK_FILE}.tmp"));
+        let mut f = File::create(&tmp)?;
+        f.write_all(&seal(self.seq.to_string().as_bytes()))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(WATERMARK_FILE))?;
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// One `pwrite` and one `fdatasync`, on a blocking thread; first cuts off a torn tail.
+fn write_batch(file: &File, batch: &[u8], at: u64, torn: Option<(u64, u64)>) -> io::Result<()> {
+    if let Some((t, size)) = torn {
+        file.set_len(t)?;
+        preallocate(file, size);
+    }
+    file.write_all_at(batch, at)?;
+    file.sync_data()
+}
+
+fn new_segment(wal: &Path, id: u64, size: u64) -> io::Result<File> {
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(wal.join(segment_name(id)))?;
+    preallocate(&f, size);
+    f.sync_all()?;
+    File::open(wal)?.sync_all()?;
+    Ok(f)
+}
+
+/// Reserves the segment's blocks up front so that syncs write data only. Best effort: a
+/// filesystem without `fallocate` still works, with costlier syncs.
+fn preallocate(f: &File, size: u64) {
+    // SAFETY: fallocate on an open descriptor we own; no memory is passed.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off_t) };
+    if r != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "fallocate unsupported");
+    }
+}
+
+fn replay(dir: &Path, path: &str) -> Result<Replay, DiskError> {
+    let corrupt = |what: String| DiskError::Corrupt {
+        path: path.to_string(),
+        what,
+    };
+    let io_err = |source| DiskError::Io {
+        path: path.to_string(),
+        source,
+    };
+    let ids = segment_ids(dir, path)?;
+    let mut rp = Replay {
+        loaded: Loaded::default(),
+        segments: vec![],
+        last_seq: 0,
+        end: 0,
+        torn_at: None,
+        meta_at: BTreeMap::new(),
+        compacted_before: 0,
+    };
+    for (n, &id) in ids.iter().enumerate() {
+        let name = segment_name(id);
+        let last = n + 1 == ids.len();
+        let buf = std::fs::read(dir.join(WAL_DIR).join(&name)).map_err(io_err)?;
+        let mut at = 0;
+        let mut log_index_max = 0;
+        loop {
+            let r = match parse(&buf, at) {
+                Parse::Record(r) => r,
+                Parse::End => break,
+                Parse::Bad(why) if last => {
+                    rp.torn_at = Some(at as u64);
+                    tracing::info!(segment = %name, at, why, "cutting off a torn tail");
+                    break;
+                }
+                Parse::Bad(why) => {
+                    return Err(corrupt(format!(
+                        "wal segment {name}: record at byte {at}: {why} (damaged)"
+                    )))
+                }
+            };
+            if rp.last_seq != 0 && r.seq != rp.last_seq + 1 {
+                return Err(corrupt(format!(
+                    "wal segment {name}: record {} follows record {}: records are missing \
+                     (truncated or damaged)",
+                    r.seq, rp.last_seq
+                )));
+            }
+            apply(&mut rp.loaded, &r)
+                .map_err(|w| corrupt(format!("wal segment {name}: record at byte {at}: {w}")))?;
+            match r.kind {
+                PUT => log_index_max = log_index_max.max(u64_at(r.body, "log").unwrap_or(0)),
+                TRUNCATE_BEFORE => {
+                    rp.compacted_before = rp.compacted_before.max(u64_at(r.body, "").unwrap_or(0))
+                }
+                META => {
+                    let key = meta_body(r.body)
+                        .map(|(k, _)| k.to_string())
+                        .unwrap_or_default();
+                    rp.meta_at.insert(key, (id, at as u64, r.next - at));
+                }
+                _ => {}
+            }
+            rp.last_seq = r.seq;
+            at = r.next;
+        }
+        rp.segments.push((id, log_index_max));
+        rp.end = at as u64;
+    }
+    let durable = read_watermark(dir, path)?;
+    if rp.last_seq < durable {
+        return Err(corrupt(format!(
+            "wal recovers only to record {} but record {durable} was durable: its tail is \
+             truncated or damaged",
+            rp.last_seq
+        )));
+    }
+    Ok(rp)
+}
+
+fn read_watermark(dir: &Path, path: &str) -> Result<u64, DiskError> {
+    match std::fs::read(dir.join(WATERMARK_FILE)) {
+        Ok(d) => {
+            let data = unseal(path, WATERMARK_FILE, &d)?;
+            String::from_utf8_lossy(&data)
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| DiskError::Corrupt {
+                    path: path.to_string(),
+                    what: format!("{WATERMARK_FILE} does not hold a number"),
+                })
+        }
+        Err(_) => Ok(0),
+    }
+}
+
+/// The segment ids in `dir/wal`, in order; at least one.
+fn segment_ids(dir: &Path, path: &str) -> Result<Vec<u64>, DiskError> {
+    let corrupt = |what: String| DiskError::Corrupt {
+        path: path.to_string(),
+        what,
+    };
+    let entries = std::fs::read_dir(dir.join(WAL_DIR))
+        .map_err(|_| corrupt(format!("its {WAL_DIR} directory is missing")))?;
+    let mut ids = vec![];
+    for e in entries {
+        let e = e.map_err(|source| DiskError::Io {
+            path: path.to_string(),
+            source,
+        })?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        match name
+            .strip_suffix(".wal")
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+        {
+            Some(id) => ids.push(id),
+            None => return Err(corrupt(format!("{WAL_DIR}/{name} is not a wal segment"))),
+        }
+    }
+    ids.sort_unstable();
+    if ids.is_empty() {
+        return Err(corrupt(format!(
+            "{WAL_DIR} holds no segments: the wal is missing"
+        )));
+    }
+    if let Some(w) = ids.windows(2).find(|w| w[1] != w[0] + 1) {
+        return Err(corrupt(format!(
+            "wal segments {} to {} are missing",
+            segment_name(w[0] + 1),
+            segment_name(w[1] - 1)
+        )));
+    }
+    Ok(ids)
+}
+
+fn write_marker(dir: &Path) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = File::create(dir.join(MARKER_FILE))?;
+    f.write_all(MARKER_TEXT)?;
+    f.sync_all()?;
+    File::open(dir)?.sync_all()
+}
+
+fn check_marker(dir: &Path, path: &str) -> Result<(), DiskError> {
+    let corrupt = |what: String| DiskError::Corrupt {
+        path: path.to_string(),
+        what,
+    };
+    match std::fs::read(dir.join(MARKER_FILE)) {
+        Ok(m) if m == MARKER_TEXT => Ok(()),
+        Ok(_) => Err(corrupt(format!(
+            "{MARKER_FILE} has unexpected contents (another format or not a flotilla dir)"
+        ))),
+        Err(_) => Err(corrupt(format!(
+            "not empty and has no {MARKER_FILE}: not a flotilla data dir"
+        ))),
+    }
+}
+
+fn is_populated(dir: &Path) -> io::Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+impl Disk for WalDisk {
+    fn log_put(&mut self, index: u64, data: &[u8]) -> Result<(), DiskError> {
+        self.check_usable()?;
+        self.push(PUT, &[&index.to_le_bytes(), data]);
+        let s = self.segments.last_mut().expect("active segment");
+        s.log_index_max = s.log_index_max.max(index);
+        Ok(())
+    }
+
+    fn log_truncate_from(&mut self, index: u64) -> Result<(), DiskError> {
+        self.check_usable()?;
+        self.push(TRUNCATE_FROM, &[&index.to_le_bytes()]);
+        Ok(())
+    }
+
+    fn log_truncate_before(&mut self, index: u64) -> Result<(), DiskError> {
+        self.check_usable()?;
+        self.push(TRUNCATE_BEFORE, &[&index.to_le_bytes()]);
+        self.compacted_before = self.compacted_before.max(index);
+        Ok(())
+    }
+
+    fn meta_put(&mut self, key: &str, data: &[u8]) -> Result<(), DiskError> {
+        self.check_usable()?;
+        self.put_meta(key, data);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> BoxFuture<'_, Result<(), DiskError>> {
+        Box::pin(async move {
+            self.check_usable()?;
+            let batch = std::mem::take(&mut self.batch);
+            let torn = self.torn_at.map(|t| (t, self.segment_bytes));
+            let (file, at) = (self.active().file.clone(), self.written);
+            let job = tokio::task::spawn_blocking(move || {
+                let r = write_batch(&file, &batch, at, torn);
+                (r, batch)
+            });
+            let (r, mut batch) = match job.await {
+                Ok(done) => done,
+                Err(e) => return Err(self.sync_failed(io::Error::other(e))),
+            };
+            r.map_err(|e| self.sync_failed(e))?;
+            self.torn_at = None;
+            self.written += batch.len() as u64;
+            batch.clear();
+            if batch.capacity() <= BATCH_CAPACITY_KEEP {
+                self.batch = batch;
+            }
+            if self.written >= self.segment_bytes {
+                self.rotate()?;
+            }
+            self.delete_compacted()?;
+            self.write_watermark().map_err(|e| self.sync_failed(e))
+        })
+    }
+
+    fn load(&mut self) -> Result<Loaded, DiskError> {
+        let mut loaded = replay(&self.dir, &self.path)?.loaded;
+        // Pending records count too, as on every Disk.
+        let mut at = 0;
+        while let Parse::Record(r) = parse(&self.batch, at) {
+            apply(&mut loaded, &r).expect("records this disk wrote are well-formed");
+            at = r.next;
+        }
+        Ok(loaded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn filled(dir: &Path) {
+        let mut d = WalDisk::open(dir).unwrap();
+        for i in 1..=10 {
+            d.log_put(i, format!("e{i}").as_bytes()).unwrap();
+        }
+        d.log_truncate_before(3).unwrap();
+        d.log_truncate_from(9).unwrap();
+        d.meta_put("hs", b"state").unwrap();
+        d.sync().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen_and_truncations_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path()).await;
+        let mut d = WalDisk::open(dir.path()).unwrap();
+        let got = d.load().unwrap();
+        assert_eq!(
+            got.log.keys().copied().collect::<Vec<_>>(),
+            (3..=8).collect::<Vec<_>>()
+        );
+        assert_eq!(got.log[&3], b"e3");
+        assert_eq!(got.meta["hs"], b"state");
+        // Appending resumes after the replayed records.
+        d.log_put(9, b"again").unwrap();
+        d.sync().await.unwrap();
+        let got = WalDisk::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(got.log[&9], b"again");
+    }
+
+    #[tokio::test]
+    async fn unsynced_batch_is_not_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path()).await;
+        {
+            let mut d = WalDisk::open(dir.path()).unwrap();
+            d.log_put(9, b"lost").unwrap();
+        }
+        let got = WalDisk::open(dir.path()).unwrap().load().unwrap();
+        assert!(!got.log.contains_key(&9));
+    }
+
+    const SMALL: u64 = 16 << 10;
+
+    fn segment(dir: &Path, id: u64) -> PathBuf {
+        dir.join(WAL_DIR).join(segment_name(id))
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_cut_before_new_records() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path()).await;
+        std::fs::remove_file(dir.path().join(WATERMARK_FILE)).unwrap();
+        // Garbage after the last record: a torn write that never synced, which could
+        // hold what looks like a later record.
+        let p = segment(dir.path(), 0);
+        let data = std::fs::read(&p).unwrap();
+        let end = data.iter().rposition(|b| *b != 0).unwrap() + 1;
+        let f = File::options().write(true).open(&p).unwrap();
+        f.write_all_at(&[0x77; 300], end as u64 + 5).unwrap();
+        f.write_all_at(&[0x10, 0, 0, 0], end as u64).unwrap();
+        let mut d = WalDisk::open(dir.path()).unwrap();
+        assert_eq!(d.load().unwrap().log.len(), 6);
+        d.log_put(9, b"after").unwrap();
+        d.sync().await.unwrap();
+        let got = WalDisk::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(got.log[&9], b"after");
+        assert_eq!(got.log.len(), 7);
+        let data = std::fs::read(&p).unwrap();
+        assert!(
+            !data.windows(2).any(|w| w == [0x77, 0x77]),
+            "torn bytes left"
+        );
+    }
+
+    #[tokio::test]
+    async fn damage_below_the_watermark_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path()).await;
+        let p = segment(dir.path(), 0);
+        let mut data = std::fs::read(&p).unwrap();
+        data[20] ^= 0x5a;
+        std::fs::write(&p, &data).unwrap();
+        let err = WalDisk::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("truncated or damaged"), "{err}");
+        assert_eq!(std::fs::read(&p).unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn segments_rotate_carry_metadata_and_are_deleted_once_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = WalDisk::open_with(dir.path(), SMALL).unwrap();
+        d.meta_put("identity", b"me").unwrap();
+        let big = vec![7u8; 1 << 10];
+        let per_segment = SMALL / (1 << 10) + 1;
+        for i in 1..=per_segment * 2 {
+            d.log_put(i, &big).unwrap();
+            d.meta_put("hs", &i.to_le_bytes()).unwrap();
+            d.sync().await.unwrap();
+        }
+        let before = d.segments.len();
+        assert!(before >= 3, "{before} segments");
+        d.log_truncate_before(per_segment * 2).unwrap();
+        d.sync().await.unwrap();
+        // Only the segment holding the last entry (if not the active one) and the active
+        // one remain.
+        assert!(d.segments.len() <= 2, "{} segments kept", d.segments.len());
+        let files = std::fs::read_dir(dir.path().join(WAL_DIR)).unwrap().count();
+        assert_eq!(files, d.segments.len(), "compacted segment files deleted");
+        let got = WalDisk::open_with(dir.path(), SMALL)
+            .unwrap()
+            .load()
+            .unwrap();
+        assert_eq!(got.meta["identity"], b"me");
+        assert_eq!(got.meta["hs"], (per_segment * 2).to_le_bytes());
+        assert_eq!(
+            got.log.keys().copied().collect::<Vec<_>>(),
+            vec![per_segment * 2]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_segment_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = WalDisk::open_with(dir.path(), SMALL).unwrap();
+        let big = vec![7u8; 1 << 10];
+        for i in 1..=SMALL / (1 << 10) * 3 {
+            d.log_put(i, &big).unwrap();
+            d.sync().await.unwrap();
+        }
+        drop(d);
+        std::fs::remove_file(segment(dir.path(), 1)).unwrap();
+        let err = WalDisk::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("are missing"), "{err}");
+    }
+}
