@@ -161,7 +161,9 @@ impl Driver {
             ..Default::default()
         };
         config.validate()?;
-        let raw = RawNode::new(&config, p.log, &super::logger::logger(p.id))?;
+        let mut log = p.log;
+        log.set_source(p.shared.clone());
+        let raw = RawNode::new(&config, log, &super::logger::logger(p.id))?;
         let last_snap_index = applied;
         Ok(Self {
             id: p.id,
@@ -670,31 +672,45 @@ impl Driver {
         }
     }
 
+    /// Memory keeps `catchup_entries` applied entries for followers; older ones are
+    /// dropped in steps (the state machine answers for them: see [`LogStore`]).
+    fn compact_memory(&mut self, applied: u64) {
+        let through = applied.saturating_sub(self.cfg.catchup_entries);
+        let step = (self.cfg.catchup_entries / 4).max(1);
+        if through >= self.raw.store().first() + step {
+            self.raw.mut_store().compact_through(through);
+        }
+    }
+
+    /// Every `snapshot_entries` applied entries the state goes to disk and the disk's log
+    /// is compacted, bounding restart time and disk use.
     async fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
         let applied = self.shared.machine().applied;
+        self.compact_memory(applied);
         if applied < self.last_snap_index + self.cfg.snapshot_entries {
             return Ok(());
         }
-        let data = self.shared.machine().encode();
+        let term = raft::Storage::term(self.raw.store(), applied)?;
         let mut snap = Snapshot::default();
-        snap.set_data(data.into());
+        snap.set_data(self.shared.machine().encode().into());
         let meta = snap.mut_metadata();
         meta.index = applied;
-        meta.term = raft::Storage::term(self.raw.store(), applied)?;
+        meta.term = term;
         meta.set_conf_state(self.raw.store().conf_state().clone());
         let bytes = snap.write_to_bytes().expect("snapshot encodes");
+        drop(snap);
         self.disk.meta_put(META_SNAPSHOT, &bytes)?;
+        drop(bytes);
         let compact_to = applied.saturating_sub(self.cfg.catchup_entries) + 1;
-        if compact_to > self.raw.store().first() {
-            self.disk.log_truncate_before(compact_to)?;
-        }
+        self.disk.log_truncate_before(compact_to)?;
         self.sync().await?;
         self.shared.metrics.snapshots.inc();
-        let store = self.raw.mut_store();
-        store.set_snapshot(snap);
-        store.compact(compact_to);
         self.last_snap_index = applied;
-        tracing::info!(index = applied, compact_to, "snapshot taken, log compacted");
+        tracing::info!(
+            index = applied,
+            compact_to,
+            "snapshot taken, disk log compacted"
+        );
         Ok(())
     }
 

@@ -1,15 +1,29 @@
 //! The in-memory view of the durable log that raft-rs reads through its `Storage` trait.
 //! The driver mirrors every change here onto the [`flotilla_shims::Disk`]; this type
 //! only answers raft-rs's questions.
+//!
+//! Memory holds only the recent log: the entries a follower may still need, from the
+//! last compaction point on. No snapshot *data* is held: a follower too far behind gets
+//! a snapshot encoded on demand from the state machine ([`SnapshotSource`]) — rare, and
+//! it keeps a copy of the whole store out of every member's memory. The disk keeps the
+//! full log since its own (much rarer) snapshot, for recovery.
 
 use raft::prelude::*;
 use raft::{GetEntriesContext, RaftState, StorageError};
+use std::sync::Arc;
+
+/// The applied state machine, encoded on demand: `(applied index, snapshot data)`.
+pub trait SnapshotSource: Send + Sync {
+    fn current(&self) -> (u64, Vec<u8>);
+}
 
 #[derive(Default)]
 pub struct LogStore {
     hard_state: HardState,
     conf_state: ConfState,
+    /// Metadata only (index and term of the compaction point); data is never held.
     snapshot: Snapshot,
+    source: Option<Arc<dyn SnapshotSource>>,
     /// Contiguous entries; `entries[0].index` is the first index held.
     entries: Vec<Entry>,
 }
@@ -26,7 +40,8 @@ impl LogStore {
         let s = Self {
             hard_state,
             conf_state,
-            snapshot,
+            snapshot: metadata_only(snapshot),
+            source: None,
             entries,
         };
         s.check();
@@ -71,8 +86,9 @@ impl LogStore {
         &self.conf_state
     }
 
-    pub fn latest_snapshot(&self) -> &Snapshot {
-        &self.snapshot
+    /// Where snapshots for lagging followers come from.
+    pub fn set_source(&mut self, source: Arc<dyn SnapshotSource>) {
+        self.source = Some(source);
     }
 
     pub fn set_hard_state(&mut self, hs: HardState) {
@@ -100,23 +116,20 @@ impl LogStore {
         truncated
     }
 
-    /// Records a new local snapshot (made from applied state).
-    pub fn set_snapshot(&mut self, snap: Snapshot) {
-        assert!(snap.get_metadata().index <= self.last());
-        self.snapshot = snap;
-    }
-
-    /// Drops entries before `index`.
-    pub fn compact(&mut self, index: u64) {
-        if index <= self.first() {
+    /// Drops every entry up to and including `index` (which must be applied: the state
+    /// machine stands in for them from now on).
+    pub fn compact_through(&mut self, index: u64) {
+        if index < self.first() {
             return;
         }
-        assert!(
-            index <= self.snap_index() + 1,
-            "compaction past the snapshot"
-        );
-        let drop = ((index - self.first()) as usize).min(self.entries.len());
+        assert!(index <= self.last(), "compaction past the log's end");
+        let term = self.entries[(index - self.first()) as usize].term;
+        let meta = self.snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        let drop = (index + 1 - self.first()) as usize;
         self.entries.drain(..drop);
+        self.check();
     }
 
     /// Replaces everything with a snapshot received from the leader.
@@ -126,7 +139,7 @@ impl LogStore {
         self.hard_state.term = self.hard_state.term.max(meta.term);
         self.conf_state = meta.get_conf_state().clone();
         self.entries.clear();
-        self.snapshot = snap;
+        self.snapshot = metadata_only(snap);
     }
 }
 
@@ -179,13 +192,26 @@ impl raft::Storage for LogStore {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snap_index() < request_index {
-            return Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            ));
+        let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let source = self.source.as_ref().ok_or_else(unavailable)?;
+        let (applied, data) = source.current();
+        if applied < request_index || applied < self.snap_index() {
+            return Err(unavailable());
         }
-        Ok(self.snapshot.clone())
+        let mut snap = Snapshot::default();
+        snap.set_data(data.into());
+        let meta = snap.mut_metadata();
+        meta.index = applied;
+        meta.term = self.term(applied)?;
+        // The conf state is updated as conf changes are applied: it is the one at `applied`.
+        meta.set_conf_state(self.conf_state.clone());
+        Ok(snap)
     }
+}
+
+fn metadata_only(mut snap: Snapshot) -> Snapshot {
+    snap.set_data(Default::default());
+    snap
 }
 
 #[cfg(test)]
@@ -214,11 +240,7 @@ mod tests {
     fn compaction_keeps_snapshot_term_answerable() {
         let mut s = LogStore::default();
         s.append(&(1..=10).map(|i| ent(i, 1)).collect::<Vec<_>>());
-        let mut snap = Snapshot::default();
-        snap.mut_metadata().index = 8;
-        snap.mut_metadata().term = 1;
-        s.set_snapshot(snap);
-        s.compact(9);
+        s.compact_through(8);
         assert_eq!(s.first(), 9);
         assert_eq!(s.term(8).unwrap(), 1);
         assert!(s.term(7).is_err());
