@@ -7,7 +7,7 @@ use super::node::{Kind, Node};
 use super::path::{self, clean};
 use super::HISTORY_EVENTS_MAX;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{btree_map, BTreeMap, BTreeSet};
 
 /// What applying one command did.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,15 +126,16 @@ impl Store {
 
     fn lookup(&self, key: &str) -> Result<&Node, StoreError> {
         let mut cur = &self.root;
-        let mut at = String::from("/");
+        // The error's cause is the path walked so far: `key[..end]` (cleaned keys only).
+        let mut end = 0;
         for seg in path::segments(key) {
             let Some(children) = cur.children() else {
-                return Err(self.err(NOT_DIR, at));
+                return Err(self.err(NOT_DIR, &key[..end]));
             };
-            at = path::join(&at, seg);
+            end += 1 + seg.len();
             match children.get(seg) {
                 Some(c) => cur = c,
-                None => return Err(self.err(KEY_NOT_FOUND, at)),
+                None => return Err(self.err(KEY_NOT_FOUND, &key[..end])),
             }
         }
         Ok(cur)
@@ -143,14 +144,19 @@ impl Store {
     fn lookup_mut(&mut self, key: &str) -> Result<&mut Node, StoreError> {
         // Check first (immutably) so errors carry the right cause, then walk mutably.
         self.lookup(key)?;
+        Ok(self.walk_mut(key))
+    }
+
+    /// The node at `key`, which must exist.
+    fn walk_mut(&mut self, key: &str) -> &mut Node {
         let mut cur = &mut self.root;
         for seg in path::segments(key) {
             cur = cur
                 .children_mut()
                 .and_then(|c| c.get_mut(seg))
-                .expect("lookup succeeded");
+                .expect("the node exists");
         }
-        Ok(cur)
+        cur
     }
 
     /// The children of directory `dir`, creating missing directories with `index`.
@@ -161,15 +167,18 @@ impl Store {
     ) -> Result<&mut BTreeMap<String, Node>, StoreError> {
         let current = self.index;
         let mut cur = &mut self.root;
-        let mut at = String::from("/");
+        let mut end = 0;
         for seg in path::segments(dir) {
-            at = path::join(&at, seg);
+            end += 1 + seg.len();
             let children = cur.children_mut().expect("walk stays in directories");
-            let child = children
-                .entry(seg.to_string())
-                .or_insert_with(|| Node::dir(index, None));
+            // Look up before inserting: the common case (the directory exists) then
+            // allocates nothing.
+            if !children.contains_key(seg) {
+                children.insert(seg.to_string(), Node::dir(index, None));
+            }
+            let child = children.get_mut(seg).expect("just ensured");
             if !child.is_dir() {
-                return Err(StoreError::new(NOT_DIR, at, current));
+                return Err(StoreError::new(NOT_DIR, &dir[..end], current));
             }
             cur = child;
         }
@@ -204,15 +213,16 @@ impl Store {
                 self.update(key, value, expire_ms, refresh, Action::CompareAndSwap, prev)
             }
             None => {
+                // Without refresh no lookup first: `create` meets the same "not a
+                // directory" errors on the way down, with the same cause.
+                let kept;
                 let value = if refresh {
-                    self.lookup(key)?.value().to_string()
+                    kept = self.lookup(key)?.value().to_string();
+                    &kept
                 } else {
-                    match self.lookup(key) {
-                        Err(e) if e.code != KEY_NOT_FOUND => return Err(e),
-                        _ => value.to_string(),
-                    }
+                    value
                 };
-                let mut e = self.create(key, dir, &value, expire_ms, Action::Set, true)?;
+                let mut e = self.create(key, dir, value, expire_ms, Action::Set, true)?;
                 e.refresh = refresh;
                 Ok(e)
             }
@@ -235,21 +245,27 @@ impl Store {
         let current = self.index;
         let (parent, name) = split_parent(key);
         let children = self.ensure_dir(parent, next)?;
-        let replaced = match children.get(name) {
-            Some(n) if replace && !n.is_dir() => children.remove(name),
-            Some(n) if n.is_dir() && replace => {
-                return Err(StoreError::new(NOT_FILE, key, current))
+        let node = |dir| {
+            if dir {
+                Node::dir(next, expire_ms)
+            } else {
+                Node::file(value.to_string(), next, expire_ms)
             }
-            Some(_) => return Err(StoreError::new(NODE_EXIST, key, current)),
-            None => None,
         };
-        let node = if dir {
-            Node::dir(next, expire_ms)
-        } else {
-            Node::file(value.to_string(), next, expire_ms)
+        // One search of the (possibly huge) directory: entry, not get + remove + insert.
+        let (view, replaced) = match children.entry(name.to_string()) {
+            btree_map::Entry::Vacant(v) => (NodeView::shallow(key, v.insert(node(dir))), None),
+            btree_map::Entry::Occupied(mut o) => {
+                if !replace {
+                    return Err(StoreError::new(NODE_EXIST, key, current));
+                }
+                if o.get().is_dir() {
+                    return Err(StoreError::new(NOT_FILE, key, current));
+                }
+                let old = o.insert(node(dir));
+                (NodeView::shallow(key, o.get()), Some(old))
+            }
         };
-        let view = NodeView::shallow(key, &node);
-        children.insert(name.to_string(), node);
         let prev_node = replaced.map(|old| {
             self.untrack_ttls(key, &old);
             NodeView::shallow(key, &old)
@@ -286,7 +302,7 @@ impl Store {
             return Err(self.err(NOT_FILE, key));
         }
         let next = self.index + 1;
-        let n = self.lookup_mut(key)?;
+        let n = self.walk_mut(key);
         let prev_node = NodeView::shallow(key, n);
         // As etcd: a directory's stored modifiedIndex does not move on update (its TTL
         // does); the event still reports the new index.
