@@ -29,6 +29,9 @@ pub struct Loaded {
     pub meta: BTreeMap<String, Vec<u8>>,
 }
 
+/// Streams a record's bytes into the writer it is given.
+pub type StreamFn<'a> = &'a mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>;
+
 pub trait Disk: Send + 'static {
     /// Writes (or overwrites) the log record at `index`.
     fn log_put(&mut self, index: u64, data: &[u8]) -> Result<(), DiskError>;
@@ -38,6 +41,18 @@ pub trait Disk: Send + 'static {
     fn log_truncate_before(&mut self, index: u64) -> Result<(), DiskError>;
     /// Writes (or overwrites) a named metadata record.
     fn meta_put(&mut self, key: &str, data: &[u8]) -> Result<(), DiskError>;
+    /// Writes (or overwrites) a large named record — a snapshot — that `write` streams
+    /// out, so that it never has to sit whole in memory. Like every write, durable after
+    /// the next [`Disk::sync`]; [`Disk::load`] returns it among the metadata records.
+    /// This default buffers it and calls [`Disk::meta_put`].
+    fn meta_put_stream(&mut self, key: &str, write: StreamFn<'_>) -> Result<(), DiskError> {
+        let mut buf = vec![];
+        write(&mut buf).map_err(|source| DiskError::Io {
+            path: format!("(metadata record {key})"),
+            source,
+        })?;
+        self.meta_put(key, &buf)
+    }
     /// Makes every earlier write durable. An error is fatal for the node.
     fn sync(&mut self) -> BoxFuture<'_, Result<(), DiskError>>;
     /// Reads everything back, verifying each record's checksum.

@@ -9,6 +9,10 @@
 //! current value of every metadata record; older segments then hold nothing but log
 //! records, and are deleted once the log is compacted past them.
 //!
+//! Large records (snapshots, [`Disk::meta_put_stream`]) are streamed to their own file in
+//! `snap/`, synced there, and referenced from the log by a small record carrying their
+//! length and CRC; a superseded file is deleted once its successor's reference is durable.
+//!
 //! Record layout (little-endian): `len u32` (bytes after the crc) · `crc32 u32` (of those
 //! bytes) · `seq u64` · `kind u8` · body. `seq` runs on across segments without gaps;
 //! zeros (`len` 0) mark the unwritten, preallocated rest of a segment.
@@ -19,7 +23,7 @@
 //! segment after the watermark is a torn, unacknowledged write: it is cut off (zeroed)
 //! before the first new write, never before — a refused dir is left as it was.
 
-use crate::disk::{seal, unseal, Disk, DiskError, Loaded};
+use crate::disk::{seal, unseal, Disk, DiskError, Loaded, StreamFn};
 use crate::BoxFuture;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -30,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub const WAL_DIR: &str = "wal";
+pub const SNAP_DIR: &str = "snap";
 /// Size a segment is preallocated to; the next segment starts once it is full.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// Written once, when the dir is created; its absence in a non-empty dir means the dir
@@ -50,6 +55,62 @@ const PUT: u8 = 1;
 const TRUNCATE_FROM: u8 = 2;
 const TRUNCATE_BEFORE: u8 = 3;
 const META: u8 = 4;
+/// A metadata record whose value is a file in `snap/`: name, length and CRC.
+const BLOB: u8 = 5;
+
+/// A metadata value kept in a file of its own.
+#[derive(Debug, Clone, PartialEq)]
+struct BlobRef {
+    name: String,
+    len: u64,
+    crc: u32,
+}
+
+fn blob_body(key: &str, b: &BlobRef) -> Vec<u8> {
+    let mut out = vec![];
+    for s in [key, &b.name] {
+        out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    out.extend_from_slice(&b.len.to_le_bytes());
+    out.extend_from_slice(&b.crc.to_le_bytes());
+    out
+}
+
+fn parse_blob(body: &[u8]) -> Result<(&str, BlobRef), String> {
+    let (key, rest) = meta_body(body)?;
+    let (name, rest) = meta_body(rest)?;
+    if rest.len() != 12 {
+        return Err("file reference has the wrong size".into());
+    }
+    Ok((
+        key,
+        BlobRef {
+            name: name.to_string(),
+            len: u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")),
+            crc: u32::from_le_bytes(rest[8..].try_into().expect("4 bytes")),
+        },
+    ))
+}
+
+/// Counts and checksums what goes through it.
+struct Hashing<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: io::Write> io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 struct Segment {
     id: u64,
@@ -79,6 +140,11 @@ pub struct WalDisk {
     watermark_at: Option<std::time::Instant>,
     /// Set by a failed sync: the node must stop; every later call fails.
     broken: bool,
+    /// The file holding each file-backed metadata record.
+    blobs: BTreeMap<String, String>,
+    /// Files to delete once the pending batch is durable (superseded), and files no
+    /// record references (left by a crash), deleted at the first sync.
+    garbage_after_sync: Vec<String>,
 }
 
 /// A record read back from a segment.
@@ -135,8 +201,9 @@ fn u64_at(body: &[u8], what: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{what} record too short"))
 }
 
-/// Applies one record to the replayed state; `Err` names what is malformed.
-fn apply(out: &mut Loaded, r: &Record) -> Result<(), String> {
+/// Applies one record to the replayed state; `Err` names what is malformed. File-backed
+/// values are collected in `refs` and read once replay is done ([`resolve`]).
+fn apply(out: &mut Loaded, refs: &mut BTreeMap<String, BlobRef>, r: &Record) -> Result<(), String> {
     match r.kind {
         PUT => {
             let index = u64_at(r.body, "log")?;
@@ -151,7 +218,13 @@ fn apply(out: &mut Loaded, r: &Record) -> Result<(), String> {
         }
         META => {
             let (key, data) = meta_body(r.body)?;
+            refs.remove(key);
             out.meta.insert(key.to_string(), data.to_vec());
+        }
+        BLOB => {
+            let (key, b) = parse_blob(r.body)?;
+            out.meta.remove(key);
+            refs.insert(key.to_string(), b);
         }
         k => return Err(format!("unknown record kind {k}")),
     }
@@ -177,6 +250,10 @@ struct Replay {
     torn_at: Option<u64>,
     meta_at: BTreeMap<String, MetaAt>,
     compacted_before: u64,
+    /// The final file reference of each file-backed record.
+    refs: BTreeMap<String, BlobRef>,
+    /// Files in `snap/` that no final reference names.
+    orphans: Vec<String>,
 }
 
 impl WalDisk {
@@ -224,6 +301,8 @@ impl WalDisk {
             torn_at: rp.torn_at,
             watermark_at: None,
             broken: false,
+            blobs: rp.refs.into_iter().map(|(k, b)| (k, b.name)).collect(),
+            garbage_after_sync: rp.orphans,
         })
     }
 
@@ -233,6 +312,7 @@ impl WalDisk {
             source,
         };
         std::fs::create_dir_all(dir.join(WAL_DIR)).map_err(io_err)?;
+        std::fs::create_dir_all(dir.join(SNAP_DIR)).map_err(io_err)?;
         let file = new_segment(&dir.join(WAL_DIR), 0, segment_bytes).map_err(io_err)?;
         write_marker(dir).map_err(io_err)?;
         Ok(Self {
@@ -252,6 +332,8 @@ impl WalDisk {
             torn_at: None,
             watermark_at: None,
             broken: false,
+            blobs: BTreeMap::new(),
+            garbage_after_sync: vec![],
         })
     }
 
@@ -303,7 +385,7 @@ impl WalDisk {
         let wal = self.dir.join(WAL_DIR);
         let file = new_segment(&wal, id, self.segment_bytes).map_err(|e| self.io(e))?;
         let mut values = vec![];
-        for (key, &(seg, off, len)) in &self.meta_at {
+        for &(seg, off, len) in self.meta_at.values() {
             let s = self
                 .segments
                 .iter()
@@ -313,13 +395,12 @@ impl WalDisk {
             s.file
                 .read_exact_at(&mut buf, off)
                 .map_err(|e| self.io(e))?;
-            let data = match parse(&buf, 0) {
-                Parse::Record(r) => meta_body(r.body)
-                    .map(|(_, d)| d.to_vec())
-                    .map_err(|w| self.corrupt_in(seg, off, &w))?,
+            match parse(&buf, 0) {
+                Parse::Record(r) if r.kind == META || r.kind == BLOB => {
+                    values.push((r.kind, r.body.to_vec()))
+                }
                 _ => return Err(self.corrupt_in(seg, off, "metadata record unreadable")),
-            };
-            values.push((key.clone(), data));
+            }
         }
         self.segments.push(Segment {
             id,
@@ -327,8 +408,11 @@ impl WalDisk {
             log_index_max: 0,
         });
         self.written = 0;
-        for (key, data) in values {
-            self.put_meta(&key, &data);
+        for (kind, body) in values {
+            let key = meta_body(&body)
+                .map(|(k, _)| k.to_string())
+                .expect("parsed when written");
+            self.push_meta(&key, kind, &[&body]);
         }
         if self.compacted_before > 0 {
             self.push(TRUNCATE_BEFORE, &[&self.compacted_before.to_le_bytes()]);
@@ -367,10 +451,55 @@ impl WalDisk {
 
     fn put_meta(&mut self, key: &str, data: &[u8]) {
         let key_len = u16::try_from(key.len()).expect("metadata keys are short names");
-        let off = self.push(META, &[&key_len.to_le_bytes(), key.as_bytes(), data]);
+        self.push_meta(key, META, &[&key_len.to_le_bytes(), key.as_bytes(), data]);
+        if let Some(old) = self.blobs.remove(key) {
+            self.garbage_after_sync.push(old);
+        }
+    }
+
+    fn push_meta(&mut self, key: &str, kind: u8, parts: &[&[u8]]) {
+        let off = self.push(kind, parts);
         let len = self.written as usize + self.batch.len() - off as usize;
         self.meta_at
             .insert(key.to_string(), (self.active().id, off, len));
+    }
+
+    /// Streams a value into `snap/<key>-<seq>.snap`, synced and renamed into place before
+    /// the record referencing it is even queued.
+    fn write_blob(&mut self, key: &str, write: StreamFn<'_>) -> io::Result<BlobRef> {
+        assert!(
+            key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "metadata keys are plain names: {key}"
+        );
+        let snap = self.dir.join(SNAP_DIR);
+        std::fs::create_dir_all(&snap)?;
+        let name = format!("{key}-{:016x}.snap", self.seq + 1);
+        let tmp = snap.join(format!("{name}.tmp"));
+        let file = File::create(&tmp)?;
+        let mut w = Hashing {
+            inner: io::BufWriter::with_capacity(1 << 20, &file),
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        };
+        write(&mut w)?;
+        io::Write::flush(&mut w)?;
+        let (len, crc) = (w.len, w.crc.finalize());
+        drop(w.inner);
+        file.sync_data()?;
+        std::fs::rename(&tmp, snap.join(&name))?;
+        File::open(&snap)?.sync_all()?;
+        Ok(BlobRef { name, len, crc })
+    }
+
+    fn delete_garbage(&mut self) -> io::Result<()> {
+        let snap = self.dir.join(SNAP_DIR);
+        for name in std::mem::take(&mut self.garbage_after_sync) {
+            match std::fs::remove_file(snap.join(&name)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn corrupt_in(&self, seg: u64, off: u64, what: &str) -> DiskError {
@@ -460,6 +589,8 @@ fn replay(dir: &Path, path: &str) -> Result<Replay, DiskError> {
         torn_at: None,
         meta_at: BTreeMap::new(),
         compacted_before: 0,
+        refs: BTreeMap::new(),
+        orphans: vec![],
     };
     for (n, &id) in ids.iter().enumerate() {
         let name = segment_name(id);
@@ -489,14 +620,14 @@ fn replay(dir: &Path, path: &str) -> Result<Replay, DiskError> {
                     r.seq, rp.last_seq
                 )));
             }
-            apply(&mut rp.loaded, &r)
+            apply(&mut rp.loaded, &mut rp.refs, &r)
                 .map_err(|w| corrupt(format!("wal segment {name}: record at byte {at}: {w}")))?;
             match r.kind {
                 PUT => log_index_max = log_index_max.max(u64_at(r.body, "log").unwrap_or(0)),
                 TRUNCATE_BEFORE => {
                     rp.compacted_before = rp.compacted_before.max(u64_at(r.body, "").unwrap_or(0))
                 }
-                META => {
+                META | BLOB => {
                     let key = meta_body(r.body)
                         .map(|(k, _)| k.to_string())
                         .unwrap_or_default();
@@ -518,7 +649,52 @@ fn replay(dir: &Path, path: &str) -> Result<Replay, DiskError> {
             rp.last_seq
         )));
     }
+    resolve(dir, path, &rp.refs, &mut rp.loaded)?;
+    rp.orphans = orphans(dir, &rp.refs).map_err(io_err)?;
     Ok(rp)
+}
+
+/// Reads the files that file-backed records name, checking length and CRC.
+fn resolve(
+    dir: &Path,
+    path: &str,
+    refs: &BTreeMap<String, BlobRef>,
+    out: &mut Loaded,
+) -> Result<(), DiskError> {
+    for (key, b) in refs {
+        let what = |why: &str| DiskError::Corrupt {
+            path: path.to_string(),
+            what: format!("{SNAP_DIR}/{} ({key}) {why}", b.name),
+        };
+        let data =
+            std::fs::read(dir.join(SNAP_DIR).join(&b.name)).map_err(|_| what("is missing"))?;
+        if data.len() as u64 != b.len {
+            return Err(what("has the wrong length (truncated)"));
+        }
+        if crc32fast::hash(&data) != b.crc {
+            return Err(what("fails its checksum (damaged)"));
+        }
+        out.meta.insert(key.clone(), data);
+    }
+    Ok(())
+}
+
+/// Files in `snap/` that no final reference names: left by a crash or superseded.
+fn orphans(dir: &Path, refs: &BTreeMap<String, BlobRef>) -> io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir.join(SNAP_DIR)) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    let mut out = vec![];
+    for e in entries {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if !refs.values().any(|b| b.name == name) {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn read_watermark(dir: &Path, path: &str) -> Result<u64, DiskError> {
@@ -636,6 +812,18 @@ impl Disk for WalDisk {
         Ok(())
     }
 
+    fn meta_put_stream(&mut self, key: &str, write: StreamFn<'_>) -> Result<(), DiskError> {
+        self.check_usable()?;
+        let b = self
+            .write_blob(key, write)
+            .map_err(|e| self.sync_failed(e))?;
+        self.push_meta(key, BLOB, &[&blob_body(key, &b)]);
+        if let Some(old) = self.blobs.insert(key.to_string(), b.name) {
+            self.garbage_after_sync.push(old);
+        }
+        Ok(())
+    }
+
     fn sync(&mut self) -> BoxFuture<'_, Result<(), DiskError>> {
         Box::pin(async move {
             self.check_usable()?;
@@ -661,6 +849,7 @@ impl Disk for WalDisk {
                 self.rotate()?;
             }
             self.delete_compacted()?;
+            self.delete_garbage().map_err(|e| self.io(e))?;
             self.write_watermark().map_err(|e| self.sync_failed(e))
         })
     }
@@ -669,10 +858,12 @@ impl Disk for WalDisk {
         let mut loaded = replay(&self.dir, &self.path)?.loaded;
         // Pending records count too, as on every Disk.
         let mut at = 0;
+        let mut refs = BTreeMap::new();
         while let Parse::Record(r) = parse(&self.batch, at) {
-            apply(&mut loaded, &r).expect("records this disk wrote are well-formed");
+            apply(&mut loaded, &mut refs, &r).expect("records this disk wrote are well-formed");
             at = r.next;
         }
+        resolve(&self.dir, &self.path, &refs, &mut loaded)?;
         Ok(loaded)
     }
 }
@@ -800,6 +991,94 @@ mod tests {
             got.log.keys().copied().collect::<Vec<_>>(),
             vec![per_segment * 2]
         );
+    }
+
+    fn snap_files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join(SNAP_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn streamed_records_live_in_files_superseded_ones_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = WalDisk::open_with(dir.path(), SMALL).unwrap();
+        let big = |tag: u8| vec![tag; 100_000];
+        d.meta_put_stream("snapshot", &mut |w| w.write_all(&big(1)))
+            .unwrap();
+        // Before the sync the reference is pending but load sees it, as every write.
+        assert_eq!(d.load().unwrap().meta["snapshot"], big(1));
+        d.sync().await.unwrap();
+        let first = snap_files(dir.path());
+        assert_eq!(first.len(), 1);
+        d.meta_put_stream("snapshot", &mut |w| w.write_all(&big(2)))
+            .unwrap();
+        assert_eq!(
+            snap_files(dir.path()).len(),
+            2,
+            "old file kept until the sync"
+        );
+        // Rotation re-emits the reference, not the value.
+        for i in 1..=40 {
+            d.log_put(i, &[0; 1000]).unwrap();
+            d.sync().await.unwrap();
+        }
+        assert!(d.segments.len() > 1);
+        let kept = snap_files(dir.path());
+        assert_eq!(kept.len(), 1);
+        assert_ne!(kept, first);
+        drop(d);
+        let mut d = WalDisk::open_with(dir.path(), SMALL).unwrap();
+        assert_eq!(d.load().unwrap().meta["snapshot"], big(2));
+        // A file-backed value replaced by a plain one: the file goes after the sync.
+        d.meta_put("snapshot", b"small").unwrap();
+        d.sync().await.unwrap();
+        assert!(snap_files(dir.path()).is_empty());
+        let got = WalDisk::open_with(dir.path(), SMALL)
+            .unwrap()
+            .load()
+            .unwrap();
+        assert_eq!(got.meta["snapshot"], b"small");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_or_missing_snapshot_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = WalDisk::open(dir.path()).unwrap();
+        d.meta_put_stream("snapshot", &mut |w| w.write_all(&[5; 5000]))
+            .unwrap();
+        d.sync().await.unwrap();
+        drop(d);
+        let p = dir.path().join(SNAP_DIR).join(&snap_files(dir.path())[0]);
+        let mut data = std::fs::read(&p).unwrap();
+        data[100] ^= 1;
+        std::fs::write(&p, &data).unwrap();
+        let err = WalDisk::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("fails its checksum"), "{err}");
+        std::fs::remove_file(&p).unwrap();
+        let err = WalDisk::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("is missing"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unreferenced_snapshot_file_left_by_a_crash_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path()).await;
+        {
+            let mut d = WalDisk::open(dir.path()).unwrap();
+            d.meta_put_stream("snapshot", &mut |w| w.write_all(&[5; 5000]))
+                .unwrap();
+            // Crash: the file is there, the record referencing it never synced.
+        }
+        assert_eq!(snap_files(dir.path()).len(), 1);
+        let mut d = WalDisk::open(dir.path()).unwrap();
+        assert!(!d.load().unwrap().meta.contains_key("snapshot"));
+        d.log_put(9, b"x").unwrap();
+        d.sync().await.unwrap();
+        assert!(snap_files(dir.path()).is_empty());
     }
 
     #[tokio::test]

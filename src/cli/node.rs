@@ -43,6 +43,10 @@ pub struct NodeArgs {
     /// Election timeout, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub election_timeout: u64,
+    /// Event-loop threads: 0 runs the node on one thread (the default); N > 0 uses a
+    /// work-stealing runtime with N workers, for machines with cores to spare.
+    #[arg(long, default_value_t = 0)]
+    pub worker_threads: usize,
     /// Applied entries between snapshots to disk (etcd's default). Memory holds only the
     /// last `--snapshot-catchup-entries` applied entries whatever this is.
     #[arg(long, default_value_t = 100_000)]
@@ -121,6 +125,9 @@ fn config(a: &NodeArgs) -> Result<NodeConfig> {
     if a.heartbeat_interval == 0 || a.election_timeout < 5 * a.heartbeat_interval {
         bail!("--election-timeout must be at least 5 x --heartbeat-interval (and both non-zero)");
     }
+    if a.worker_threads > 1024 {
+        bail!("--worker-threads must be at most 1024 (0 runs the node on one thread)");
+    }
     if a.snapshot_count == 0 {
         bail!("--snapshot-count must be positive");
     }
@@ -150,10 +157,17 @@ fn config(a: &NodeArgs) -> Result<NodeConfig> {
 
 pub fn run(a: NodeArgs) -> Result<()> {
     let cfg = config(&a)?;
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Ok(n) = std::env::var("FLOTILLA_WORKERS") {
-        b.worker_threads(n.parse().unwrap_or(1));
-    }
+    // One event-loop thread by default: the Ready loop is one task anyway, and on a
+    // small machine cross-thread wakeups cost more than a second core gains (measured in
+    // the README's benchmark notes). Syncs run on Tokio's blocking pool either way.
+    let mut b = match a.worker_threads {
+        0 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
     let rt = b
         .enable_all()
         .build()

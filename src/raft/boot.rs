@@ -26,6 +26,31 @@ pub enum BootError {
     Mismatch(String),
 }
 
+/// Writes the on-disk snapshot record: the metadata's length (`u32` LE), the metadata
+/// (protobuf), then the state machine (bincode) as `data` streams it.
+pub fn write_snapshot_record(
+    w: &mut dyn std::io::Write,
+    meta: &SnapshotMetadata,
+    data: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let head = meta.write_to_bytes().map_err(std::io::Error::other)?;
+    let len = u32::try_from(head.len()).map_err(std::io::Error::other)?;
+    w.write_all(&len.to_le_bytes())?;
+    w.write_all(&head)?;
+    data(w)
+}
+
+/// Splits a snapshot record into its metadata and its state-machine bytes.
+pub fn read_snapshot_record(b: &[u8]) -> Result<(SnapshotMetadata, &[u8]), String> {
+    let len = b
+        .get(..4)
+        .map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize)
+        .ok_or("shorter than its header")?;
+    let head = b.get(4..4 + len).ok_or("metadata cut short")?;
+    let meta = SnapshotMetadata::parse_from_bytes(head).map_err(|e| e.to_string())?;
+    Ok((meta, &b[4 + len..]))
+}
+
 /// Who this node is; written once, checked on every start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -83,10 +108,12 @@ pub fn recover(disk: &mut dyn Disk, want: &Identity) -> Result<Recovered, BootEr
     };
     let (snapshot, machine) = match loaded.meta.get(META_SNAPSHOT) {
         Some(b) => {
-            let snap = Snapshot::parse_from_bytes(b)
+            let (meta, data) = read_snapshot_record(b)
                 .map_err(|e| corrupt(format!("snapshot record does not parse: {e}")))?;
-            let machine: Machine = Machine::decode(snap.get_data())
+            let machine: Machine = Machine::decode(data)
                 .map_err(|e| corrupt(format!("snapshot data does not parse: {e}")))?;
+            let mut snap = Snapshot::default();
+            snap.set_metadata(meta);
             (snap, machine)
         }
         None => (Snapshot::default(), Machine::new()),

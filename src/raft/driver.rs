@@ -8,6 +8,7 @@
 //! acknowledged before the sync that made it durable; a failed sync ends the loop with a
 //! fatal error.
 
+use super::boot::write_snapshot_record;
 use super::handle::{Input, Outcome, ProposeError, Reply, Shared};
 use super::machine::{Machine, Member};
 use super::storage::LogStore;
@@ -401,6 +402,10 @@ impl Driver {
             wrote = true;
         }
         let read_states = rd.take_read_states();
+        // raft-rs hands out only entries already persisted here (and committed by a
+        // quorum), so they are applied — and their clients answered — before this
+        // Ready's own sync, not after it (as raft-rs's examples and etcd do).
+        self.apply(rd.take_committed_entries())?;
         if !rd.entries().is_empty() {
             self.persist_entries(rd.entries())?;
             wrote = true;
@@ -415,7 +420,6 @@ impl Driver {
         if (wrote || rd.must_sync()) && !self.cfg.bug_skip_sync {
             self.sync().await?;
         }
-        self.apply(rd.take_committed_entries())?;
         self.send(rd.take_persisted_messages());
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
@@ -457,9 +461,12 @@ impl Driver {
             Machine::decode(snap.get_data()).map_err(|e| Fatal::BadSnapshot(e.to_string()))?;
         let index = snap.get_metadata().index;
         assert_eq!(machine.applied, index, "snapshot state matches its index");
-        let bytes = snap.write_to_bytes().expect("snapshot encodes");
         self.disk.log_truncate_from(0)?;
-        self.disk.meta_put(META_SNAPSHOT, &bytes)?;
+        self.disk.meta_put_stream(META_SNAPSHOT, &mut |w| {
+            write_snapshot_record(w, snap.get_metadata(), &mut |w| {
+                w.write_all(snap.get_data())
+            })
+        })?;
         self.sync_peers(&machine);
         *self.shared.machine() = machine;
         self.raw.mut_store().apply_snapshot(snap);
@@ -690,17 +697,18 @@ impl Driver {
         if applied < self.last_snap_index + self.cfg.snapshot_entries {
             return Ok(());
         }
-        let term = raft::Storage::term(self.raw.store(), applied)?;
-        let mut snap = Snapshot::default();
-        snap.set_data(self.shared.machine().encode().into());
-        let meta = snap.mut_metadata();
-        meta.index = applied;
-        meta.term = term;
+        let mut meta = SnapshotMetadata {
+            index: applied,
+            term: raft::Storage::term(self.raw.store(), applied)?,
+            ..Default::default()
+        };
         meta.set_conf_state(self.raw.store().conf_state().clone());
-        let bytes = snap.write_to_bytes().expect("snapshot encodes");
-        drop(snap);
-        self.disk.meta_put(META_SNAPSHOT, &bytes)?;
-        drop(bytes);
+        // Streamed from the state machine to the disk: the encoded state (tens of MB for
+        // a large store) is never held in memory whole.
+        let shared = self.shared.clone();
+        self.disk.meta_put_stream(META_SNAPSHOT, &mut |w| {
+            write_snapshot_record(w, &meta, &mut |w| shared.machine().encode_into(w))
+        })?;
         let compact_to = applied.saturating_sub(self.cfg.catchup_entries) + 1;
         self.disk.log_truncate_before(compact_to)?;
         self.sync().await?;

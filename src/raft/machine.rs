@@ -62,6 +62,11 @@ impl Machine {
         bincode::deserialize(bytes).map_err(|e| e.to_string())
     }
 
+    /// [`Machine::encode`] straight into a writer, never whole in memory.
+    pub fn encode_into(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        bincode::serialize_into(w, self).map_err(std::io::Error::other)
+    }
+
     /// A stable digest of the whole state, for comparing replicas.
     pub fn digest(&self) -> u64 {
         let bytes = serde_json::to_vec(self).expect("machine serializes");
