@@ -4,18 +4,12 @@ use serde::{Deserialize, Serialize};
 
 /// Conditions on a write (`prevExist`, `prevValue`, `prevIndex`). Empty value and zero
 /// index mean "no condition", as in etcd.
+/// (Encoded with bincode inside Raft entries: no serde attributes that skip fields.)
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Precondition {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exist: Option<bool>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
-    #[serde(default, skip_serializing_if = "is_zero")]
     pub index: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 impl Precondition {
@@ -27,7 +21,6 @@ impl Precondition {
 /// A write. Expirations are absolute wall-clock milliseconds, fixed by the node that took
 /// the request, so applying a command never reads a clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "camelCase")]
 pub enum Command {
     /// PUT: set / create / update / compareAndSwap, chosen by `prev` as etcd does.
     Put {

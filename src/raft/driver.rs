@@ -85,6 +85,18 @@ pub struct Proposal {
     pub req: Request,
 }
 
+impl Proposal {
+    /// The entry encoding: bincode (compact, and several times cheaper than JSON on the
+    /// write path, where every member decodes every entry).
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serialize(self).expect("proposal serializes")
+    }
+
+    pub fn decode(data: &[u8]) -> Result<Self, bincode::Error> {
+        bincode::deserialize(data)
+    }
+}
+
 /// A replicated request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
@@ -261,7 +273,7 @@ impl Driver {
                 seq: 0,
                 req: Request::Kv(Command::Expire { now_ms: wall }),
             };
-            let data = serde_json::to_vec(&p).expect("proposal serializes");
+            let data = p.encode();
             if let Err(e) = self.raw.propose(vec![], data) {
                 tracing::debug!(error = %e, "expire proposal dropped");
             }
@@ -321,7 +333,7 @@ impl Driver {
                     seq,
                     req: cmd,
                 };
-                let data = serde_json::to_vec(&p).expect("proposal serializes");
+                let data = p.encode();
                 match self.raw.propose(vec![], data) {
                     Ok(()) => {
                         self.shared.metrics.proposals.inc();
@@ -505,7 +517,7 @@ impl Driver {
         if e.data.is_empty() {
             return Ok(()); // a new leader's empty entry
         }
-        let p: Proposal = serde_json::from_slice(&e.data).map_err(|err| Fatal::BadEntry {
+        let p = Proposal::decode(&e.data).map_err(|err| Fatal::BadEntry {
             index: e.index,
             why: err.to_string(),
         })?;
