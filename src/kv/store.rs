@@ -3,11 +3,11 @@
 use super::command::{Command, Precondition};
 use super::error::*;
 use super::event::{Action, Event, History, NodeView};
-use super::node::{Kind, Node};
+use super::node::{Children, Kind, Node};
 use super::path::{self, clean};
 use super::HISTORY_EVENTS_MAX;
 use serde::{Deserialize, Serialize};
-use std::collections::{btree_map, BTreeMap, BTreeSet};
+use std::collections::{btree_map, BTreeSet};
 
 /// What applying one command did.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,11 +160,7 @@ impl Store {
     }
 
     /// The children of directory `dir`, creating missing directories with `index`.
-    fn ensure_dir(
-        &mut self,
-        dir: &str,
-        index: u64,
-    ) -> Result<&mut BTreeMap<String, Node>, StoreError> {
+    fn ensure_dir(&mut self, dir: &str, index: u64) -> Result<&mut Children, StoreError> {
         let current = self.index;
         let mut cur = &mut self.root;
         let mut end = 0;
@@ -174,7 +170,7 @@ impl Store {
             // Look up before inserting: the common case (the directory exists) then
             // allocates nothing.
             if !children.contains_key(seg) {
-                children.insert(seg.to_string(), Node::dir(index, None));
+                children.insert(seg.into(), Node::dir(index, None));
             }
             let child = children.get_mut(seg).expect("just ensured");
             if !child.is_dir() {
@@ -253,7 +249,7 @@ impl Store {
             }
         };
         // One search of the (possibly huge) directory: entry, not get + remove + insert.
-        let (view, replaced) = match children.entry(name.to_string()) {
+        let (view, replaced) = match children.entry(name.into()) {
             btree_map::Entry::Vacant(v) => (NodeView::shallow(key, v.insert(node(dir))), None),
             btree_map::Entry::Occupied(mut o) => {
                 if !replace {
@@ -308,7 +304,7 @@ impl Store {
         // does); the event still reports the new index.
         if let Kind::File(v) = &mut n.kind {
             if !refresh {
-                *v = value.to_string();
+                *v = value.into();
             }
             n.modified_index = next;
         }
