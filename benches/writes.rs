@@ -275,8 +275,11 @@ async fn load(c: &Cluster, conns: usize, secs: f64, write: bool, tag: &str) -> R
 }
 
 /// Per member: syncs, mean sync latency and entries per sync, from `/metrics`.
-async fn sync_profile(c: &Cluster) {
-    for url in &c.client_urls {
+/// `before` holds each member's counters from the previous call: the figures printed
+/// are for the run in between.
+async fn sync_profile(c: &Cluster, before: &mut Vec<(f64, f64, f64)>) {
+    before.resize(c.client_urls.len(), (0.0, 0.0, 0.0));
+    for (url, prev) in c.client_urls.iter().zip(before.iter_mut()) {
         let mut conn = connect(url).await;
         conn.ready().await.unwrap();
         let req = http::Request::get("/metrics")
@@ -299,11 +302,13 @@ async fn sync_profile(c: &Cluster) {
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        let (syncs, secs, applied) = (
+        let now = (
             get("flotilla_disk_syncs_total "),
             get("flotilla_disk_sync_duration_seconds_sum "),
             get("flotilla_raft_applied_entries_total "),
         );
+        let (syncs, secs, applied) = (now.0 - prev.0, now.1 - prev.1, now.2 - prev.2);
+        *prev = now;
         println!(
             "           {url}: {syncs:.0} syncs, mean {:.2} ms, {:.1} applied entries per sync",
             secs / syncs.max(1.0) * 1000.0,
@@ -374,6 +379,7 @@ async fn bench(kind: &'static str, conns: &[usize], secs: f64, keys: usize) -> R
     wait_ready(&c).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut writes = vec![];
+    let mut sync_counters = vec![];
     for &n in conns {
         let r = load(&c, n, secs, true, &format!("w{n}")).await;
         println!(
@@ -382,7 +388,7 @@ async fn bench(kind: &'static str, conns: &[usize], secs: f64, keys: usize) -> R
         );
         writes.push((n, r));
         if kind == "flotilla" {
-            sync_profile(&c).await;
+            sync_profile(&c, &mut sync_counters).await;
         }
     }
     let mut conn = connect(&c.client_urls[0]).await;

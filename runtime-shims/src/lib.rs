@@ -10,7 +10,6 @@
 //!   is the production store (a write-ahead log of segment files), [`mem_disk`] the
 //!   in-memory one (durable + pending layers) that tests and the simulator crash;
 //!   [`files`] writes small files atomically.
-//! - [`heap`]: returns freed heap pages to the kernel now and then (production).
 //! - [`containers`]: the container-runtime trait and its types.
 //!
 //! Node crates reach the outside world only through these traits; `clippy.toml` in the
@@ -20,7 +19,6 @@ pub mod clock;
 pub mod containers;
 pub mod disk;
 pub mod files;
-pub mod heap;
 pub mod http;
 pub mod mem_disk;
 pub mod net;

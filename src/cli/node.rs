@@ -11,9 +11,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// How often freed heap memory is handed back to the kernel (see `flotilla_shims::heap`).
-const HEAP_TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
 #[derive(Args, Debug, Clone)]
 pub struct NodeArgs {
     /// Human-readable name for this member.
@@ -219,13 +216,6 @@ async fn serve(a: NodeArgs, cfg: NodeConfig) -> Result<()> {
     let started = start(&cfg, &env, Box::new(disk), net, peer_rx)
         .await
         .with_context(|| format!("starting from data dir {dir}"))?;
-    spawn.spawn(
-        "heap-trim",
-        Box::pin(flotilla_shims::heap::trim_every(
-            clock.clone(),
-            HEAP_TRIM_EVERY,
-        )),
-    );
     spawn.spawn(
         "peer-accept",
         Box::pin(flotilla_shims::tcp::accept_tokio(
