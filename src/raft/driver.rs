@@ -718,9 +718,11 @@ impl Driver {
         // Streamed from the state machine to the disk: the encoded state (tens of MB for
         // a large store) is never held in memory whole.
         let shared = self.shared.clone();
+        let t0 = self.clock.now_mono();
         self.disk.meta_put_stream(META_SNAPSHOT, &mut |w| {
             write_snapshot_record(w, &meta, &mut |w| shared.machine().encode_into(w))
         })?;
+        let written = self.clock.now_mono();
         let compact_to = applied.saturating_sub(self.cfg.catchup_entries) + 1;
         self.disk.log_truncate_before(compact_to)?;
         self.sync().await?;
@@ -729,6 +731,8 @@ impl Driver {
         tracing::info!(
             index = applied,
             compact_to,
+            write_ms = written.saturating_sub(t0).as_millis() as u64,
+            sync_ms = self.clock.now_mono().saturating_sub(written).as_millis() as u64,
             "snapshot taken, disk log compacted"
         );
         Ok(())
