@@ -10,6 +10,7 @@
 
 use raft::prelude::*;
 use raft::{GetEntriesContext, RaftState, StorageError};
+use std::cell::RefCell;
 use std::sync::Arc;
 
 /// The applied state machine, encoded on demand: `(applied index, snapshot data)`.
@@ -24,6 +25,10 @@ pub struct LogStore {
     /// Metadata only (index and term of the compaction point); data is never held.
     snapshot: Snapshot,
     source: Option<Arc<dyn SnapshotSource>>,
+    /// The last snapshot encoded for a follower, reused while the log still continues
+    /// from it: raft-rs asks again at every heartbeat until the follower has caught up,
+    /// and each encoding is a pass over the whole store.
+    served: RefCell<Option<Snapshot>>,
     /// Contiguous entries; `entries[0].index` is the first index held.
     entries: Vec<Entry>,
 }
@@ -42,6 +47,7 @@ impl LogStore {
             conf_state,
             snapshot: metadata_only(snapshot),
             source: None,
+            served: RefCell::new(None),
             entries,
         };
         s.check();
@@ -129,6 +135,7 @@ impl LogStore {
         meta.term = term;
         let drop = (index + 1 - self.first()) as usize;
         self.entries.drain(..drop);
+        self.drop_stale_served();
         self.check();
     }
 
@@ -140,6 +147,20 @@ impl LogStore {
         self.conf_state = meta.get_conf_state().clone();
         self.entries.clear();
         self.snapshot = metadata_only(snap);
+        self.drop_stale_served();
+    }
+
+    /// A served snapshot is of use only while the log continues from its index.
+    fn drop_stale_served(&mut self) {
+        let floor = self.snap_index();
+        let stale = self
+            .served
+            .get_mut()
+            .as_ref()
+            .is_some_and(|s| s.get_metadata().index < floor);
+        if stale {
+            *self.served.get_mut() = None;
+        }
     }
 }
 
@@ -193,6 +214,12 @@ impl raft::Storage for LogStore {
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        if let Some(s) = self.served.borrow().as_ref() {
+            let index = s.get_metadata().index;
+            if index >= request_index && index >= self.snap_index() {
+                return Ok(s.clone());
+            }
+        }
         let source = self.source.as_ref().ok_or_else(unavailable)?;
         let (applied, data) = source.current();
         if applied < request_index || applied < self.snap_index() {
@@ -205,6 +232,7 @@ impl raft::Storage for LogStore {
         meta.term = self.term(applied)?;
         // The conf state is updated as conf changes are applied: it is the one at `applied`.
         meta.set_conf_state(self.conf_state.clone());
+        *self.served.borrow_mut() = Some(snap.clone());
         Ok(snap)
     }
 }
@@ -234,6 +262,39 @@ mod tests {
         assert_eq!(s.append(&[ent(2, 2)]), Some(2));
         assert_eq!(s.last(), 2);
         assert_eq!(s.term(2).unwrap(), 2);
+    }
+
+    /// Counts its encodings.
+    struct Counting(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64);
+
+    impl SnapshotSource for Counting {
+        fn current(&self) -> (u64, Vec<u8>) {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.0.fetch_add(1, SeqCst);
+            (self.1.load(SeqCst), b"state".to_vec())
+        }
+    }
+
+    #[test]
+    fn a_served_snapshot_is_reused_until_the_log_moves_past_it() {
+        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+        let src = Arc::new(Counting(AtomicU64::new(0), AtomicU64::new(6)));
+        let mut s = LogStore::default();
+        s.set_source(src.clone());
+        s.append(&(1..=10).map(|i| ent(i, 1)).collect::<Vec<_>>());
+        let a = s.snapshot(0, 2).unwrap();
+        let b = s.snapshot(0, 3).unwrap();
+        assert_eq!((a.get_metadata().index, b.get_metadata().index), (6, 6));
+        assert_eq!(src.0.load(SeqCst), 1, "encoded once for both followers");
+        // Asked for more than it holds: encoded afresh.
+        src.1.store(8, SeqCst);
+        assert_eq!(s.snapshot(7, 2).unwrap().get_metadata().index, 8);
+        assert_eq!(src.0.load(SeqCst), 2);
+        // The log no longer continues from index 8: encoded afresh.
+        src.1.store(10, SeqCst);
+        s.compact_through(9);
+        assert_eq!(s.snapshot(0, 2).unwrap().get_metadata().index, 10);
+        assert_eq!(src.0.load(SeqCst), 3);
     }
 
     #[test]
