@@ -156,13 +156,13 @@ async fn outbound<C: Connect>(
 /// Serves one inbound peer connection: frames go to `inbound` until the stream ends.
 /// Reads are buffered: a frame's header and payload take one read, not three.
 pub async fn serve_inbound<S: AsyncRead + Unpin>(stream: S, inbound: mpsc::Sender<Bytes>) {
-    let mut stream = tokio::io::BufReader::with_capacity(INBOUND_BUFFER_BYTES, stream);
-    let from = match wire::read_hello(&mut stream).await {
+    let mut stream = wire::FrameReader::new(stream, INBOUND_BUFFER_BYTES);
+    let from = match stream.read_hello().await {
         Ok(id) => id,
         Err(_) => return,
     };
     loop {
-        match wire::read_frame(&mut stream).await {
+        match stream.read_frame().await {
             Ok(Some(frame)) => {
                 if inbound.send(frame).await.is_err() {
                     return;

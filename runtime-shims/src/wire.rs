@@ -6,7 +6,7 @@
 //! Many queued frames are written with one flush (batching).
 
 use crate::net::FRAME_BYTES_MAX;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -17,10 +17,6 @@ pub const BATCH_FRAMES_MAX: usize = 256;
 pub async fn write_hello<W: AsyncWrite + Unpin>(w: &mut W, from: u64) -> io::Result<()> {
     w.write_all(&from.to_be_bytes()).await?;
     w.flush().await
-}
-
-pub async fn read_hello<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<u64> {
-    r.read_u64().await
 }
 
 fn encode(buf: &mut BytesMut, payload: &[u8]) {
@@ -48,29 +44,72 @@ pub async fn write_batch<W: AsyncWrite + Unpin>(
     w.flush().await
 }
 
-/// Reads one frame; `Ok(None)` on a clean end of stream.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Bytes>> {
-    let len = match r.read_u32().await {
-        Ok(n) => n as usize,
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if len > FRAME_BYTES_MAX {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("peer frame of {len} bytes exceeds the {FRAME_BYTES_MAX}-byte limit"),
-        ));
+/// Reads frames from a stream through one growing buffer: a frame's header and payload
+/// usually arrive in the same read as several other frames, and each payload is handed
+/// out as a slice of that buffer (no copy, no allocation per frame).
+pub struct FrameReader<R> {
+    r: R,
+    buf: BytesMut,
+    read_bytes: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// `read_bytes`: how much room each read asks for at least.
+    pub fn new(r: R, read_bytes: usize) -> Self {
+        Self {
+            r,
+            buf: BytesMut::new(),
+            read_bytes,
+        }
     }
-    let crc = r.read_u32().await?;
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).await?;
-    if crc32fast::hash(&payload) != crc {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "peer frame checksum mismatch",
-        ));
+
+    /// Reads until `n` bytes are buffered; `Ok(false)` on a clean end of stream before
+    /// any byte of them arrived.
+    async fn fill(&mut self, n: usize) -> io::Result<bool> {
+        while self.buf.len() < n {
+            self.buf.reserve((n - self.buf.len()).max(self.read_bytes));
+            if self.r.read_buf(&mut self.buf).await? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(false);
+                }
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(true)
     }
-    Ok(Some(Bytes::from(payload)))
+
+    /// The connection's opening sender id.
+    pub async fn read_hello(&mut self) -> io::Result<u64> {
+        if !self.fill(8).await? {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(self.buf.get_u64())
+    }
+
+    /// Reads one frame; `Ok(None)` on a clean end of stream.
+    pub async fn read_frame(&mut self) -> io::Result<Option<Bytes>> {
+        if !self.fill(8).await? {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+        if len > FRAME_BYTES_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("peer frame of {len} bytes exceeds the {FRAME_BYTES_MAX}-byte limit"),
+            ));
+        }
+        self.fill(8 + len).await?;
+        self.buf.advance(4);
+        let crc = self.buf.get_u32();
+        let payload = self.buf.split_to(len).freeze();
+        if crc32fast::hash(&payload) != crc {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "peer frame checksum mismatch",
+            ));
+        }
+        Ok(Some(payload))
+    }
 }
 
 #[cfg(test)]
@@ -88,9 +127,10 @@ mod tests {
             .await
             .unwrap();
         drop(a);
-        assert_eq!(read_hello(&mut b).await.unwrap(), 7);
+        let mut b = FrameReader::new(b, 4);
+        assert_eq!(b.read_hello().await.unwrap(), 7);
         let mut got = vec![];
-        while let Some(f) = read_frame(&mut b).await.unwrap() {
+        while let Some(f) = b.read_frame().await.unwrap() {
             got.push(f);
         }
         assert_eq!(got, vec!["one", "two", ""]);
@@ -104,7 +144,7 @@ mod tests {
         let last = buf.len() - 1;
         buf[last] ^= 1;
         a.write_all(&buf).await.unwrap();
-        let err = read_frame(&mut b).await.unwrap_err();
+        let err = FrameReader::new(b, 64).read_frame().await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 }

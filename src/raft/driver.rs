@@ -8,6 +8,7 @@
 //! acknowledged before the sync that made it durable; a failed sync ends the loop with a
 //! fatal error.
 
+use super::apply::Applier;
 use super::boot::write_snapshot_record;
 use super::handle::{Input, Outcome, ProposeError, Reply, Shared};
 use super::machine::{Machine, Member};
@@ -281,7 +282,8 @@ impl Driver {
     }
 
     fn on_peer(&mut self, frame: Bytes) {
-        match Message::parse_from_bytes(&frame) {
+        // Entry payloads stay slices of the received frame (no copy per entry).
+        match Message::parse_from_carllerche_bytes(&frame) {
             Ok(m) => {
                 self.count_received(&m);
                 if let Err(e) = self.raw.step(m) {
@@ -414,10 +416,7 @@ impl Driver {
             wrote = true;
         }
         let read_states = rd.take_read_states();
-        // raft-rs hands out only entries already persisted here (and committed by a
-        // quorum), so they are applied — and their clients answered — before this
-        // Ready's own sync, not after it (as raft-rs's examples and etcd do).
-        self.apply(rd.take_committed_entries())?;
+        let committed = rd.take_committed_entries();
         if !rd.entries().is_empty() {
             self.persist_entries(rd.entries())?;
             wrote = true;
@@ -430,7 +429,23 @@ impl Driver {
             self.raw.mut_store().set_hard_state(hs.clone());
         }
         if (wrote || rd.must_sync()) && !self.cfg.bug_skip_sync {
-            self.sync().await?;
+            // raft-rs hands out only entries already persisted here (and committed by a
+            // quorum), so they are applied — and their clients answered — while this
+            // Ready's own sync is in flight, not after it (as raft-rs's examples and etcd
+            // do). `join!` polls the sync first, which puts it on the disk, then applies.
+            let sync = sync_disk(&mut *self.disk, &*self.clock, &self.shared);
+            let mut applier = Applier {
+                id: self.id,
+                raw: &mut self.raw,
+                shared: &self.shared,
+                pending: &mut self.pending,
+                net: &*self.net,
+            };
+            let (synced, applied) = tokio::join!(sync, async { applier.apply(committed) });
+            synced?;
+            applied?;
+        } else {
+            self.applier().apply(committed)?;
         }
         self.send(rd.take_persisted_messages());
         let mut light = self.raw.advance(rd);
@@ -438,7 +453,7 @@ impl Driver {
             self.raw.mut_store().set_commit(commit);
         }
         self.send(light.take_messages());
-        self.apply(light.take_committed_entries())?;
+        self.applier().apply(light.take_committed_entries())?;
         self.raw.advance_apply();
         self.on_read_states(read_states);
         self.release_reads();
@@ -448,22 +463,28 @@ impl Driver {
     }
 
     async fn sync(&mut self) -> Result<(), Fatal> {
-        let t0 = self.clock.now_mono();
-        self.disk.sync().await?;
-        let m = &self.shared.metrics;
-        m.syncs.inc();
-        m.sync_seconds
-            .observe(self.clock.now_mono().saturating_sub(t0).as_secs_f64());
-        Ok(())
+        sync_disk(&mut *self.disk, &*self.clock, &self.shared).await
+    }
+
+    fn applier(&mut self) -> Applier<'_> {
+        Applier {
+            id: self.id,
+            raw: &mut self.raw,
+            shared: &self.shared,
+            pending: &mut self.pending,
+            net: &*self.net,
+        }
     }
 
     fn persist_entries(&mut self, entries: &[Entry]) -> Result<(), Fatal> {
         if let Some(from) = self.raw.mut_store().append(entries) {
             self.disk.log_truncate_from(from)?;
         }
+        let mut buf = Vec::new();
         for e in entries {
-            let bytes = e.write_to_bytes().expect("entry encodes");
-            self.disk.log_put(e.index, &bytes)?;
+            buf.clear();
+            e.write_to_vec(&mut buf).expect("entry encodes");
+            self.disk.log_put(e.index, &buf)?;
         }
         Ok(())
     }
@@ -493,174 +514,6 @@ impl Driver {
                 self.net.set_peer(m.id, &addr);
             }
         }
-    }
-
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Fatal> {
-        for e in entries {
-            match e.get_entry_type() {
-                EntryType::EntryNormal => self.apply_normal(&e)?,
-                EntryType::EntryConfChange => self.apply_conf_change(&e)?,
-                EntryType::EntryConfChangeV2 => {
-                    return Err(Fatal::BadEntry {
-                        index: e.index,
-                        why: "joint consensus (conf change v2) is not used".into(),
-                    })
-                }
-            }
-            self.shared.machine().applied = e.index;
-            self.shared.metrics.applied.inc();
-        }
-        Ok(())
-    }
-
-    fn apply_normal(&mut self, e: &Entry) -> Result<(), Fatal> {
-        if e.data.is_empty() {
-            return Ok(()); // a new leader's empty entry
-        }
-        let p = Proposal::decode(&e.data).map_err(|err| Fatal::BadEntry {
-            index: e.index,
-            why: err.to_string(),
-        })?;
-        let applied = {
-            let mut m = self.shared.machine();
-            if p.origin != 0 && !m.first_application(p.origin, p.seq) {
-                tracing::debug!(
-                    index = e.index,
-                    origin = p.origin,
-                    seq = p.seq,
-                    "duplicate proposal skipped"
-                );
-                return Ok(());
-            }
-            match &p.req {
-                Request::Kv(cmd) => m.store.apply(cmd),
-                Request::Publish {
-                    id,
-                    name,
-                    client_urls,
-                } => {
-                    if let Some(mem) = m.members.get_mut(id) {
-                        mem.name = name.clone();
-                        mem.client_urls = client_urls.clone();
-                    }
-                    crate::kv::Applied {
-                        result: Ok(None),
-                        events: vec![],
-                    }
-                }
-                Request::UpdatePeers { id, peer_urls } => {
-                    let result = match m.members.get_mut(id) {
-                        Some(mem) => {
-                            mem.peer_urls = peer_urls.clone();
-                            if *id != self.id {
-                                if let Some(a) = peer_urls.first().and_then(|u| peer_addr(u)) {
-                                    self.net.set_peer(*id, &a);
-                                }
-                            }
-                            Ok(None)
-                        }
-                        None => Err(crate::kv::StoreError::new(
-                            crate::kv::error::KEY_NOT_FOUND,
-                            format!("member {id:x}"),
-                            0,
-                        )),
-                    };
-                    crate::kv::Applied {
-                        result,
-                        events: vec![],
-                    }
-                }
-            }
-        };
-        if let Request::Kv(cmd) = &p.req {
-            count_write(&mut self.shared.store_stats(), cmd, &applied);
-        }
-        if !applied.events.is_empty() {
-            self.shared.notify_events();
-        }
-        if p.origin == self.id {
-            if let Some(reply) = self.pending.remove(&p.seq) {
-                let _ = reply.send(Ok(Outcome {
-                    result: applied.result,
-                    raft_index: e.index,
-                    raft_term: e.term,
-                }));
-            }
-        }
-        Ok(())
-    }
-
-    fn apply_conf_change(&mut self, e: &Entry) -> Result<(), Fatal> {
-        let bad = |why: String| Fatal::BadEntry {
-            index: e.index,
-            why,
-        };
-        let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| bad(err.to_string()))?;
-        // raft-rs carries the proposal's context on the entry, not inside the change.
-        let ctx: ConfContext =
-            serde_json::from_slice(&e.context).map_err(|err| bad(err.to_string()))?;
-        // Validated here, at apply time, so every replica decides the same way; a refused
-        // change is not handed to raft-rs at all.
-        let refusal = {
-            let m = self.shared.machine();
-            match cc.get_change_type() {
-                ConfChangeType::RemoveNode if !m.members.contains_key(&cc.node_id) => Some(
-                    ProposeError::NotFound(format!("member {:x} not found", cc.node_id)),
-                ),
-                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode
-                    if m.members.values().any(|x| {
-                        x.id == ctx.member.id
-                            || x.peer_urls.iter().any(|u| ctx.member.peer_urls.contains(u))
-                    }) =>
-                {
-                    Some(ProposeError::Rejected("membership: peerURL exists".into()))
-                }
-                _ => None,
-            }
-        };
-        let answer = match refusal {
-            Some(err) => Err(err),
-            None => self.change_membership(&cc, &ctx.member, e),
-        };
-        if ctx.origin == self.id {
-            if let Some(reply) = self.pending.remove(&ctx.seq) {
-                let _ = reply.send(answer);
-            }
-        }
-        Ok(())
-    }
-
-    fn change_membership(
-        &mut self,
-        cc: &ConfChange,
-        member: &Member,
-        e: &Entry,
-    ) -> Result<Outcome, ProposeError> {
-        let cs = self
-            .raw
-            .apply_conf_change(cc)
-            .map_err(|err| ProposeError::Rejected(err.to_string()))?;
-        self.raw.mut_store().set_conf_state(cs);
-        let mut m = self.shared.machine();
-        match cc.get_change_type() {
-            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                m.members.insert(member.id, member.clone());
-                if member.id != self.id {
-                    if let Some(a) = member.peer_urls.first().and_then(|u| peer_addr(u)) {
-                        self.net.set_peer(member.id, &a);
-                    }
-                }
-            }
-            ConfChangeType::RemoveNode => {
-                m.members.remove(&cc.node_id);
-                self.net.remove_peer(cc.node_id);
-            }
-        }
-        Ok(Outcome {
-            result: Ok(None),
-            raft_index: e.index,
-            raft_term: e.term,
-        })
     }
 
     fn on_read_states(&mut self, states: Vec<ReadState>) {
@@ -755,36 +608,15 @@ impl Driver {
     }
 }
 
-/// etcd's per-operation store counters, from a command and what applying it did.
-fn count_write(st: &mut super::handle::StoreStats, cmd: &Command, applied: &crate::kv::Applied) {
-    let ok = applied.result.is_ok();
-    let pick = |st: &mut super::handle::StoreStats,
-                success: fn(&mut super::handle::StoreStats) -> &mut u64,
-                fail: fn(&mut super::handle::StoreStats) -> &mut u64| {
-        *(if ok { success(st) } else { fail(st) }) += 1;
-    };
-    match cmd {
-        Command::Put { prev, .. } if prev.is_compare() => pick(
-            st,
-            |s| &mut s.compare_and_swap_success,
-            |s| &mut s.compare_and_swap_fail,
-        ),
-        Command::Put { prev, .. } => match prev.exist {
-            Some(true) => pick(st, |s| &mut s.update_success, |s| &mut s.update_fail),
-            Some(false) => pick(st, |s| &mut s.create_success, |s| &mut s.create_fail),
-            None => pick(st, |s| &mut s.sets_success, |s| &mut s.sets_fail),
-        },
-        Command::CreateInOrder { .. } => {
-            pick(st, |s| &mut s.create_success, |s| &mut s.create_fail)
-        }
-        Command::Delete { prev, .. } if prev.is_compare() => pick(
-            st,
-            |s| &mut s.compare_and_delete_success,
-            |s| &mut s.compare_and_delete_fail,
-        ),
-        Command::Delete { .. } => pick(st, |s| &mut s.delete_success, |s| &mut s.delete_fail),
-        Command::Expire { .. } => st.expire_count += applied.events.len() as u64,
-    }
+/// Makes every earlier write durable, timing it for `/metrics`.
+async fn sync_disk(disk: &mut dyn Disk, clock: &dyn Clock, shared: &Shared) -> Result<(), Fatal> {
+    let t0 = clock.now_mono();
+    disk.sync().await?;
+    let m = &shared.metrics;
+    m.syncs.inc();
+    m.sync_seconds
+        .observe(clock.now_mono().saturating_sub(t0).as_secs_f64());
+    Ok(())
 }
 
 /// `http://host:port[/...]` → `host:port`.

@@ -12,6 +12,7 @@
 //! Data flow: API → `RaftHandle` → driver inbox → `RawNode::propose` → Ready → disk sync →
 //! peers → commit → `Store::apply` → reply to the waiting handler.
 
+pub mod apply;
 pub mod boot;
 pub mod driver;
 pub mod handle;
