@@ -118,7 +118,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_round_trip_in_one_batch() {
-        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let (mut a, b) = tokio::io::duplex(1 << 16);
         let (tx, mut rx) = mpsc::channel(8);
         tx.send(Bytes::from_static(b"two")).await.unwrap();
         tx.send(Bytes::from_static(b"")).await.unwrap();
@@ -138,7 +138,7 @@ mod tests {
 
     #[tokio::test]
     async fn corrupted_frame_is_refused() {
-        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let (mut a, b) = tokio::io::duplex(1 << 16);
         let mut buf = BytesMut::new();
         encode(&mut buf, b"hello");
         let last = buf.len() - 1;
