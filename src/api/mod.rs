@@ -49,13 +49,13 @@ impl Api {
 
     async fn route(&self, req: Request<Bytes>) -> Reply {
         let t0 = self.clock.now_mono();
-        let method = req.method().to_string();
+        let method = req.method().clone();
         let resp = self.dispatch(req).await;
         let secs = self.clock.now_mono().saturating_sub(t0).as_secs_f64();
         self.raft
             .shared
             .metrics
-            .observe_http(&method, resp.status().as_u16(), secs);
+            .observe_http(method.as_str(), resp.status().as_u16(), secs);
         resp
     }
 
