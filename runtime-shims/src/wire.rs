@@ -67,7 +67,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// any byte of them arrived.
     async fn fill(&mut self, n: usize) -> io::Result<bool> {
         while self.buf.len() < n {
-            self.buf.reserve((n - self.buf.len()).max(self.read_bytes));
+            // Grow only when the room left is too small: earlier frames handed out still
+            // share this allocation, so a new one (of `read_bytes` at least) is taken only
+            // when the current one is used up — memory held is proportional to the frames
+            // still referenced, not one allocation per read.
+            let need = n - self.buf.len();
+            if self.buf.capacity() - self.buf.len() < need {
+                self.buf.reserve(need.max(self.read_bytes));
+            }
             if self.r.read_buf(&mut self.buf).await? == 0 {
                 if self.buf.is_empty() {
                     return Ok(false);
@@ -134,6 +141,52 @@ mod tests {
             got.push(f);
         }
         assert_eq!(got, vec!["one", "two", ""]);
+    }
+
+    /// A stream that delivers at most one frame's worth of bytes per read, as a socket
+    /// does when frames arrive one by one.
+    struct Trickle(Vec<u8>, usize);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            let n = self.1.min(self.0.len()).min(buf.remaining());
+            buf.put_slice(&self.0[..n]);
+            self.0.drain(..n);
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn held_frames_share_few_allocations() {
+        // 200 frames of 100 bytes arriving one per read, every frame still held (as a
+        // follower's log holds entries): they must share allocations, not take one each.
+        let mut buf = BytesMut::new();
+        for i in 0..200u8 {
+            encode(&mut buf, &[i; 100]);
+        }
+        let mut r = FrameReader::new(Trickle(buf.to_vec(), 108), 4096);
+        let mut held = vec![];
+        while let Some(f) = r.read_frame().await.unwrap() {
+            held.push(f);
+        }
+        assert_eq!(held.len(), 200);
+        assert!(held
+            .iter()
+            .enumerate()
+            .all(|(i, f)| f[..] == [i as u8; 100]));
+        let fresh_allocations = held
+            .windows(2)
+            .filter(|w| w[0].as_ptr().wrapping_add(100 + 8) != w[1].as_ptr())
+            .count();
+        let bytes = 200 * 108;
+        assert!(
+            fresh_allocations <= bytes / 4096 + 1,
+            "{fresh_allocations} allocations for {bytes} bytes of frames"
+        );
     }
 
     #[tokio::test]
