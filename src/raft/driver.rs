@@ -10,6 +10,7 @@
 
 use super::apply::Applier;
 use super::boot::write_snapshot_record;
+use super::forward::Forwarder;
 use super::handle::{Input, Outcome, ProposeError, Reply, Shared};
 use super::machine::{Machine, Member};
 use super::storage::LogStore;
@@ -22,7 +23,9 @@ use raft::prelude::*;
 use raft::{RawNode, SnapshotStatus, StateRole};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -135,12 +138,15 @@ pub struct Driver {
     reads: BTreeMap<u64, Reply>,
     read_waits: Vec<(u64, Reply)>,
     next_seq: u64,
+    /// Inputs taken in while a sync was in flight and not forwarded then.
+    stash: Vec<Input>,
     last_snap_index: u64,
     next_expire_try: Duration,
 }
 
 enum Wake {
     Tick,
+    Stash,
     Peer(Option<Bytes>),
     Input(Option<Input>),
 }
@@ -193,6 +199,7 @@ impl Driver {
             reads: BTreeMap::new(),
             read_waits: Vec::new(),
             next_seq: p.seq_start,
+            stash: Vec::new(),
             last_snap_index,
             next_expire_try: Duration::ZERO,
         })
@@ -208,6 +215,9 @@ impl Driver {
                 _ = &mut tick => Wake::Tick,
                 m = self.peer_in.recv() => Wake::Peer(m),
                 i = self.inbox.recv() => Wake::Input(i),
+                // Inputs that arrived during the last sync: go on at once (after a due
+                // tick, so a steady load never starves heartbeats and elections).
+                _ = std::future::ready(()), if !self.stash.is_empty() => Wake::Stash,
             };
             match wake {
                 Wake::Tick => {
@@ -217,6 +227,10 @@ impl Driver {
                 Wake::Peer(Some(frame)) => self.on_peer(frame),
                 Wake::Input(Some(input)) => self.on_input(input),
                 Wake::Peer(None) | Wake::Input(None) => return Ok(()),
+                Wake::Stash => {}
+            }
+            for input in std::mem::take(&mut self.stash) {
+                self.on_input(input);
             }
             // Group commit: whatever woke us, take everything already waiting — peer
             // messages and client proposals alike — into this one Ready and its one sync.
@@ -434,6 +448,9 @@ impl Driver {
             // Ready's own sync is in flight, not after it (as raft-rs's examples and etcd
             // do). `join!` polls the sync first, which puts it on the disk, then applies.
             let sync = sync_disk(&mut *self.disk, &*self.clock, &self.shared);
+            tokio::pin!(sync);
+            // The first poll puts the sync on the disk.
+            let first = std::future::poll_fn(|cx| Poll::Ready(sync.as_mut().poll(cx))).await;
             let mut applier = Applier {
                 id: self.id,
                 raw: &mut self.raw,
@@ -441,9 +458,39 @@ impl Driver {
                 pending: &mut self.pending,
                 net: &*self.net,
             };
-            let (synced, applied) = tokio::join!(sync, async { applier.apply(committed) });
+            applier.apply(committed)?;
+            let synced = match first {
+                Poll::Ready(r) => r,
+                Poll::Pending => loop {
+                    tokio::select! {
+                        biased;
+                        r = &mut sync => break r,
+                        Some(input) = self.inbox.recv(),
+                            if self.stash.len() < self.cfg.batch_inputs_max =>
+                        {
+                            let mut inputs = vec![input];
+                            while inputs.len() < self.cfg.batch_inputs_max {
+                                match self.inbox.try_recv() {
+                                    Ok(i) => inputs.push(i),
+                                    Err(_) => break,
+                                }
+                            }
+                            let mut fwd = Forwarder {
+                                id: self.id,
+                                raw: &self.raw,
+                                net: &*self.net,
+                                shared: &self.shared,
+                                pending: &mut self.pending,
+                                next_seq: &mut self.next_seq,
+                                pending_max: self.cfg.pending_max,
+                            };
+                            let rest = fwd.forward(inputs);
+                            self.stash.extend(rest);
+                        }
+                    }
+                },
+            };
             synced?;
-            applied?;
         } else {
             self.applier().apply(committed)?;
         }

@@ -15,6 +15,7 @@
 pub mod apply;
 pub mod boot;
 pub mod driver;
+pub mod forward;
 pub mod handle;
 pub mod logger;
 pub mod machine;
