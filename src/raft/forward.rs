@@ -96,8 +96,10 @@ mod tests {
 
     /// Member 2 of {1, 2, 3}; with `leader`, it has heard member 1's heartbeat.
     fn member_two(leader: bool) -> RawNode<LogStore> {
-        let mut cs = ConfState::default();
-        cs.voters = vec![1, 2, 3];
+        let cs = ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        };
         let log = LogStore::new(HardState::default(), cs, Snapshot::default(), vec![]);
         let cfg = raft::Config {
             id: 2,
