@@ -3,10 +3,11 @@
 //!
 //! Each turn: wait for a tick, peer messages or client inputs (draining many at once:
 //! group commit), then handle one Ready — send what may go before persistence, install a
-//! snapshot, apply committed entries, append entries and hard state to the disk, **sync
-//! once**, then send what needed persistence, advance, apply the rest. Nothing is
-//! acknowledged before the sync that made it durable; a failed sync ends the loop with a
-//! fatal error.
+//! snapshot, append entries and hard state to the disk, start **one sync**, apply the
+//! committed entries (already durable here) while it runs, forward to the leader any
+//! proposal that arrives meanwhile (on a follower), then send what needed persistence,
+//! advance, apply the rest. Nothing is acknowledged before the sync that made it durable;
+//! a failed sync ends the loop with a fatal error.
 
 use super::apply::Applier;
 use super::boot::write_snapshot_record;

@@ -4,7 +4,11 @@
 //! - [`storage`]: [`LogStore`], the in-memory log raft-rs reads (mirrors the disk).
 //! - [`machine`]: [`Machine`], the replicated state (KV store + members); snapshots are it.
 //! - [`boot`]: bootstrap or recovery from a [`flotilla_shims::Disk`], validating every record.
-//! - [`driver`]: the Ready loop — persist + one sync per Ready, then send, apply, reply.
+//! - [`driver`]: the Ready loop — persist + one sync per Ready (applying meanwhile), then
+//!   send, apply, reply.
+//! - [`apply`]: [`apply::Applier`] — committed entries into the [`Machine`], replies to the
+//!   waiting handlers (borrows no disk, so it runs while a sync is in flight).
+//! - [`forward`]: a follower sending proposals that arrive mid-sync to the leader itself.
 //! - [`handle`]: [`RaftHandle`] — how the API submits writes, ReadIndex reads and
 //!   membership changes, and the [`Shared`] state it reads.
 //! - [`logger`]: raft-rs's slog records into `tracing`.
