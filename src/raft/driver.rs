@@ -5,8 +5,8 @@
 //! group commit), then handle one Ready — send what may go before persistence, install a
 //! snapshot, append entries and hard state to the disk, start **one sync**, apply the
 //! committed entries (already durable here) while it runs, forward to the leader any
-//! proposal that arrives meanwhile (on a follower), then send what needed persistence,
-//! advance, apply the rest. Nothing is acknowledged before the sync that made it durable;
+//! proposal that arrives meanwhile (a follower forwards its proposals itself, always),
+//! then send what needed persistence, advance, apply the rest. Nothing is acknowledged before the sync that made it durable;
 //! a failed sync ends the loop with a fatal error.
 
 use super::apply::Applier;
@@ -139,7 +139,8 @@ pub struct Driver {
     reads: BTreeMap<u64, Reply>,
     read_waits: Vec<(u64, Reply)>,
     next_seq: u64,
-    /// Inputs taken in while a sync was in flight and not forwarded then.
+    /// Inputs taken in and not yet routed: drained ones, and those that arrived while a
+    /// sync was in flight and could not be forwarded then.
     stash: Vec<Input>,
     last_snap_index: u64,
     next_expire_try: Duration,
@@ -226,18 +227,16 @@ impl Driver {
                     self.on_tick();
                 }
                 Wake::Peer(Some(frame)) => self.on_peer(frame),
-                Wake::Input(Some(input)) => self.on_input(input),
+                Wake::Input(Some(input)) => self.stash.push(input),
                 Wake::Peer(None) | Wake::Input(None) => return Ok(()),
                 Wake::Stash => {}
-            }
-            for input in std::mem::take(&mut self.stash) {
-                self.on_input(input);
             }
             // Group commit: whatever woke us, take everything already waiting — peer
             // messages and client proposals alike — into this one Ready and its one sync.
             // (Draining only the branch that fired would let a steady stream of peer
             // messages starve proposals and turn every turn into an fsync.)
             self.drain();
+            self.route_inputs();
             self.on_ready().await?;
         }
     }
@@ -250,12 +249,34 @@ impl Driver {
                 idle = false;
             }
             if let Ok(i) = self.inbox.try_recv() {
-                self.on_input(i);
+                self.stash.push(i);
                 idle = false;
             }
             if idle {
                 break;
             }
+        }
+    }
+
+    /// On a follower, client proposals go straight to the leader (see [`Forwarder`]):
+    /// raft-rs would hold its own forwarded copy until this member's next sync, since a
+    /// follower's messages all wait for persistence. Everything else goes through raft-rs.
+    fn route_inputs(&mut self) {
+        let inputs = std::mem::take(&mut self.stash);
+        for input in self.forwarder().forward(inputs) {
+            self.on_input(input);
+        }
+    }
+
+    fn forwarder(&mut self) -> Forwarder<'_> {
+        Forwarder {
+            id: self.id,
+            raw: &self.raw,
+            net: &*self.net,
+            shared: &self.shared,
+            pending: &mut self.pending,
+            next_seq: &mut self.next_seq,
+            pending_max: self.cfg.pending_max,
         }
     }
 
@@ -447,10 +468,10 @@ impl Driver {
             // raft-rs hands out only entries already persisted here (and committed by a
             // quorum), so they are applied — and their clients answered — while this
             // Ready's own sync is in flight, not after it (as raft-rs's examples and etcd
-            // do). `join!` polls the sync first, which puts it on the disk, then applies.
+            // do). The first poll puts the sync on the disk; then apply; then forward
+            // what arrives until the sync completes.
             let sync = sync_disk(&mut *self.disk, &*self.clock, &self.shared);
             tokio::pin!(sync);
-            // The first poll puts the sync on the disk.
             let first = std::future::poll_fn(|cx| Poll::Ready(sync.as_mut().poll(cx))).await;
             let mut applier = Applier {
                 id: self.id,

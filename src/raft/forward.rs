@@ -1,9 +1,11 @@
-//! A follower forwarding client proposals to the leader while its own sync is in flight.
+//! A follower sending client proposals to the leader itself.
 //!
-//! raft-rs may not be stepped between a Ready and its advance, so a proposal reaching a
-//! follower mid-sync would wait out that sync before raft-rs forwarded it. The follower
-//! sends the very message raft-rs would — a local (term 0) `MsgPropose` carrying the
-//! entries — itself, at once. Whatever it cannot forward goes back to the loop.
+//! raft-rs forwards a follower's proposal too, but a follower's messages all wait for
+//! its next sync, and raft-rs may not be stepped at all while a Ready's sync is in flight.
+//! So the follower sends the very message raft-rs would — a local (term 0) `MsgPropose`
+//! carrying the entries — itself, at once: when the loop takes inputs in, and while its
+//! sync is in flight. Whatever it cannot forward (no known leader, or it is the leader)
+//! goes back to the loop and through raft-rs.
 
 use super::driver::Proposal;
 use super::handle::{Input, ProposeError, Reply, Shared};

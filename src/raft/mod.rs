@@ -8,7 +8,7 @@
 //!   send, apply, reply.
 //! - [`apply`]: [`apply::Applier`] — committed entries into the [`Machine`], replies to the
 //!   waiting handlers (borrows no disk, so it runs while a sync is in flight).
-//! - [`forward`]: a follower sending proposals that arrive mid-sync to the leader itself.
+//! - [`forward`]: a follower sending client proposals to the leader itself, at once.
 //! - [`handle`]: [`RaftHandle`] — how the API submits writes, ReadIndex reads and
 //!   membership changes, and the [`Shared`] state it reads.
 //! - [`logger`]: raft-rs's slog records into `tracing`.
