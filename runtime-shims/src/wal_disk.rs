@@ -495,6 +495,10 @@ impl WalDisk {
         file.sync_data()?;
         std::fs::rename(&tmp, snap.join(&name))?;
         File::open(&snap)?.sync_all()?;
+        // A crash can leave an unreferenced file under this very name (its record never
+        // became durable, so the sequence number was handed out again): the rename just
+        // replaced it, and deleting it as garbage now would delete the live snapshot.
+        self.garbage_after_sync.retain(|g| *g != name);
         Ok(BlobRef { name, len, crc })
     }
 
@@ -1116,6 +1120,26 @@ mod tests {
         d.log_put(9, b"x").unwrap();
         d.sync().await.unwrap();
         assert!(snap_files(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_reusing_a_crash_leftovers_name_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path()).await;
+        {
+            let mut d = WalDisk::open(dir.path()).unwrap();
+            d.meta_put_stream("snapshot", &mut |w| w.write_all(&[5; 5000]))
+                .unwrap();
+            // Crash before the sync: the leftover file has the next sequence number.
+        }
+        let mut d = WalDisk::open(dir.path()).unwrap();
+        d.meta_put_stream("snapshot", &mut |w| w.write_all(&[6; 5000]))
+            .unwrap();
+        d.sync().await.unwrap();
+        assert_eq!(snap_files(dir.path()).len(), 1);
+        drop(d);
+        let mut d = WalDisk::open(dir.path()).unwrap();
+        assert_eq!(d.load().unwrap().meta["snapshot"], vec![6; 5000]);
     }
 
     #[tokio::test]
