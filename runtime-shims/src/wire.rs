@@ -6,6 +6,10 @@
 //! Many queued frames are written with one flush (batching).
 
 use crate::net::FRAME_BYTES_MAX;
+
+/// Frames smaller than this fraction of a read chunk are copied out of it (see
+/// [`FrameReader`]).
+pub const COPY_BELOW_CHUNK_FRACTION: usize = 4;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -45,8 +49,11 @@ pub async fn write_batch<W: AsyncWrite + Unpin>(
 }
 
 /// Reads frames from a stream through one growing buffer: a frame's header and payload
-/// usually arrive in the same read as several other frames, and each payload is handed
-/// out as a slice of that buffer (no copy, no allocation per frame).
+/// usually arrive in the same read as several other frames. A large payload is handed out
+/// as a slice of that buffer (no copy); a small one is copied out, because a slice keeps
+/// its whole read chunk alive as long as anything holds it (a follower's log holds entries
+/// for a long time), and a chunk of mostly heartbeats pinned by one small entry each would
+/// let memory grow without bound. So held frames pin at most ~5x their own size.
 pub struct FrameReader<R> {
     r: R,
     buf: BytesMut,
@@ -67,10 +74,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// any byte of them arrived.
     async fn fill(&mut self, n: usize) -> io::Result<bool> {
         while self.buf.len() < n {
-            // Grow only when the room left is too small: earlier frames handed out still
+            // Grow only when the room left is too small: large frames handed out still
             // share this allocation, so a new one (of `read_bytes` at least) is taken only
-            // when the current one is used up — memory held is proportional to the frames
-            // still referenced, not one allocation per read.
+            // when the current one is used up, not once per read.
             let need = n - self.buf.len();
             if self.buf.capacity() - self.buf.len() < need {
                 self.buf.reserve(need.max(self.read_bytes));
@@ -108,7 +114,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.fill(8 + len).await?;
         self.buf.advance(4);
         let crc = self.buf.get_u32();
-        let payload = self.buf.split_to(len).freeze();
+        let payload = if len < self.read_bytes / COPY_BELOW_CHUNK_FRACTION {
+            let p = Bytes::copy_from_slice(&self.buf[..len]);
+            self.buf.advance(len);
+            p
+        } else {
+            self.buf.split_to(len).freeze()
+        };
         if crc32fast::hash(&payload) != crc {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -160,33 +172,49 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn held_frames_share_few_allocations() {
-        // 200 frames of 100 bytes arriving one per read, every frame still held (as a
-        // follower's log holds entries): they must share allocations, not take one each.
+    /// Reads `count` frames of `size` bytes that arrive one per read, holding them all.
+    async fn held_frames(count: usize, size: usize, read_bytes: usize) -> Vec<Bytes> {
         let mut buf = BytesMut::new();
-        for i in 0..200u8 {
-            encode(&mut buf, &[i; 100]);
+        for i in 0..count {
+            encode(&mut buf, &vec![i as u8; size]);
         }
-        let mut r = FrameReader::new(Trickle(buf.to_vec(), 108), 4096);
+        let mut r = FrameReader::new(Trickle(buf.to_vec(), size + 8), read_bytes);
         let mut held = vec![];
         while let Some(f) = r.read_frame().await.unwrap() {
             held.push(f);
         }
-        assert_eq!(held.len(), 200);
+        assert_eq!(held.len(), count);
         assert!(held
             .iter()
             .enumerate()
-            .all(|(i, f)| f[..] == [i as u8; 100]));
+            .all(|(i, f)| f[..] == vec![i as u8; size][..]));
+        held
+    }
+
+    #[tokio::test]
+    async fn held_large_frames_share_few_allocations() {
+        // Large frames stay slices of the read chunks, and the chunks are filled before
+        // a new one is taken (not one per read).
+        let held = held_frames(200, 1500, 4096).await;
         let fresh_allocations = held
             .windows(2)
-            .filter(|w| w[0].as_ptr().wrapping_add(100 + 8) != w[1].as_ptr())
+            .filter(|w| w[0].as_ptr().wrapping_add(1500 + 8) != w[1].as_ptr())
             .count();
-        let bytes = 200 * 108;
+        // A chunk is given up only when the next frame does not fit: each one holds at
+        // least `read_bytes - frame` bytes of frames.
+        let bytes = 200 * 1508;
         assert!(
-            fresh_allocations <= bytes / 4096 + 1,
+            fresh_allocations <= bytes / (4096 - 1508) + 1,
             "{fresh_allocations} allocations for {bytes} bytes of frames"
         );
+    }
+
+    #[tokio::test]
+    async fn held_small_frames_pin_no_read_chunk() {
+        // A small frame held for long (a follower's log entry among heartbeats) must
+        // not keep a whole read chunk alive: it is its own allocation.
+        let held = held_frames(200, 100, 4096).await;
+        assert!(held.iter().all(|f| f.is_unique()));
     }
 
     #[tokio::test]
