@@ -292,6 +292,15 @@ impl WalDisk {
                 log_index_max: *log_index_max,
             });
         }
+        // Records a crashed process wrote but never synced can still sit in the page cache,
+        // and were just replayed as if durable: make them so before anything acts on them.
+        // (An fsync changes no byte: a dir refused after this is still as it was.)
+        if let Some(s) = segments.last() {
+            s.file.sync_data().map_err(io_err)?;
+        }
+        File::open(dir.join(WAL_DIR))
+            .and_then(|d| d.sync_all())
+            .map_err(io_err)?;
         Ok(Self {
             path: path.clone(),
             dir: dir.to_path_buf(),
@@ -369,9 +378,11 @@ impl WalDisk {
 
     fn check_usable(&self) -> Result<(), DiskError> {
         if self.broken {
-            return Err(DiskError::Corrupt {
+            return Err(DiskError::SyncFailed {
                 path: self.path.clone(),
-                what: "an earlier sync failed; the node must restart from what is durable".into(),
+                source: io::Error::other(
+                    "an earlier sync failed; the node must restart from what is durable",
+                ),
             });
         }
         Ok(())
@@ -564,7 +575,7 @@ fn write_batch(
 ) -> io::Result<u64> {
     if let Some((t, size)) = torn {
         file.set_len(t)?;
-        preallocate(file, size);
+        preallocate(file, size)?;
         zeroed = t;
     }
     file.write_all_at(batch, at)?;
@@ -584,7 +595,7 @@ fn new_segment(wal: &Path, id: u64, size: u64) -> io::Result<File> {
         .write(true)
         .create_new(true)
         .open(wal.join(segment_name(id)))?;
-    preallocate(&f, size);
+    preallocate(&f, size)?;
     f.sync_all()?;
     File::open(wal)?.sync_all()?;
     Ok(f)
@@ -602,13 +613,22 @@ fn zero_fill(f: &File, from: u64, to: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Reserves the segment's blocks up front so that syncs write data only. Best effort: a
-/// filesystem without `fallocate` still works, with costlier syncs.
-fn preallocate(f: &File, size: u64) {
+/// Reserves the segment's blocks up front so that syncs write data only. A filesystem
+/// without `fallocate` still works, with costlier syncs; any other failure (a full disk)
+/// is an error.
+fn preallocate(f: &File, size: u64) -> io::Result<()> {
     // SAFETY: fallocate on an open descriptor we own; no memory is passed.
     let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off_t) };
-    if r != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "fallocate unsupported");
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+            tracing::debug!(error = %e, "fallocate unsupported");
+            Ok(())
+        }
+        _ => Err(e),
     }
 }
 
@@ -750,7 +770,11 @@ fn read_watermark(dir: &Path, path: &str) -> Result<u64, DiskError> {
                     what: format!("{WATERMARK_FILE} does not hold a number"),
                 })
         }
-        Err(_) => Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(source) => Err(DiskError::Io {
+            path: format!("{path}/{WATERMARK_FILE}"),
+            source,
+        }),
     }
 }
 
@@ -868,6 +892,9 @@ impl Disk for WalDisk {
     fn sync(&mut self) -> BoxFuture<'_, Result<(), DiskError>> {
         Box::pin(async move {
             self.check_usable()?;
+            // Until this sync completes, what is written where is in flux: an error
+            // anywhere below, or this future dropped half-way, leaves the disk unusable.
+            self.broken = true;
             let batch = std::mem::take(&mut self.batch);
             let torn = self.torn_at.map(|t| (t, self.segment_bytes));
             let (file, at, zeroed) = (self.active().file.clone(), self.written, self.zeroed);
@@ -891,7 +918,9 @@ impl Disk for WalDisk {
             }
             self.delete_compacted()?;
             self.delete_garbage().map_err(|e| self.io(e))?;
-            self.write_watermark().map_err(|e| self.sync_failed(e))
+            self.write_watermark().map_err(|e| self.sync_failed(e))?;
+            self.broken = false;
+            Ok(())
         })
     }
 
@@ -1140,6 +1169,22 @@ mod tests {
         drop(d);
         let mut d = WalDisk::open(dir.path()).unwrap();
         assert_eq!(d.load().unwrap().meta["snapshot"], vec![6; 5000]);
+    }
+
+    #[tokio::test]
+    async fn a_sync_dropped_half_way_leaves_the_disk_unusable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = WalDisk::open(dir.path()).unwrap();
+        d.log_put(1, b"x").unwrap();
+        // Polled once (the write is handed to a blocking thread), then dropped.
+        tokio::select! {
+            biased;
+            _ = d.sync() => panic!("an fdatasync does not finish within one poll"),
+            _ = std::future::ready(()) => {}
+        }
+        let refused = d.log_put(2, b"y").unwrap_err().to_string();
+        assert!(refused.contains("an earlier sync failed"), "{refused}");
+        assert!(d.sync().await.is_err());
     }
 
     #[tokio::test]
