@@ -36,7 +36,8 @@ impl Files for RealFiles {
     }
 }
 
-fn write_atomic_blocking(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+/// Writes a stage file beside `path`, syncs it, renames it over `path`, syncs the dir.
+pub(crate) fn write_atomic_blocking(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));

@@ -24,6 +24,7 @@
 //! before the first new write, never before — a refused dir is left as it was.
 
 use crate::disk::{seal, unseal, Disk, DiskError, Loaded, StreamFn};
+use crate::files::write_atomic_blocking;
 use crate::BoxFuture;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -84,6 +85,20 @@ fn parse_blob(body: &[u8]) -> Result<(&str, BlobRef), String> {
     let (name, rest) = meta_body(rest)?;
     if rest.len() != 12 {
         return Err("file reference has the wrong size".into());
+    }
+    // The name becomes a path under snap/: only what `write_blob` makes is accepted.
+    let plain =
+        |k: &str| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let seq_hex = name
+        .strip_prefix(key)
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|r| r.strip_suffix(".snap"));
+    if !plain(key)
+        || !seq_hex.is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(format!(
+            "file reference names {name:?}, not a snapshot file of {key:?}"
+        ));
     }
     Ok((
         key,
@@ -543,7 +558,6 @@ impl WalDisk {
     }
 
     fn write_watermark(&mut self) -> io::Result<()> {
-        use std::io::Write;
         let now = std::time::Instant::now();
         if self
             .watermark_at
@@ -552,12 +566,8 @@ impl WalDisk {
             return Ok(());
         }
         self.watermark_at = Some(now);
-        let tmp = self.dir.join(format!("{WATERMARK_FILE}.tmp"));
-        let mut f = File::create(&tmp)?;
-        f.write_all(&seal(self.seq.to_string().as_bytes()))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(WATERMARK_FILE))?;
-        File::open(&self.dir)?.sync_all()
+        let mark = seal(self.seq.to_string().as_bytes());
+        write_atomic_blocking(&self.dir.join(WATERMARK_FILE), &mark, 0o644)
     }
 }
 
@@ -818,11 +828,7 @@ fn segment_ids(dir: &Path, path: &str) -> Result<Vec<u64>, DiskError> {
 }
 
 fn write_marker(dir: &Path) -> io::Result<()> {
-    use std::io::Write;
-    let mut f = File::create(dir.join(MARKER_FILE))?;
-    f.write_all(MARKER_TEXT)?;
-    f.sync_all()?;
-    File::open(dir)?.sync_all()
+    write_atomic_blocking(&dir.join(MARKER_FILE), MARKER_TEXT, 0o644)
 }
 
 fn check_marker(dir: &Path, path: &str) -> Result<(), DiskError> {
@@ -1185,6 +1191,26 @@ mod tests {
         let refused = d.log_put(2, b"y").unwrap_err().to_string();
         assert!(refused.contains("an earlier sync failed"), "{refused}");
         assert!(d.sync().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_reference_outside_snap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = WalDisk::open(dir.path()).unwrap();
+        let evil = BlobRef {
+            name: "../FLOTILLA_DATA_DIR".into(),
+            len: 0,
+            crc: 0,
+        };
+        d.push_meta("snapshot", BLOB, &[&blob_body("snapshot", &evil)]);
+        d.sync().await.unwrap();
+        drop(d);
+        let refused = WalDisk::open(dir.path()).err().unwrap().to_string();
+        assert!(
+            refused.contains(r#"names "../FLOTILLA_DATA_DIR""#),
+            "{refused}"
+        );
+        assert!(dir.path().join(MARKER_FILE).exists());
     }
 
     #[tokio::test]
