@@ -32,6 +32,29 @@ pub struct Loaded {
 /// Streams a record's bytes into the writer it is given.
 pub type StreamFn<'a> = &'a mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>;
 
+/// Produces a large record's bytes into the writer it is given, once, wherever the disk
+/// chooses to run it (a background thread, for the production disk).
+pub type Producer = Box<dyn FnOnce(&mut dyn io::Write) -> io::Result<()> + Send>;
+
+/// A large record made durable by [`Disk::blob_write`] but not yet in effect: it
+/// replaces its named record only through [`Disk::blob_commit`].
+#[derive(Debug)]
+pub struct Blob {
+    pub(crate) key: String,
+    /// The file holding it (disks that keep such records in files of their own).
+    pub(crate) name: String,
+    pub(crate) len: u64,
+    pub(crate) crc: u32,
+    /// The bytes themselves (disks that keep every record in one place).
+    pub(crate) data: Vec<u8>,
+}
+
+impl Blob {
+    pub fn len_bytes(&self) -> u64 {
+        self.len
+    }
+}
+
 pub trait Disk: Send + 'static {
     /// Writes (or overwrites) the log record at `index`.
     fn log_put(&mut self, index: u64, data: &[u8]) -> Result<(), DiskError>;
@@ -52,6 +75,41 @@ pub trait Disk: Send + 'static {
             source,
         })?;
         self.meta_put(key, &buf)
+    }
+    /// Writes a large named record — a snapshot — off the event loop: `produce` runs
+    /// elsewhere, the future resolves once its bytes are durable, and it borrows nothing,
+    /// so the disk goes on taking writes and syncs meanwhile. Nothing changes until the
+    /// [`Blob`] is handed to [`Disk::blob_commit`]. One at a time. An error is fatal for
+    /// the node. This default runs `produce` at once, into memory, and keeps the bytes
+    /// for `blob_commit` to write as an ordinary record.
+    fn blob_write(
+        &mut self,
+        key: &str,
+        produce: Producer,
+    ) -> BoxFuture<'static, Result<Blob, DiskError>> {
+        let mut data = vec![];
+        let blob = produce(&mut data)
+            .map(|()| Blob {
+                key: key.to_string(),
+                name: String::new(),
+                len: data.len() as u64,
+                crc: 0,
+                data,
+            })
+            .map_err(|source| DiskError::Io {
+                path: format!("(metadata record {key})"),
+                source,
+            });
+        Box::pin(std::future::ready(blob))
+    }
+    /// Makes a written blob the value of its named record, durable after the next
+    /// [`Disk::sync`] (like every write).
+    fn blob_commit(&mut self, blob: Blob) -> Result<(), DiskError> {
+        self.meta_put(&blob.key, &blob.data)
+    }
+    /// Drops a written blob that will never be committed (a newer one took its place).
+    fn blob_discard(&mut self, blob: Blob) {
+        drop(blob);
     }
     /// Makes every earlier write durable. An error is fatal for the node.
     fn sync(&mut self) -> BoxFuture<'_, Result<(), DiskError>>;

@@ -28,7 +28,7 @@ pub mod wal_disk;
 pub mod wire;
 
 pub use clock::{Clock, TokioClock};
-pub use disk::{Disk, DiskError, Files, Loaded};
+pub use disk::{Blob, Disk, DiskError, Files, Loaded, Producer};
 pub use net::PeerNet;
 pub use task::{SeededRng, Spawn, TokioSpawn};
 

@@ -23,7 +23,7 @@
 //! segment after the watermark is a torn, unacknowledged write: it is cut off (zeroed)
 //! before the first new write, never before — a refused dir is left as it was.
 
-use crate::disk::{seal, unseal, Disk, DiskError, Loaded, StreamFn};
+use crate::disk::{seal, unseal, Blob, Disk, DiskError, Loaded, Producer, StreamFn};
 use crate::files::write_atomic_blocking;
 use crate::BoxFuture;
 use std::collections::BTreeMap;
@@ -129,6 +129,27 @@ impl<W: io::Write> io::Write for Hashing<W> {
     }
 }
 
+/// Writes `snap/<name>` through a temp file: streamed, synced, renamed into place, the
+/// dir synced. Returns its length and CRC.
+fn write_blob_file(snap: &Path, name: &str, write: StreamFn<'_>) -> io::Result<(u64, u32)> {
+    std::fs::create_dir_all(snap)?;
+    let tmp = snap.join(format!("{name}.tmp"));
+    let file = File::create(&tmp)?;
+    let mut w = Hashing {
+        inner: io::BufWriter::with_capacity(1 << 20, &file),
+        crc: crc32fast::Hasher::new(),
+        len: 0,
+    };
+    write(&mut w)?;
+    io::Write::flush(&mut w)?;
+    let (len, crc) = (w.len, w.crc.finalize());
+    drop(w.inner);
+    file.sync_data()?;
+    std::fs::rename(&tmp, snap.join(name))?;
+    File::open(snap)?.sync_all()?;
+    Ok((len, crc))
+}
+
 struct Segment {
     id: u64,
     file: Arc<File>,
@@ -164,6 +185,10 @@ pub struct WalDisk {
     /// Files to delete once the pending batch is durable (superseded), and files no
     /// record references (left by a crash), deleted at the first sync.
     garbage_after_sync: Vec<String>,
+    /// The number in the last blob file name handed out.
+    blob_no: u64,
+    /// A blob is being written in the background (one at a time).
+    blob_in_flight: bool,
 }
 
 /// A record read back from a segment.
@@ -332,6 +357,8 @@ impl WalDisk {
             broken: false,
             blobs: rp.refs.into_iter().map(|(k, b)| (k, b.name)).collect(),
             garbage_after_sync: rp.orphans,
+            blob_no: 0,
+            blob_in_flight: false,
         })
     }
 
@@ -364,6 +391,8 @@ impl WalDisk {
             broken: false,
             blobs: BTreeMap::new(),
             garbage_after_sync: vec![],
+            blob_no: 0,
+            blob_in_flight: false,
         })
     }
 
@@ -497,35 +526,38 @@ impl WalDisk {
             .insert(key.to_string(), (self.active().id, off, len));
     }
 
-    /// Streams a value into `snap/<key>-<seq>.snap`, synced and renamed into place before
+    /// Streams a value into `snap/<key>-<n>.snap`, synced and renamed into place before
     /// the record referencing it is even queued.
     fn write_blob(&mut self, key: &str, write: StreamFn<'_>) -> io::Result<BlobRef> {
+        let name = self.blob_name(key);
+        let (len, crc) = write_blob_file(&self.dir.join(SNAP_DIR), &name, write)?;
+        Ok(BlobRef { name, len, crc })
+    }
+
+    /// A file name for a new value of `key`, unlike any other file this disk may still
+    /// write or delete.
+    fn blob_name(&mut self, key: &str) -> String {
         assert!(
             key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
             "metadata keys are plain names: {key}"
         );
-        let snap = self.dir.join(SNAP_DIR);
-        std::fs::create_dir_all(&snap)?;
-        let name = format!("{key}-{:016x}.snap", self.seq + 1);
-        let tmp = snap.join(format!("{name}.tmp"));
-        let file = File::create(&tmp)?;
-        let mut w = Hashing {
-            inner: io::BufWriter::with_capacity(1 << 20, &file),
-            crc: crc32fast::Hasher::new(),
-            len: 0,
-        };
-        write(&mut w)?;
-        io::Write::flush(&mut w)?;
-        let (len, crc) = (w.len, w.crc.finalize());
-        drop(w.inner);
-        file.sync_data()?;
-        std::fs::rename(&tmp, snap.join(&name))?;
-        File::open(&snap)?.sync_all()?;
+        // Past every record so far, and past every name handed out before (a blob
+        // written in the background is named before the records that follow it).
+        self.blob_no = self.blob_no.max(self.seq) + 1;
+        let name = format!("{key}-{:016x}.snap", self.blob_no);
         // A crash can leave an unreferenced file under this very name (its record never
-        // became durable, so the sequence number was handed out again): the rename just
-        // replaced it, and deleting it as garbage now would delete the live snapshot.
-        self.garbage_after_sync.retain(|g| *g != name);
-        Ok(BlobRef { name, len, crc })
+        // became durable, so the number was handed out again): it is about to be
+        // replaced, and deleting it as garbage after that would delete the new value.
+        let tmp = format!("{name}.tmp");
+        self.garbage_after_sync.retain(|g| *g != name && *g != tmp);
+        name
+    }
+
+    fn commit_blob(&mut self, key: &str, b: BlobRef) {
+        self.push_meta(key, BLOB, &[&blob_body(key, &b)]);
+        if let Some(old) = self.blobs.insert(key.to_string(), b.name) {
+            self.garbage_after_sync.push(old);
+        }
     }
 
     fn delete_garbage(&mut self) -> io::Result<()> {
@@ -888,11 +920,63 @@ impl Disk for WalDisk {
         let b = self
             .write_blob(key, write)
             .map_err(|e| self.sync_failed(e))?;
-        self.push_meta(key, BLOB, &[&blob_body(key, &b)]);
-        if let Some(old) = self.blobs.insert(key.to_string(), b.name) {
-            self.garbage_after_sync.push(old);
-        }
+        self.commit_blob(key, b);
         Ok(())
+    }
+
+    fn blob_write(
+        &mut self,
+        key: &str,
+        produce: Producer,
+    ) -> BoxFuture<'static, Result<Blob, DiskError>> {
+        let usable = self.check_usable();
+        assert!(!self.blob_in_flight, "one blob write at a time");
+        self.blob_in_flight = true;
+        let name = self.blob_name(key);
+        let (snap, path, key) = (self.dir.join(SNAP_DIR), self.path.clone(), key.to_string());
+        Box::pin(async move {
+            usable?;
+            let failed = |source| DiskError::SyncFailed {
+                path: path.clone(),
+                source,
+            };
+            let job = tokio::task::spawn_blocking(move || {
+                let mut produce = Some(produce);
+                let r = write_blob_file(&snap, &name, &mut |w| match produce.take() {
+                    Some(p) => p(w),
+                    None => unreachable!("write_blob_file streams once"),
+                });
+                r.map(|(len, crc)| (name, len, crc))
+            });
+            let (name, len, crc) = job
+                .await
+                .map_err(|e| failed(io::Error::other(e)))?
+                .map_err(failed)?;
+            Ok(Blob {
+                key,
+                name,
+                len,
+                crc,
+                data: Vec::new(),
+            })
+        })
+    }
+
+    fn blob_commit(&mut self, blob: Blob) -> Result<(), DiskError> {
+        self.blob_in_flight = false;
+        self.check_usable()?;
+        let b = BlobRef {
+            name: blob.name,
+            len: blob.len,
+            crc: blob.crc,
+        };
+        self.commit_blob(&blob.key, b);
+        Ok(())
+    }
+
+    fn blob_discard(&mut self, blob: Blob) {
+        self.blob_in_flight = false;
+        self.garbage_after_sync.push(blob.name);
     }
 
     fn sync(&mut self) -> BoxFuture<'_, Result<(), DiskError>> {
@@ -1069,6 +1153,10 @@ mod tests {
         );
     }
 
+    fn bytes(data: Vec<u8>) -> Producer {
+        Box::new(move |w| w.write_all(&data))
+    }
+
     fn snap_files(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir.join(SNAP_DIR))
             .unwrap()
@@ -1226,5 +1314,106 @@ mod tests {
         std::fs::remove_file(segment(dir.path(), 1)).unwrap();
         let err = WalDisk::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("are missing"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_background_blob_takes_effect_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = WalDisk::open(dir.path()).unwrap();
+        d.meta_put_stream("snapshot", &mut |w| w.write_all(&[1; 3000]))
+            .unwrap();
+        d.sync().await.unwrap();
+        let write = d.blob_write("snapshot", bytes(vec![2; 4000]));
+        // The disk goes on taking writes and syncs while the blob is written.
+        d.log_put(1, b"during").unwrap();
+        d.sync().await.unwrap();
+        let blob = write.await.unwrap();
+        assert_eq!(blob.len_bytes(), 4000);
+        assert_eq!(
+            snap_files(dir.path()).len(),
+            2,
+            "written, not yet in effect"
+        );
+        assert_eq!(d.load().unwrap().meta["snapshot"], vec![1; 3000]);
+        d.blob_commit(blob).unwrap();
+        d.sync().await.unwrap();
+        assert_eq!(
+            snap_files(dir.path()).len(),
+            1,
+            "the superseded file is gone"
+        );
+        drop(d);
+        let got = WalDisk::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(got.meta["snapshot"], vec![2; 4000]);
+        assert_eq!(got.log[&1], b"during");
+    }
+
+    #[tokio::test]
+    async fn an_uncommitted_or_discarded_blob_leaves_the_old_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = WalDisk::open(dir.path()).unwrap();
+        d.meta_put_stream("snapshot", &mut |w| w.write_all(&[1; 3000]))
+            .unwrap();
+        d.sync().await.unwrap();
+        let blob = d
+            .blob_write("snapshot", bytes(vec![2; 4000]))
+            .await
+            .unwrap();
+        d.blob_discard(blob);
+        d.sync().await.unwrap();
+        assert_eq!(
+            snap_files(dir.path()).len(),
+            1,
+            "a discarded blob is deleted"
+        );
+        // Written but never committed: a crash leaves the file, the next open removes it.
+        let _blob = d
+            .blob_write("snapshot", bytes(vec![3; 4000]))
+            .await
+            .unwrap();
+        drop(d);
+        let mut d = WalDisk::open(dir.path()).unwrap();
+        assert_eq!(d.load().unwrap().meta["snapshot"], vec![1; 3000]);
+        d.sync().await.unwrap();
+        assert_eq!(snap_files(dir.path()).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_background_blob_named_like_a_crash_leftover_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path()).await;
+        {
+            let mut d = WalDisk::open(dir.path()).unwrap();
+            let _leftover = d
+                .blob_write("snapshot", bytes(vec![5; 5000]))
+                .await
+                .unwrap();
+        }
+        let mut d = WalDisk::open(dir.path()).unwrap();
+        let write = d.blob_write("snapshot", bytes(vec![6; 5000]));
+        // The open listed the leftover for deletion at the first sync; the new blob took
+        // its name, so that sync must not delete it.
+        d.sync().await.unwrap();
+        let blob = write.await.unwrap();
+        d.blob_commit(blob).unwrap();
+        d.sync().await.unwrap();
+        drop(d);
+        let mut d = WalDisk::open(dir.path()).unwrap();
+        assert_eq!(d.load().unwrap().meta["snapshot"], vec![6; 5000]);
+    }
+
+    #[tokio::test]
+    async fn blob_names_never_repeat_while_records_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = WalDisk::open(dir.path()).unwrap();
+        let first = d.blob_write("snapshot", bytes(vec![1; 10])).await.unwrap();
+        // No record in between: a streamed value must still get a name of its own.
+        d.meta_put_stream("snapshot", &mut |w| w.write_all(&[2; 10]))
+            .unwrap();
+        d.blob_commit(first).unwrap();
+        d.sync().await.unwrap();
+        drop(d);
+        let got = WalDisk::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(got.meta["snapshot"], vec![1; 10], "the last committed wins");
     }
 }

@@ -47,10 +47,15 @@ pub struct NodeArgs {
     /// work-stealing runtime with N workers, for machines with cores to spare.
     #[arg(long, default_value_t = 0)]
     pub worker_threads: usize,
-    /// Applied entries between snapshots to disk (etcd's default). Memory holds only the
-    /// last `--snapshot-catchup-entries` applied entries whatever this is.
+    /// Applied entries between snapshots to disk, at the least (etcd's default). Memory
+    /// holds only the last `--snapshot-catchup-entries` applied entries whatever this is.
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_count: u64,
+    /// A snapshot also waits until the log written since the last one is this percentage
+    /// of that snapshot's size, so that snapshot work per write stays constant as the
+    /// store grows (0: snapshot every `--snapshot-count` entries, as etcd does).
+    #[arg(long, default_value_t = 100)]
+    pub snapshot_log_percent: u64,
     /// Applied entries kept (in memory and after a disk snapshot) for slow followers;
     /// one further behind is sent a snapshot.
     #[arg(long, default_value_t = 5_000)]
@@ -146,6 +151,7 @@ fn config(a: &NodeArgs) -> Result<NodeConfig> {
             election_ticks: (a.election_timeout / a.heartbeat_interval) as usize,
             heartbeat_ticks: 1,
             snapshot_entries: a.snapshot_count,
+            snapshot_log_percent: a.snapshot_log_percent,
             catchup_entries: a.snapshot_catchup_entries,
             ..RaftConfig::default()
         },

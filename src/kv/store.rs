@@ -6,8 +6,9 @@ use super::event::{Action, Event, History, NodeView};
 use super::node::{Children, Kind, Node};
 use super::path::{self, clean};
 use super::HISTORY_EVENTS_MAX;
+use imbl::ordmap::Entry;
 use serde::{Deserialize, Serialize};
-use std::collections::{btree_map, BTreeSet};
+use std::collections::BTreeSet;
 
 /// What applying one command did.
 #[derive(Debug, Clone, PartialEq)]
@@ -250,8 +251,8 @@ impl Store {
         };
         // One search of the (possibly huge) directory: entry, not get + remove + insert.
         let (view, replaced) = match children.entry(name.into()) {
-            btree_map::Entry::Vacant(v) => (NodeView::shallow(key, v.insert(node(dir))), None),
-            btree_map::Entry::Occupied(mut o) => {
+            Entry::Vacant(v) => (NodeView::shallow(key, v.insert(node(dir))), None),
+            Entry::Occupied(mut o) => {
                 if !replace {
                     return Err(StoreError::new(NODE_EXIST, key, current));
                 }

@@ -33,11 +33,19 @@ pub fn write_snapshot_record(
     meta: &SnapshotMetadata,
     data: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    write_snapshot_head(w, meta)?;
+    data(w)
+}
+
+/// The part of a snapshot record before the state machine's bytes.
+pub fn write_snapshot_head(
+    w: &mut dyn std::io::Write,
+    meta: &SnapshotMetadata,
+) -> std::io::Result<()> {
     let head = meta.write_to_bytes().map_err(std::io::Error::other)?;
     let len = u32::try_from(head.len()).map_err(std::io::Error::other)?;
     w.write_all(&len.to_le_bytes())?;
-    w.write_all(&head)?;
-    data(w)
+    w.write_all(&head)
 }
 
 /// Splits a snapshot record into its metadata and its state-machine bytes.

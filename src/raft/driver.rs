@@ -10,7 +10,7 @@
 //! a failed sync ends the loop with a fatal error.
 
 use super::apply::Applier;
-use super::boot::write_snapshot_record;
+use super::boot::{write_snapshot_head, write_snapshot_record};
 use super::forward::Forwarder;
 use super::handle::{Input, Outcome, ProposeError, Reply, Shared};
 use super::machine::{Machine, Member};
@@ -18,13 +18,14 @@ use super::storage::LogStore;
 use super::{META_HARD_STATE, META_SNAPSHOT};
 use crate::kv::Command;
 use bytes::Bytes;
-use flotilla_shims::{Clock, Disk, DiskError, PeerNet};
+use flotilla_shims::{Blob, BoxFuture, Clock, Disk, DiskError, PeerNet, Producer};
 use protobuf::Message as _;
 use raft::prelude::*;
 use raft::{RawNode, SnapshotStatus, StateRole};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -40,8 +41,15 @@ pub struct RaftConfig {
     pub tick_ms: u64,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
-    /// Take a snapshot after this many applied entries.
+    /// Take a snapshot after this many applied entries at the least.
     pub snapshot_entries: u64,
+    /// ...and once the log written since the last snapshot is at least this percentage
+    /// of that snapshot's size (0: no such condition). A full snapshot costs time in
+    /// proportion to the store, so with a fixed count alone the snapshot work per write
+    /// grows with the store; tied to the snapshot's size it stays constant (Redis
+    /// rewrites its append-only file by the same rule). Replay at restart is bounded
+    /// the same way: by a multiple of the snapshot's own size.
+    pub snapshot_log_percent: u64,
     /// Entries kept behind a snapshot for followers that are only a little behind.
     pub catchup_entries: u64,
     /// Inputs drained into one Ready at most.
@@ -60,6 +68,7 @@ impl Default for RaftConfig {
             election_ticks: 10,
             heartbeat_ticks: 1,
             snapshot_entries: 10_000,
+            snapshot_log_percent: 100,
             catchup_entries: 5_000,
             batch_inputs_max: 4096,
             pending_max: 100_000,
@@ -143,12 +152,31 @@ pub struct Driver {
     /// sync was in flight and could not be forwarded then.
     stash: Vec<Input>,
     last_snap_index: u64,
+    /// The snapshot being written in the background, if any.
+    snap_job: Option<SnapJob>,
+    /// Size of the last snapshot taken or installed here.
+    snap_bytes_last: usize,
+    /// Bytes of log entries written since the last snapshot began.
+    log_bytes_since_snap: u64,
+    /// The applied index at which the next snapshot fell due, while it waits its turn.
+    snap_due_at: Option<u64>,
     next_expire_try: Duration,
+}
+
+/// A snapshot encoded on the loop and being made durable off it.
+struct SnapJob {
+    index: u64,
+    compact_to: u64,
+    /// Time the event loop spent starting it.
+    loop_us: u64,
+    started: Duration,
+    write: BoxFuture<'static, Result<Blob, DiskError>>,
 }
 
 enum Wake {
     Tick,
     Stash,
+    Snapshot(Result<Blob, DiskError>),
     Peer(Option<Bytes>),
     Input(Option<Input>),
 }
@@ -203,6 +231,10 @@ impl Driver {
             next_seq: p.seq_start,
             stash: Vec::new(),
             last_snap_index,
+            snap_job: None,
+            snap_bytes_last: 0,
+            log_bytes_since_snap: 0,
+            snap_due_at: None,
             next_expire_try: Duration::ZERO,
         })
     }
@@ -212,9 +244,14 @@ impl Driver {
         let tick_every = Duration::from_millis(self.cfg.tick_ms);
         let mut tick = self.clock.sleep(tick_every);
         loop {
+            let snap_done = std::future::poll_fn(|cx| match &mut self.snap_job {
+                Some(job) => job.write.as_mut().poll(cx),
+                None => Poll::Pending,
+            });
             let wake = tokio::select! {
                 biased;
                 _ = &mut tick => Wake::Tick,
+                r = snap_done => Wake::Snapshot(r),
                 m = self.peer_in.recv() => Wake::Peer(m),
                 i = self.inbox.recv() => Wake::Input(i),
                 // Inputs that arrived during the last sync: go on at once (after a due
@@ -230,6 +267,7 @@ impl Driver {
                 Wake::Input(Some(input)) => self.stash.push(input),
                 Wake::Peer(None) | Wake::Input(None) => return Ok(()),
                 Wake::Stash => {}
+                Wake::Snapshot(r) => self.finish_snapshot(r).await?,
             }
             // Group commit: whatever woke us, take everything already waiting — peer
             // messages and client proposals alike — into this one Ready and its one sync.
@@ -526,7 +564,7 @@ impl Driver {
         self.raw.advance_apply();
         self.on_read_states(read_states);
         self.release_reads();
-        self.maybe_snapshot().await?;
+        self.maybe_snapshot()?;
         self.publish_status();
         Ok(())
     }
@@ -554,6 +592,7 @@ impl Driver {
             buf.clear();
             e.write_to_vec(&mut buf).expect("entry encodes");
             self.disk.log_put(e.index, &buf)?;
+            self.log_bytes_since_snap += buf.len() as u64;
         }
         Ok(())
     }
@@ -571,6 +610,8 @@ impl Driver {
         })?;
         self.sync_peers(&machine);
         *self.shared.machine() = machine;
+        self.snap_bytes_last = snap.get_data().len();
+        self.log_bytes_since_snap = 0;
         self.raw.mut_store().apply_snapshot(snap);
         self.last_snap_index = index;
         tracing::info!(index, "installed snapshot from leader");
@@ -624,37 +665,95 @@ impl Driver {
     }
 
     /// Every `snapshot_entries` applied entries the state goes to disk and the disk's log
-    /// is compacted, bounding restart time and disk use.
-    async fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
+    /// is compacted, bounding restart time and disk use. Only a clone of the state is
+    /// taken here: it is encoded, written and synced in the background while the loop
+    /// goes on, and [`Driver::finish_snapshot`] puts it in effect.
+    fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
         let applied = self.shared.machine().applied;
         self.compact_memory(applied);
-        if applied < self.last_snap_index + self.cfg.snapshot_entries {
+        let log_due = self.snap_bytes_last as u64 * self.cfg.snapshot_log_percent / 100;
+        if self.snap_job.is_some()
+            || applied < self.last_snap_index + self.cfg.snapshot_entries
+            || self.log_bytes_since_snap < log_due
+        {
             return Ok(());
         }
+        let due_at = *self.snap_due_at.get_or_insert(applied);
+        if !self.snapshot_turn(applied, due_at) {
+            return Ok(());
+        }
+        self.snap_due_at = None;
         let mut meta = SnapshotMetadata {
             index: applied,
             term: raft::Storage::term(self.raw.store(), applied)?,
             ..Default::default()
         };
         meta.set_conf_state(self.raw.store().conf_state().clone());
-        // Streamed from the state machine to the disk: the encoded state (tens of MB for
-        // a large store) is never held in memory whole.
-        let shared = self.shared.clone();
-        let t0 = self.clock.now_mono();
-        self.disk.meta_put_stream(META_SNAPSHOT, &mut |w| {
-            write_snapshot_record(w, &meta, &mut |w| shared.machine().encode_into(w))
-        })?;
-        let written = self.clock.now_mono();
-        let compact_to = applied.saturating_sub(self.cfg.catchup_entries) + 1;
-        self.disk.log_truncate_before(compact_to)?;
+        let started = self.clock.now_mono();
+        // A clone costs about nothing (the tree is persistent, see `kv::node`): encoding
+        // and writing it happen off the loop, which goes on applying meanwhile.
+        let machine = self.shared.machine().clone();
+        let produce: Producer = Box::new(move |w: &mut dyn std::io::Write| {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, w);
+            write_snapshot_head(&mut w, &meta)?;
+            machine.encode_to(&mut w)?;
+            w.flush()
+        });
+        self.log_bytes_since_snap = 0;
+        let write = self.disk.blob_write(META_SNAPSHOT, produce);
+        self.snap_job = Some(SnapJob {
+            index: applied,
+            compact_to: applied.saturating_sub(self.cfg.catchup_entries) + 1,
+            loop_us: self.clock.now_mono().saturating_sub(started).as_micros() as u64,
+            started,
+            write,
+        });
+        Ok(())
+    }
+
+    /// Members fall due for a snapshot at about the same index, and writing one takes a
+    /// core and the disk for a while: so they take turns, in windows of entries by rank
+    /// among the voters, and members sharing a machine (or a disk) do not all slow down
+    /// at once. A member waits at most two rounds of windows (its own could be skipped
+    /// by a large batch of entries).
+    fn snapshot_turn(&self, applied: u64, due_at: u64) -> bool {
+        let voters = &self.raw.store().conf_state().voters;
+        let n = voters.len().max(1) as u64;
+        let rank = voters.iter().filter(|v| **v < self.id).count() as u64;
+        let window = (self.cfg.snapshot_entries / 20).max(1);
+        (applied / window) % n == rank % n || applied >= due_at + 2 * n * window
+    }
+
+    /// The background snapshot write is done: the snapshot replaces the last one and the
+    /// disk's log is compacted behind it — unless the leader's snapshot, newer, was
+    /// installed meanwhile.
+    async fn finish_snapshot(&mut self, written: Result<Blob, DiskError>) -> Result<(), Fatal> {
+        let job = self
+            .snap_job
+            .take()
+            .expect("a snapshot write was in flight");
+        let blob = written?;
+        if job.index <= self.last_snap_index {
+            self.disk.blob_discard(blob);
+            return Ok(());
+        }
+        let bytes = blob.len_bytes();
+        self.snap_bytes_last = bytes as usize;
+        self.disk.blob_commit(blob)?;
+        self.disk.log_truncate_before(job.compact_to)?;
         self.sync().await?;
         self.shared.metrics.snapshots.inc();
-        self.last_snap_index = applied;
+        self.last_snap_index = job.index;
         tracing::info!(
-            index = applied,
-            compact_to,
-            write_ms = written.saturating_sub(t0).as_millis() as u64,
-            sync_ms = self.clock.now_mono().saturating_sub(written).as_millis() as u64,
+            index = job.index,
+            compact_to = job.compact_to,
+            bytes,
+            loop_us = job.loop_us,
+            total_ms = self
+                .clock
+                .now_mono()
+                .saturating_sub(job.started)
+                .as_millis() as u64,
             "snapshot taken, disk log compacted"
         );
         Ok(())

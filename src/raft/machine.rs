@@ -62,8 +62,8 @@ impl Machine {
         bincode::deserialize(bytes).map_err(|e| e.to_string())
     }
 
-    /// [`Machine::encode`] straight into a writer, never whole in memory.
-    pub fn encode_into(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    /// [`Machine::encode`]'s bytes, streamed into `w` (a snapshot record's tail).
+    pub fn encode_to<W: std::io::Write>(&self, w: W) -> std::io::Result<()> {
         bincode::serialize_into(w, self).map_err(std::io::Error::other)
     }
 
@@ -117,6 +117,9 @@ mod tests {
             prev: Default::default(),
         });
         assert_eq!(Machine::decode(&m.encode()).unwrap(), m);
+        let mut tail = b"head".to_vec();
+        m.encode_to(&mut tail).unwrap();
+        assert_eq!(&tail[4..], &m.encode()[..], "one encoding, appended");
         assert!(Machine::decode(b"garbage").is_err());
     }
 
