@@ -671,7 +671,8 @@ impl Driver {
     fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
         let applied = self.shared.machine().applied;
         self.compact_memory(applied);
-        let log_due = self.snap_bytes_last as u64 * self.cfg.snapshot_log_percent / 100;
+        let log_due =
+            (self.snap_bytes_last as u64).saturating_mul(self.cfg.snapshot_log_percent) / 100;
         if self.snap_job.is_some()
             || applied < self.last_snap_index + self.cfg.snapshot_entries
             || self.log_bytes_since_snap < log_due
