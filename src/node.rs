@@ -188,6 +188,7 @@ pub async fn start(
         disk,
         net,
         clock: env.clock.clone(),
+        spawn: env.spawn.clone(),
         shared,
         inbox,
         peer_in,

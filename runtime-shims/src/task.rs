@@ -7,6 +7,12 @@ use rand::{RngCore, SeedableRng};
 /// crash takes them down with it.
 pub trait Spawn: Send + Sync + 'static {
     fn spawn(&self, name: &'static str, fut: BoxFuture<'static, ()>);
+    /// Runs CPU-bound work (an encoding of the whole state) where it cannot hold up the
+    /// event loop. This default runs it as a task of its own: in the simulator, where
+    /// time does not pass while code runs, that is enough.
+    fn spawn_blocking(&self, name: &'static str, f: Box<dyn FnOnce() + Send>) {
+        self.spawn(name, Box::pin(async move { f() }));
+    }
 }
 
 /// Production spawner on the ambient Tokio runtime.
@@ -17,6 +23,11 @@ impl Spawn for TokioSpawn {
     fn spawn(&self, name: &'static str, fut: BoxFuture<'static, ()>) {
         tracing::trace!(task = name, "spawn");
         tokio::spawn(fut);
+    }
+
+    fn spawn_blocking(&self, name: &'static str, f: Box<dyn FnOnce() + Send>) {
+        tracing::trace!(task = name, "spawn_blocking");
+        tokio::task::spawn_blocking(f);
     }
 }
 

@@ -11,6 +11,7 @@
 
 use super::apply::Applier;
 use super::boot::{write_snapshot_head, write_snapshot_record};
+use super::follower_snapshot::BackgroundSnapshots;
 use super::forward::Forwarder;
 use super::handle::{Input, Outcome, ProposeError, Reply, Shared};
 use super::machine::{Machine, Member};
@@ -18,7 +19,7 @@ use super::storage::LogStore;
 use super::{META_HARD_STATE, META_SNAPSHOT};
 use crate::kv::Command;
 use bytes::Bytes;
-use flotilla_shims::{Blob, BoxFuture, Clock, Disk, DiskError, PeerNet, Producer};
+use flotilla_shims::{Blob, BoxFuture, Clock, Disk, DiskError, PeerNet, Producer, Spawn};
 use protobuf::Message as _;
 use raft::prelude::*;
 use raft::{RawNode, SnapshotStatus, StateRole};
@@ -187,6 +188,8 @@ pub struct DriverParts {
     pub disk: Box<dyn Disk>,
     pub net: Arc<dyn PeerNet>,
     pub clock: Arc<dyn Clock>,
+    /// Runs the encoding of snapshots for lagging followers.
+    pub spawn: Arc<dyn Spawn>,
     pub shared: Arc<Shared>,
     pub inbox: mpsc::Receiver<Input>,
     pub peer_in: mpsc::Receiver<Bytes>,
@@ -212,7 +215,10 @@ impl Driver {
         };
         config.validate()?;
         let mut log = p.log;
-        log.set_source(p.shared.clone());
+        log.set_source(Arc::new(BackgroundSnapshots::new(
+            p.shared.clone(),
+            p.spawn.clone(),
+        )));
         let raw = RawNode::new(&config, log, &super::logger::logger(p.id))?;
         let last_snap_index = applied;
         Ok(Self {

@@ -265,10 +265,3 @@ impl RaftHandle {
             .await
     }
 }
-
-impl super::storage::SnapshotSource for Shared {
-    fn current(&self) -> (u64, Vec<u8>) {
-        let m = self.machine();
-        (m.applied, m.encode())
-    }
-}

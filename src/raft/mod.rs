@@ -19,6 +19,7 @@
 pub mod apply;
 pub mod boot;
 pub mod driver;
+pub mod follower_snapshot;
 pub mod forward;
 pub mod handle;
 pub mod logger;

@@ -4,18 +4,26 @@
 //!
 //! Memory holds only the recent log: the entries a follower may still need, from the
 //! last compaction point on. No snapshot *data* is held: a follower too far behind gets
-//! a snapshot encoded on demand from the state machine ([`SnapshotSource`]) — rare, and
-//! it keeps a copy of the whole store out of every member's memory. The disk keeps the
-//! full log since its own (much rarer) snapshot, for recovery.
+//! a snapshot encoded on demand from the state machine ([`SnapshotSource`]), off the
+//! event loop — raft-rs is told "temporarily unavailable" until it is ready and asks
+//! again at the follower's next heartbeat response. Rare, and it keeps a copy of the
+//! whole store out of every member's memory. The disk keeps the full log since its own
+//! snapshot, for recovery.
 
 use raft::prelude::*;
 use raft::{GetEntriesContext, RaftState, StorageError};
 use std::cell::RefCell;
 use std::sync::Arc;
 
-/// The applied state machine, encoded on demand: `(applied index, snapshot data)`.
+/// The applied state machine, encoded on demand and in the background.
 pub trait SnapshotSource: Send + Sync {
-    fn current(&self) -> (u64, Vec<u8>);
+    /// The index the state machine has applied through.
+    fn applied(&self) -> u64;
+    /// Starts encoding the state as it is now (at [`SnapshotSource::applied`]), unless
+    /// an encoding is under way.
+    fn start(&self);
+    /// A finished encoding, `(applied index, data)`, handed out once.
+    fn take(&self) -> Option<(u64, Vec<u8>)>;
 }
 
 #[derive(Default)]
@@ -29,6 +37,9 @@ pub struct LogStore {
     /// from it: raft-rs asks again at every heartbeat until the follower has caught up,
     /// and each encoding is a pass over the whole store.
     served: RefCell<Option<Snapshot>>,
+    /// The metadata of the snapshot being encoded (index, term, conf state as they were
+    /// when it started).
+    encoding: RefCell<Option<SnapshotMetadata>>,
     /// Contiguous entries; `entries[0].index` is the first index held.
     entries: Vec<Entry>,
 }
@@ -48,6 +59,7 @@ impl LogStore {
             snapshot: metadata_only(snapshot),
             source: None,
             served: RefCell::new(None),
+            encoding: RefCell::new(None),
             entries,
         };
         s.check();
@@ -214,26 +226,44 @@ impl raft::Storage for LogStore {
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let usable = |index: u64| index >= request_index && index >= self.snap_index();
         if let Some(s) = self.served.borrow().as_ref() {
-            let index = s.get_metadata().index;
-            if index >= request_index && index >= self.snap_index() {
+            if usable(s.get_metadata().index) {
                 return Ok(s.clone());
             }
         }
         let source = self.source.as_ref().ok_or_else(unavailable)?;
-        let (applied, data) = source.current();
-        if applied < request_index || applied < self.snap_index() {
-            return Err(unavailable());
+        if let Some((index, data)) = source.take() {
+            let meta = self.encoding.take().expect("an encoding was started");
+            assert_eq!(
+                meta.index, index,
+                "the encoding is of the state it started at"
+            );
+            let mut snap = Snapshot::default();
+            snap.set_data(data.into());
+            snap.set_metadata(meta);
+            *self.served.borrow_mut() = Some(snap.clone());
+            if usable(index) {
+                return Ok(snap);
+            }
         }
-        let mut snap = Snapshot::default();
-        snap.set_data(data.into());
-        let meta = snap.mut_metadata();
-        meta.index = applied;
-        meta.term = self.term(applied)?;
-        // The conf state is updated as conf changes are applied: it is the one at `applied`.
-        meta.set_conf_state(self.conf_state.clone());
-        *self.served.borrow_mut() = Some(snap.clone());
-        Ok(snap)
+        if self.encoding.borrow().is_none() {
+            let applied = source.applied();
+            if !usable(applied) {
+                return Err(unavailable());
+            }
+            let mut meta = SnapshotMetadata {
+                index: applied,
+                term: self.term(applied)?,
+                ..Default::default()
+            };
+            // The conf state is updated as conf changes are applied: it is the one at
+            // `applied`.
+            meta.set_conf_state(self.conf_state.clone());
+            *self.encoding.borrow_mut() = Some(meta);
+            source.start();
+        }
+        Err(unavailable())
     }
 }
 
@@ -264,37 +294,88 @@ mod tests {
         assert_eq!(s.term(2).unwrap(), 2);
     }
 
-    /// Counts its encodings.
-    struct Counting(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64);
+    /// Counts its encodings; each finishes when the test says so.
+    #[derive(Default)]
+    struct Manual {
+        applied: std::sync::atomic::AtomicU64,
+        started: std::sync::atomic::AtomicU64,
+        done: std::sync::Mutex<Option<(u64, Vec<u8>)>>,
+        at: std::sync::Mutex<Option<u64>>,
+    }
 
-    impl SnapshotSource for Counting {
-        fn current(&self) -> (u64, Vec<u8>) {
-            use std::sync::atomic::Ordering::SeqCst;
-            self.0.fetch_add(1, SeqCst);
-            (self.1.load(SeqCst), b"state".to_vec())
+    impl Manual {
+        fn finish(&self) {
+            let at = self
+                .at
+                .lock()
+                .unwrap()
+                .take()
+                .expect("an encoding under way");
+            *self.done.lock().unwrap() = Some((at, b"state".to_vec()));
         }
     }
 
+    impl SnapshotSource for Manual {
+        fn applied(&self) -> u64 {
+            self.applied.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        fn start(&self) {
+            self.started
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            *self.at.lock().unwrap() = Some(self.applied());
+        }
+        fn take(&self) -> Option<(u64, Vec<u8>)> {
+            self.done.lock().unwrap().take()
+        }
+    }
+
+    fn is_unavailable(r: raft::Result<Snapshot>) -> bool {
+        matches!(
+            r,
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        )
+    }
+
     #[test]
-    fn a_served_snapshot_is_reused_until_the_log_moves_past_it() {
-        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-        let src = Arc::new(Counting(AtomicU64::new(0), AtomicU64::new(6)));
+    fn a_snapshot_is_encoded_in_the_background_then_reused_until_the_log_moves_past_it() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let src = Arc::new(Manual::default());
+        src.applied.store(6, SeqCst);
         let mut s = LogStore::default();
         s.set_source(src.clone());
         s.append(&(1..=10).map(|i| ent(i, 1)).collect::<Vec<_>>());
+        // First ask: an encoding starts, raft-rs is told to come back.
+        assert!(is_unavailable(s.snapshot(0, 2)));
+        assert!(is_unavailable(s.snapshot(0, 3)), "still encoding");
+        assert_eq!(
+            src.started.load(SeqCst),
+            1,
+            "one encoding for both followers"
+        );
+        // The state moves on while it encodes; the snapshot is of where it started.
+        src.applied.store(7, SeqCst);
+        src.finish();
         let a = s.snapshot(0, 2).unwrap();
         let b = s.snapshot(0, 3).unwrap();
         assert_eq!((a.get_metadata().index, b.get_metadata().index), (6, 6));
-        assert_eq!(src.0.load(SeqCst), 1, "encoded once for both followers");
+        assert_eq!(a.get_metadata().term, 1);
+        assert_eq!(a.get_data(), b"state");
+        assert_eq!(src.started.load(SeqCst), 1, "reused");
         // Asked for more than it holds: encoded afresh.
-        src.1.store(8, SeqCst);
+        src.applied.store(8, SeqCst);
+        assert!(is_unavailable(s.snapshot(7, 2)));
+        src.finish();
         assert_eq!(s.snapshot(7, 2).unwrap().get_metadata().index, 8);
-        assert_eq!(src.0.load(SeqCst), 2);
+        assert_eq!(src.started.load(SeqCst), 2);
         // The log no longer continues from index 8: encoded afresh.
-        src.1.store(10, SeqCst);
+        src.applied.store(10, SeqCst);
         s.compact_through(9);
+        assert!(is_unavailable(s.snapshot(0, 2)));
+        src.finish();
         assert_eq!(s.snapshot(0, 2).unwrap().get_metadata().index, 10);
-        assert_eq!(src.0.load(SeqCst), 3);
+        assert_eq!(src.started.load(SeqCst), 3);
     }
 
     #[test]
