@@ -33,6 +33,10 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
+/// While a snapshot is out to a follower, memory keeps up to this many times
+/// `catchup_entries` of log after it.
+const FOLLOWER_SNAPSHOT_HOLD: u64 = 8;
+
 /// How often the leader looks for lapsed TTLs (etcd's SYNC interval).
 pub const EXPIRE_CHECK_MS: u64 = 500;
 
@@ -663,7 +667,18 @@ impl Driver {
     /// Memory keeps `catchup_entries` applied entries for followers; older ones are
     /// dropped in steps (the state machine answers for them: see [`LogStore`]).
     fn compact_memory(&mut self, applied: u64) {
-        let through = applied.saturating_sub(self.cfg.catchup_entries);
+        let mut through = applied.saturating_sub(self.cfg.catchup_entries);
+        // A follower being sent a snapshot goes on from the entries after it, once it has
+        // installed it (a large one takes a while): keep them, up to a bound, or it falls
+        // behind the log again and is sent another.
+        if let Some(snap) = self.raw.store().follower_snapshot_index() {
+            let floor = applied.saturating_sub(
+                self.cfg
+                    .catchup_entries
+                    .saturating_mul(FOLLOWER_SNAPSHOT_HOLD),
+            );
+            through = through.min(snap.max(floor));
+        }
         let step = (self.cfg.catchup_entries / 4).max(1);
         if through >= self.raw.store().first() + step {
             self.raw.mut_store().compact_through(through);

@@ -104,6 +104,18 @@ impl LogStore {
         &self.conf_state
     }
 
+    /// The index of the snapshot being encoded for followers, or last served to one: a
+    /// follower that installs it goes on from the entries right after it.
+    pub fn follower_snapshot_index(&self) -> Option<u64> {
+        let encoding = self.encoding.borrow().as_ref().map(|m| m.index);
+        encoding.or_else(|| {
+            self.served
+                .borrow()
+                .as_ref()
+                .map(|s| s.get_metadata().index)
+        })
+    }
+
     /// Where snapshots for lagging followers come from.
     pub fn set_source(&mut self, source: Arc<dyn SnapshotSource>) {
         self.source = Some(source);
@@ -350,6 +362,11 @@ mod tests {
         assert!(is_unavailable(s.snapshot(0, 2)));
         assert!(is_unavailable(s.snapshot(0, 3)), "still encoding");
         assert_eq!(
+            s.follower_snapshot_index(),
+            Some(6),
+            "the log after it is wanted"
+        );
+        assert_eq!(
             src.started.load(SeqCst),
             1,
             "one encoding for both followers"
@@ -363,6 +380,7 @@ mod tests {
         assert_eq!(a.get_metadata().term, 1);
         assert_eq!(a.get_data(), b"state");
         assert_eq!(src.started.load(SeqCst), 1, "reused");
+        assert_eq!(s.follower_snapshot_index(), Some(6), "served: still wanted");
         // Asked for more than it holds: encoded afresh.
         src.applied.store(8, SeqCst);
         assert!(is_unavailable(s.snapshot(7, 2)));
