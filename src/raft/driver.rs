@@ -6,8 +6,9 @@
 //! snapshot, append entries and hard state to the disk, start **one sync**, apply the
 //! committed entries (already durable here) while it runs, forward to the leader any
 //! proposal that arrives meanwhile (a follower forwards its proposals itself, always),
-//! then send what needed persistence, advance, apply the rest. Nothing is acknowledged before the sync that made it durable;
-//! a failed sync ends the loop with a fatal error.
+//! then send what needed persistence, advance, apply the rest. Nothing is acknowledged
+//! before the sync that made it durable; a failed sync ends the loop with a fatal error.
+//! Disk snapshots are cloned here and written by the disk in the background.
 
 use super::apply::Applier;
 use super::boot::{write_snapshot_head, write_snapshot_record};
@@ -139,6 +140,22 @@ pub struct ConfContext {
     pub member: Member,
 }
 
+/// The driver's [`Forwarder`], borrowing only the fields it needs — a macro, not a
+/// method, so that it can be built while the sync in flight borrows the disk.
+macro_rules! forwarder {
+    ($d:expr) => {
+        Forwarder {
+            id: $d.id,
+            raw: &$d.raw,
+            net: &*$d.net,
+            shared: &$d.shared,
+            pending: &mut $d.pending,
+            next_seq: &mut $d.next_seq,
+            pending_max: $d.cfg.pending_max,
+        }
+    };
+}
+
 pub struct Driver {
     id: u64,
     raw: RawNode<LogStore>,
@@ -168,7 +185,7 @@ pub struct Driver {
     next_expire_try: Duration,
 }
 
-/// A snapshot encoded on the loop and being made durable off it.
+/// A snapshot cloned on the loop, being encoded and made durable off it.
 struct SnapJob {
     index: u64,
     compact_to: u64,
@@ -311,20 +328,8 @@ impl Driver {
     /// follower's messages all wait for persistence. Everything else goes through raft-rs.
     fn route_inputs(&mut self) {
         let inputs = std::mem::take(&mut self.stash);
-        for input in self.forwarder().forward(inputs) {
+        for input in forwarder!(self).forward(inputs) {
             self.on_input(input);
-        }
-    }
-
-    fn forwarder(&mut self) -> Forwarder<'_> {
-        Forwarder {
-            id: self.id,
-            raw: &self.raw,
-            net: &*self.net,
-            shared: &self.shared,
-            pending: &mut self.pending,
-            next_seq: &mut self.next_seq,
-            pending_max: self.cfg.pending_max,
         }
     }
 
@@ -545,16 +550,7 @@ impl Driver {
                                     Err(_) => break,
                                 }
                             }
-                            let mut fwd = Forwarder {
-                                id: self.id,
-                                raw: &self.raw,
-                                net: &*self.net,
-                                shared: &self.shared,
-                                pending: &mut self.pending,
-                                next_seq: &mut self.next_seq,
-                                pending_max: self.cfg.pending_max,
-                            };
-                            let rest = fwd.forward(inputs);
+                            let rest = forwarder!(self).forward(inputs);
                             self.stash.extend(rest);
                         }
                     }
