@@ -131,7 +131,11 @@ impl<W: io::Write> io::Write for Hashing<W> {
 
 /// Writes `snap/<name>` through a temp file: streamed, synced, renamed into place, the
 /// dir synced. Returns its length and CRC.
-fn write_blob_file(snap: &Path, name: &str, write: StreamFn<'_>) -> io::Result<(u64, u32)> {
+fn write_blob_file(
+    snap: &Path,
+    name: &str,
+    write: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
+) -> io::Result<(u64, u32)> {
     std::fs::create_dir_all(snap)?;
     let tmp = snap.join(format!("{name}.tmp"));
     let file = File::create(&tmp)?;
@@ -946,12 +950,7 @@ impl Disk for WalDisk {
                 source,
             };
             let job = tokio::task::spawn_blocking(move || {
-                let mut produce = Some(produce);
-                let r = write_blob_file(&snap, &name, &mut |w| match produce.take() {
-                    Some(p) => p(w),
-                    None => unreachable!("write_blob_file streams once"),
-                });
-                r.map(|(len, crc)| (name, len, crc))
+                write_blob_file(&snap, &name, produce).map(|(len, crc)| (name, len, crc))
             });
             let (name, len, crc) = job
                 .await

@@ -10,16 +10,15 @@ use super::storage::SnapshotSource;
 use flotilla_shims::Spawn;
 use std::sync::{Arc, Mutex};
 
+/// An encoding: `(applied index, data)`.
+type Encoded = (u64, Vec<u8>);
+
 pub struct BackgroundSnapshots {
     shared: Arc<Shared>,
     spawn: Arc<dyn Spawn>,
-    slot: Arc<Mutex<Slot>>,
-}
-
-#[derive(Default)]
-struct Slot {
-    running: bool,
-    done: Option<(u64, Vec<u8>)>,
+    /// The finished encoding, until raft-rs asks again. ([`LogStore`](super::LogStore)
+    /// starts one encoding at a time.)
+    done: Arc<Mutex<Option<Encoded>>>,
 }
 
 impl BackgroundSnapshots {
@@ -27,12 +26,8 @@ impl BackgroundSnapshots {
         Self {
             shared,
             spawn,
-            slot: Arc::default(),
+            done: Arc::default(),
         }
-    }
-
-    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
-        self.slot.lock().expect("snapshot slot lock poisoned")
     }
 }
 
@@ -42,29 +37,22 @@ impl SnapshotSource for BackgroundSnapshots {
     }
 
     fn start(&self) {
-        {
-            let mut slot = self.slot();
-            if slot.running {
-                return;
-            }
-            slot.running = true;
-            slot.done = None;
-        }
         let machine = self.shared.machine().clone();
-        let slot = self.slot.clone();
+        let done = self.done.clone();
         self.spawn.spawn_blocking(
             "follower-snapshot",
             Box::new(move || {
-                let done = (machine.applied, machine.encode());
+                let encoded = (machine.applied, machine.encode());
                 drop(machine);
-                let mut slot = slot.lock().expect("snapshot slot lock poisoned");
-                slot.running = false;
-                slot.done = Some(done);
+                *done.lock().expect("snapshot slot lock poisoned") = Some(encoded);
             }),
         );
     }
 
-    fn take(&self) -> Option<(u64, Vec<u8>)> {
-        self.slot().done.take()
+    fn take(&self) -> Option<Encoded> {
+        self.done
+            .lock()
+            .expect("snapshot slot lock poisoned")
+            .take()
     }
 }

@@ -19,8 +19,8 @@ use std::sync::Arc;
 pub trait SnapshotSource: Send + Sync {
     /// The index the state machine has applied through.
     fn applied(&self) -> u64;
-    /// Starts encoding the state as it is now (at [`SnapshotSource::applied`]), unless
-    /// an encoding is under way.
+    /// Starts encoding the state as it is now (at [`SnapshotSource::applied`]). Called
+    /// only when no encoding is under way.
     fn start(&self);
     /// A finished encoding, `(applied index, data)`, handed out once.
     fn take(&self) -> Option<(u64, Vec<u8>)>;
