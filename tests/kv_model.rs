@@ -300,6 +300,7 @@ impl Model {
                 }
                 return None;
             }
+            Command::Txn { .. } => unreachable!("the model test draws no transactions"),
         })
     }
 

@@ -46,4 +46,21 @@ pub enum Command {
     },
     /// Removes every node whose expiration is at or before `now_ms` (the leader's time).
     Expire { now_ms: u64 },
+    /// All or nothing: every guard holds and then every op (a `Put` or `Delete`) applies,
+    /// or nothing changes. Not part of etcd's API: the scheduler commits a pass's
+    /// decisions with it, fenced by a guard on its lease key, so that a unit's move is
+    /// one step and a deposed engine commits nothing.
+    Txn {
+        guards: Vec<Guard>,
+        ops: Vec<Command>,
+    },
+}
+
+/// A condition on one key for [`Command::Txn`]: it exists (or not), and, when `index` is
+/// non-zero, was last modified at that index.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guard {
+    pub key: String,
+    pub exist: Option<bool>,
+    pub index: u64,
 }

@@ -17,7 +17,7 @@ pub mod node;
 pub mod path;
 pub mod store;
 
-pub use command::{Command, Precondition};
+pub use command::{Command, Guard, Precondition};
 pub use error::StoreError;
 pub use event::{Action, Event, History, NodeView};
 pub use store::{Applied, Store};

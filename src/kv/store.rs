@@ -1,6 +1,6 @@
 //! The store: a pure function from commands to results and events.
 
-use super::command::{Command, Precondition};
+use super::command::{Command, Guard, Precondition};
 use super::error::*;
 use super::event::{Action, Event, History, NodeView};
 use super::node::{Children, Kind, Node};
@@ -8,7 +8,6 @@ use super::path::{self, clean};
 use super::HISTORY_EVENTS_MAX;
 use imbl::ordmap::Entry;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 
 /// What applying one command did.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,8 +24,9 @@ pub struct Store {
     root: Node,
     index: u64,
     history: History,
-    /// (expiration ms, path) of every node with a TTL.
-    ttls: BTreeSet<(u64, String)>,
+    /// (expiration ms, path) of every node with a TTL. Persistent, like the tree, so a
+    /// transaction can keep the state it may have to return to at the cost of a pointer.
+    ttls: imbl::OrdSet<(u64, String)>,
 }
 
 impl Default for Store {
@@ -47,7 +47,7 @@ impl Store {
             root: Node::dir(0, None),
             index: 0,
             history: History::new(HISTORY_EVENTS_MAX),
-            ttls: BTreeSet::new(),
+            ttls: imbl::OrdSet::new(),
         }
     }
 
@@ -62,7 +62,7 @@ impl Store {
 
     /// The earliest expiration of any node, if some node has a TTL.
     pub fn next_expiry_ms(&self) -> Option<u64> {
-        self.ttls.first().map(|(t, _)| *t)
+        self.ttls.get_min().map(|(t, _)| *t)
     }
 
     pub fn get(&self, key: &str, recursive: bool) -> Result<Event, StoreError> {
@@ -110,6 +110,23 @@ impl Store {
                     events: self.expire(*now_ms),
                 };
             }
+            Command::Txn { guards, ops } => {
+                return match self.txn(guards, ops) {
+                    Ok(events) => {
+                        for e in &events {
+                            self.history.push(e.clone());
+                        }
+                        Applied {
+                            result: Ok(None),
+                            events,
+                        }
+                    }
+                    Err(e) => Applied {
+                        result: Err(e),
+                        events: vec![],
+                    },
+                };
+            }
         };
         let events = match &result {
             Ok(Some(e)) => {
@@ -119,6 +136,61 @@ impl Store {
             _ => vec![],
         };
         Applied { result, events }
+    }
+
+    /// Checks every guard, then applies every op; on any failure the state is put back
+    /// as it was (the tree and the TTL index are persistent, so keeping it is cheap).
+    fn txn(&mut self, guards: &[Guard], ops: &[Command]) -> Result<Vec<Event>, StoreError> {
+        for g in guards {
+            self.check_guard(g)?;
+        }
+        let saved = (self.root.clone(), self.index, self.ttls.clone());
+        let mut events = Vec::with_capacity(ops.len());
+        for op in ops {
+            let r = match op {
+                Command::Put {
+                    key,
+                    value,
+                    dir,
+                    expire_ms,
+                    refresh,
+                    prev,
+                } => self.put(&clean(key), value, *dir, *expire_ms, *refresh, prev),
+                Command::Delete {
+                    key,
+                    dir,
+                    recursive,
+                    prev,
+                } => self.delete(&clean(key), *dir, *recursive, prev),
+                _ => Err(self.err(INVALID_FIELD, "a transaction holds only puts and deletes")),
+            };
+            match r {
+                Ok(e) => events.push(e),
+                Err(e) => {
+                    (self.root, self.index, self.ttls) = saved;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    fn check_guard(&self, g: &Guard) -> Result<(), StoreError> {
+        let key = clean(&g.key);
+        let found = match self.lookup(&key) {
+            Ok(n) => Some(n.modified_index),
+            Err(e) if e.code == KEY_NOT_FOUND => None,
+            Err(e) => return Err(e),
+        };
+        match (g.exist, found) {
+            (Some(true), None) => Err(self.err(KEY_NOT_FOUND, key)),
+            (Some(false), Some(_)) => Err(self.err(NODE_EXIST, key)),
+            (_, Some(i)) if g.index != 0 && i != g.index => {
+                Err(self.err(TEST_FAILED, format!("{key} [{} != {i}]", g.index)))
+            }
+            (None, None) if g.index != 0 => Err(self.err(KEY_NOT_FOUND, key)),
+            _ => Ok(()),
+        }
     }
 
     fn err(&self, code: u32, cause: impl Into<String>) -> StoreError {
@@ -390,7 +462,7 @@ impl Store {
 
     fn expire(&mut self, now_ms: u64) -> Vec<Event> {
         let mut events = vec![];
-        while let Some((t, key)) = self.ttls.first().cloned() {
+        while let Some((t, key)) = self.ttls.get_min().cloned() {
             if t > now_ms {
                 break;
             }
@@ -421,5 +493,109 @@ fn compare(n: &Node, prev: &Precondition) -> Result<(), String> {
             prev.index,
             n.modified_index
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str) -> Command {
+        Command::Put {
+            key: key.into(),
+            value: value.into(),
+            dir: false,
+            expire_ms: None,
+            refresh: false,
+            prev: Precondition::default(),
+        }
+    }
+
+    fn del(key: &str) -> Command {
+        Command::Delete {
+            key: key.into(),
+            dir: false,
+            recursive: false,
+            prev: Precondition::default(),
+        }
+    }
+
+    fn guard(key: &str, exist: Option<bool>, index: u64) -> Guard {
+        Guard {
+            key: key.into(),
+            exist,
+            index,
+        }
+    }
+
+    #[test]
+    fn txn_applies_every_op_or_none() {
+        let mut s = Store::new();
+        s.apply(&put("/lease", "a"));
+        s.apply(&put("/sched/m1/u", "x"));
+        let mv = |g| Command::Txn {
+            guards: vec![g],
+            ops: vec![del("/sched/m1/u"), put("/sched/m2/u", "x")],
+        };
+        // A stale fence: nothing changes, not even the index.
+        let before = s.clone();
+        let r = s.apply(&mv(guard("/lease", Some(true), 99)));
+        assert_eq!(r.result.unwrap_err().code, TEST_FAILED);
+        assert_eq!(s, before);
+        // The right fence: both ops, two events, two indexes.
+        let r = s.apply(&mv(guard("/lease", Some(true), 1)));
+        assert_eq!(r.result, Ok(None));
+        assert_eq!(r.events.len(), 2);
+        assert_eq!(s.index(), 4);
+        assert!(s.get("/sched/m1/u", false).is_err());
+        assert_eq!(
+            s.get("/sched/m2/u", false).unwrap().node.value.as_deref(),
+            Some("x")
+        );
+    }
+
+    #[test]
+    fn txn_rolls_back_a_failing_op() {
+        let mut s = Store::new();
+        s.apply(&Command::Put {
+            key: "/t".into(),
+            value: "v".into(),
+            dir: false,
+            expire_ms: Some(50),
+            refresh: false,
+            prev: Precondition::default(),
+        });
+        let before = s.clone();
+        // The first op lands (and drops a TTL), the second fails: all of it is undone.
+        let r = s.apply(&Command::Txn {
+            guards: vec![],
+            ops: vec![put("/t", "w"), del("/missing")],
+        });
+        assert_eq!(r.result.unwrap_err().code, KEY_NOT_FOUND);
+        assert!(r.events.is_empty());
+        assert_eq!(s, before);
+        assert_eq!(s.next_expiry_ms(), Some(50));
+    }
+
+    #[test]
+    fn txn_guards_on_absence_and_refuses_nesting() {
+        let mut s = Store::new();
+        s.apply(&put("/a", "1"));
+        let r = s.apply(&Command::Txn {
+            guards: vec![guard("/a", Some(false), 0)],
+            ops: vec![put("/b", "1")],
+        });
+        assert_eq!(r.result.unwrap_err().code, NODE_EXIST);
+        let r = s.apply(&Command::Txn {
+            guards: vec![guard("/zz", None, 3)],
+            ops: vec![],
+        });
+        assert_eq!(r.result.unwrap_err().code, KEY_NOT_FOUND);
+        let r = s.apply(&Command::Txn {
+            guards: vec![],
+            ops: vec![Command::Expire { now_ms: 1 }],
+        });
+        assert_eq!(r.result.unwrap_err().code, INVALID_FIELD);
+        assert_eq!(s.index(), 1);
     }
 }
