@@ -4,7 +4,11 @@
 //! - [`kv`]: the etcd v2 store as a pure state machine (`apply(command) -> (result, events)`).
 //! - [`raft`]: raft-rs `RawNode` driven by one Ready loop; durable log on a
 //!   [`flotilla_shims::Disk`]; snapshots, compaction, recovery, membership.
-//! - [`api`]: the etcd-compatible HTTP API (handlers only; the server is in the shims).
+//! - [`api`]: the etcd-compatible HTTP API and fleet's API v1 (handlers only; the server
+//!   is in the shims).
+//! - [`client`]: [`client::KvClient`], how the scheduler, agent, renderer and CLIs reach
+//!   the store (in-process on a member).
+//! - [`sched`]: fleet — unit files, placement (a pure function), the leader's engine.
 //! - [`node`]: wiring — config + environment + disk → a running node.
 //! - [`cli`]: the `flotilla` command line (thin; production wiring of the shims).
 //!
@@ -14,7 +18,9 @@
 
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod kv;
 pub mod metrics;
 pub mod node;
 pub mod raft;
+pub mod sched;

@@ -72,28 +72,12 @@ impl Api {
     ) -> Result<Reply, StoreError> {
         let key = crate::kv::path::clean(key);
         let _watching = WatcherCount::new(&self.raft.shared);
-        let mut changes = self.raft.shared.subscribe();
         let start = self.raft.shared.machine().store.index();
         // As etcd: no waitIndex, or 0, watches from the next change.
         let since = since.filter(|i| *i > 0).unwrap_or(start + 1);
-        loop {
-            {
-                let m = self.raft.shared.machine();
-                if let Some(ev) = m
-                    .store
-                    .history()
-                    .scan(&key, recursive, since, m.store.index())?
-                {
-                    let ev = ev.clone();
-                    drop(m);
-                    // As etcd: the header carries the index when the watch began.
-                    return Ok(self.event_reply(StatusCode::OK, &ev, false, start));
-                }
-            }
-            if changes.changed().await.is_err() {
-                return Err(StoreError::new(RAFT_INTERNAL, "node is stopping", 0));
-            }
-        }
+        let ev = self.raft.shared.next_event(&key, recursive, since).await?;
+        // As etcd: the header carries the index when the watch began.
+        Ok(self.event_reply(StatusCode::OK, &ev, false, start))
     }
 
     fn expiry(&self, kr: &KeyRequest) -> Option<u64> {

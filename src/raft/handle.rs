@@ -173,6 +173,37 @@ impl Shared {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.events.subscribe()
     }
+
+    /// The first event at or after index `since` on `key` (or under it, with
+    /// `recursive`), waiting for one if need be: etcd's long-poll watch. An index older
+    /// than the history window is etcd's error 401.
+    pub async fn next_event(
+        &self,
+        key: &str,
+        recursive: bool,
+        since: u64,
+    ) -> Result<Event, StoreError> {
+        let mut changes = self.subscribe();
+        loop {
+            {
+                let m = self.machine();
+                if let Some(ev) = m
+                    .store
+                    .history()
+                    .scan(key, recursive, since, m.store.index())?
+                {
+                    return Ok(ev.clone());
+                }
+            }
+            if changes.changed().await.is_err() {
+                return Err(StoreError::new(
+                    crate::kv::error::RAFT_INTERNAL,
+                    "node is stopping",
+                    0,
+                ));
+            }
+        }
+    }
 }
 
 /// A cheap, cloneable way into the Ready loop.

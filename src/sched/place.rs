@@ -1,0 +1,383 @@
+//! Placement as a pure function: `(machines, units, current schedule) -> decisions`.
+//!
+//! One pass, as fleet's engine makes it (`../shared/reference/fleet-semantics.md` c.5),
+//! but deterministic (units by name, machines by id) and with one rule for global and
+//! plain units alike:
+//! 1. existing placements that can no longer stand fall (unit gone or inactive, machine
+//!    gone, a constraint broken), repeated until none falls, so a follower falls with its
+//!    `MachineOf` peer;
+//! 2. global units go onto every eligible machine they are not on yet;
+//! 3. every unscheduled unit that wants to run goes to the least-loaded machine (fewest
+//!    units, ties to the lowest id) that accepts it, repeated until nothing more fits, so
+//!    `MachineOf` chains resolve in one pass;
+//! 4. placements whose desired state or unit hash changed are updated in place.
+//!
+//! Nothing correctly placed ever moves (no rebalancing), so a new leader running the same
+//! pass over the same store decides nothing. Decisions come out in an order in which
+//! every prefix leaves a valid schedule: unschedules (followers before their peers), then
+//! schedules (peers before followers), then updates — the engine may commit them in
+//! several transactions.
+
+use super::require::{short_id, Requirements};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// fleet's target states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    Inactive,
+    Loaded,
+    Launched,
+}
+
+impl Desired {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Desired::Inactive => "inactive",
+            Desired::Loaded => "loaded",
+            Desired::Launched => "launched",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "inactive" => Some(Desired::Inactive),
+            "loaded" => Some(Desired::Loaded),
+            "launched" => Some(Desired::Launched),
+            _ => None,
+        }
+    }
+}
+
+/// A unit as placement sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    pub name: String,
+    pub req: Requirements,
+    pub desired: Desired,
+    pub hash: String,
+    /// Templates (`x@.service`) are stored but never run.
+    pub template: bool,
+}
+
+/// A live machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Machine {
+    pub id: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What a schedule entry tells the machine's agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub desired: Desired,
+    pub hash: String,
+}
+
+/// The schedule: unit → machine → entry. A plain unit has at most one machine, a global
+/// unit one per machine it runs on.
+pub type Schedule = BTreeMap<String, BTreeMap<String, Entry>>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Schedule {
+        unit: String,
+        machine: String,
+        entry: Entry,
+    },
+    Update {
+        unit: String,
+        machine: String,
+        entry: Entry,
+    },
+    Unschedule {
+        unit: String,
+        machine: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub decisions: Vec<Decision>,
+    /// Units that want to run and fit nowhere (see [`explain`] for why).
+    pub unplaced: Vec<String>,
+}
+
+/// The pass's working view: who is where, and each machine's load.
+struct State<'a> {
+    units: &'a BTreeMap<String, Unit>,
+    machines: &'a BTreeMap<String, Machine>,
+    on: BTreeMap<&'a str, BTreeSet<&'a str>>,
+    at: BTreeMap<&'a str, BTreeSet<&'a str>>,
+    by_load: BTreeSet<(usize, &'a str)>,
+}
+
+impl<'a> State<'a> {
+    fn new(units: &'a BTreeMap<String, Unit>, machines: &'a BTreeMap<String, Machine>) -> Self {
+        Self {
+            units,
+            machines,
+            on: machines
+                .keys()
+                .map(|m| (m.as_str(), BTreeSet::new()))
+                .collect(),
+            at: BTreeMap::new(),
+            by_load: machines.keys().map(|m| (0, m.as_str())).collect(),
+        }
+    }
+
+    fn load(&self, m: &str) -> usize {
+        self.on.get(m).map_or(0, |s| s.len())
+    }
+
+    fn add(&mut self, u: &'a str, m: &'a str) {
+        let load = self.load(m);
+        self.by_load.remove(&(load, m));
+        self.by_load.insert((load + 1, m));
+        self.on.get_mut(m).expect("live machine").insert(u);
+        self.at.entry(u).or_default().insert(m);
+    }
+
+    fn remove(&mut self, u: &str, m: &'a str) {
+        let load = self.load(m);
+        self.by_load.remove(&(load, m));
+        self.by_load.insert((load - 1, m));
+        self.on.get_mut(m).expect("live machine").remove(u);
+        if let Some(s) = self.at.get_mut(u) {
+            s.remove(m);
+            if s.is_empty() {
+                self.at.remove(u);
+            }
+        }
+    }
+
+    /// Why `u` cannot run on `m` beside what is there now (itself excepted), if it cannot.
+    fn refusal(&self, u: &Unit, m: &Machine) -> Option<String> {
+        if !u.req.machine_id_ok(&m.id) {
+            let want = u.req.machine_id.as_deref().unwrap_or_default();
+            return Some(format!("MachineID={want}"));
+        }
+        if !u.req.metadata_ok(&m.metadata) {
+            return Some("MachineMetadata".into());
+        }
+        let here = self.on.get(m.id.as_str());
+        let has = |n: &str| here.is_some_and(|s| s.contains(n));
+        if let Some(p) = u.req.peers.iter().find(|p| !has(p)) {
+            return Some(format!("MachineOf={p} (not there)"));
+        }
+        for other in here.into_iter().flatten().filter(|o| **o != u.name) {
+            let Some(o) = self.units.get(*other) else {
+                continue;
+            };
+            if u.req.conflicts_with(&u.name, other, &o.req) {
+                return Some(format!("Conflicts with {other}"));
+            }
+            if o.req.replaces_unit(other, &u.name, &u.req) {
+                return Some(format!("replaced by {other}"));
+            }
+        }
+        None
+    }
+
+    /// The least-loaded machine (ties to the lowest id) that accepts `u`.
+    fn best_machine(&self, u: &Unit) -> Option<&'a str> {
+        let accepts = |m: &&'a str| self.refusal(u, &self.machines[*m]).is_none();
+        if let Some(want) = &u.req.machine_id {
+            // At most a few machines can match: look them up instead of walking by load.
+            let mut c: Vec<&'a str> = self
+                .machines
+                .keys()
+                .map(String::as_str)
+                .filter(|m| m == want || short_id(m) == want)
+                .collect();
+            c.sort_by_key(|m| (self.load(m), *m));
+            return c.into_iter().find(accepts);
+        }
+        if let Some(peer) = u.req.peers.first() {
+            let mut c: Vec<&'a str> = self
+                .at
+                .get(peer.as_str())
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default();
+            c.sort_by_key(|m| (self.load(m), *m));
+            return c.into_iter().find(accepts);
+        }
+        self.by_load.iter().map(|(_, m)| *m).find(accepts)
+    }
+}
+
+/// One scheduling pass. `machines` are the live ones; `units` every stored unit.
+pub fn plan(
+    machines: &BTreeMap<String, Machine>,
+    units: &BTreeMap<String, Unit>,
+    schedule: &Schedule,
+) -> Plan {
+    let mut st = State::new(units, machines);
+    let mut unschedules = admit_existing(&mut st, schedule);
+    unschedules.extend(fall_until_stable(&mut st));
+    unschedules.reverse();
+    let mut decisions = unschedules;
+    let entry = |u: &Unit| Entry {
+        desired: u.desired,
+        hash: u.hash.clone(),
+    };
+    let wants_to_run = |u: &Unit| u.desired != Desired::Inactive && !u.template;
+    for u in units.values().filter(|u| u.req.global && wants_to_run(u)) {
+        for m in machines.values() {
+            let there = st
+                .at
+                .get(u.name.as_str())
+                .is_some_and(|s| s.contains(m.id.as_str()));
+            if !there && st.refusal(u, m).is_none() {
+                st.add(&u.name, &m.id);
+                decisions.push(Decision::Schedule {
+                    unit: u.name.clone(),
+                    machine: m.id.clone(),
+                    entry: entry(u),
+                });
+            }
+        }
+    }
+    let mut pending: Vec<&Unit> = units
+        .values()
+        .filter(|u| !u.req.global && wants_to_run(u) && !st.at.contains_key(u.name.as_str()))
+        .collect();
+    loop {
+        let before = pending.len();
+        pending.retain(|u| match st.best_machine(u) {
+            Some(m) => {
+                st.add(&u.name, m);
+                decisions.push(Decision::Schedule {
+                    unit: u.name.clone(),
+                    machine: m.to_string(),
+                    entry: entry(u),
+                });
+                false
+            }
+            None => true,
+        });
+        if pending.len() == before {
+            break;
+        }
+    }
+    for (u, on) in schedule {
+        for (m, e) in on {
+            let kept = st
+                .at
+                .get(u.as_str())
+                .is_some_and(|s| s.contains(m.as_str()));
+            let want = units.get(u).map(entry);
+            if let (true, Some(want)) = (kept, want) {
+                if *e != want {
+                    decisions.push(Decision::Update {
+                        unit: u.clone(),
+                        machine: m.clone(),
+                        entry: want,
+                    });
+                }
+            }
+        }
+    }
+    Plan {
+        decisions,
+        unplaced: pending.into_iter().map(|u| u.name.clone()).collect(),
+    }
+}
+
+/// Takes in the existing schedule, refusing entries that cannot stand whatever else is
+/// there: unit gone, inactive or a template, machine gone, a plain unit on a second machine.
+fn admit_existing<'a>(st: &mut State<'a>, schedule: &'a Schedule) -> Vec<Decision> {
+    let mut out = vec![];
+    for (u, on) in schedule {
+        for m in on.keys() {
+            let why = match st.units.get(u) {
+                None => Some("unit destroyed".to_string()),
+                Some(x) if x.template => Some("templates do not run".into()),
+                Some(x) if x.desired == Desired::Inactive => Some("target state inactive".into()),
+                Some(_) if !st.machines.contains_key(m) => {
+                    Some(format!("target Machine({m}) went away"))
+                }
+                Some(x) if !x.req.global && st.at.contains_key(u.as_str()) => {
+                    Some("scheduled on another machine already".into())
+                }
+                Some(_) => None,
+            };
+            match why {
+                Some(reason) => out.push(Decision::Unschedule {
+                    unit: u.clone(),
+                    machine: m.clone(),
+                    reason,
+                }),
+                None => st.add(u, m),
+            }
+        }
+    }
+    out
+}
+
+/// Unschedules placements whose constraints broke, until none does.
+fn fall_until_stable(st: &mut State) -> Vec<Decision> {
+    let mut out = vec![];
+    loop {
+        let pairs: Vec<(&str, &str)> = st
+            .at
+            .iter()
+            .flat_map(|(u, ms)| ms.iter().map(move |m| (*u, *m)))
+            .collect();
+        let mut fell = false;
+        for (u, m) in pairs {
+            let unit = &st.units[u];
+            if let Some(why) = st.refusal(unit, &st.machines[m]) {
+                st.remove(u, m);
+                out.push(Decision::Unschedule {
+                    unit: u.to_string(),
+                    machine: m.to_string(),
+                    reason: format!("cannot run on {} any more: {why}", short_id(m)),
+                });
+                fell = true;
+            }
+        }
+        if !fell {
+            return out;
+        }
+    }
+}
+
+/// Why `unit` is not placed, for a user waiting on `start`: each machine's refusal.
+pub fn explain(
+    machines: &BTreeMap<String, Machine>,
+    units: &BTreeMap<String, Unit>,
+    schedule: &Schedule,
+    unit: &str,
+) -> String {
+    let Some(u) = units.get(unit) else {
+        return format!("unit {unit} does not exist");
+    };
+    if u.template {
+        return format!("{unit} is a template: start an instance of it");
+    }
+    if u.desired == Desired::Inactive {
+        return format!("{unit} is inactive");
+    }
+    if machines.is_empty() {
+        return "no machines are registered".into();
+    }
+    let mut st = State::new(units, machines);
+    admit_existing(&mut st, schedule);
+    let mut lines = vec![];
+    for m in machines.values() {
+        let here = st.at.get(unit).is_some_and(|s| s.contains(m.id.as_str()));
+        if here {
+            continue;
+        }
+        let why = st.refusal(u, m).unwrap_or_else(|| "accepts it".into());
+        lines.push(format!("{}: {why}", short_id(&m.id)));
+    }
+    format!(
+        "{unit} cannot be placed on any of {} machine(s): {}",
+        machines.len(),
+        lines.join("; ")
+    )
+}
