@@ -31,7 +31,7 @@ fn glob(mut p: &[char], mut s: &[char]) -> Result<bool, ()> {
             while i < s.len() && s[i] != '/' {
                 if let Some(t) = match_chunk(chunk, &s[i + 1..])? {
                     // The last chunk must end the name.
-                    if !(p.is_empty() && !t.is_empty()) {
+                    if !p.is_empty() || t.is_empty() {
                         s = t;
                         continue 'chunks;
                     }

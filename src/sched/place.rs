@@ -153,6 +153,19 @@ impl<'a> State<'a> {
         }
     }
 
+    fn pairs(&self) -> Vec<(&'a str, &'a str)> {
+        self.at
+            .iter()
+            .flat_map(|(u, ms)| ms.iter().map(move |m| (*u, *m)))
+            .collect()
+    }
+
+    fn any_refusal(&self) -> bool {
+        self.pairs()
+            .into_iter()
+            .any(|(u, m)| self.refusal(&self.units[u], &self.machines[m]).is_some())
+    }
+
     /// Why `u` cannot run on `m` beside what is there now (itself excepted), if it cannot.
     fn refusal(&self, u: &Unit, m: &Machine) -> Option<String> {
         if !u.req.machine_id_ok(&m.id) {
@@ -164,8 +177,20 @@ impl<'a> State<'a> {
         }
         let here = self.on.get(m.id.as_str());
         let has = |n: &str| here.is_some_and(|s| s.contains(n));
-        if let Some(p) = u.req.peers.iter().find(|p| !has(p)) {
+        // A unit is never its own peer: fleet could not place one that named itself.
+        if let Some(p) = u.req.peers.iter().find(|p| **p == u.name || !has(p)) {
             return Some(format!("MachineOf={p} (not there)"));
+        }
+        // fleet's validation refuses this pair; a stored one must not make passes flap.
+        if let Some(p) = u
+            .req
+            .peers
+            .iter()
+            .find(|p| u.req.replaces.iter().any(|r| super::glob::matches(r, p)))
+        {
+            return Some(format!(
+                "unresolvable requirements: peer {p:?} matches Replaces"
+            ));
         }
         for other in here.into_iter().flatten().filter(|o| **o != u.name) {
             let Some(o) = self.units.get(*other) else {
@@ -215,81 +240,181 @@ pub fn plan(
     schedule: &Schedule,
 ) -> Plan {
     let mut st = State::new(units, machines);
-    let mut unschedules = admit_existing(&mut st, schedule);
-    unschedules.extend(fall_until_stable(&mut st));
-    unschedules.reverse();
-    let mut decisions = unschedules;
-    let entry = |u: &Unit| Entry {
+    let mut reasons = admit_existing(&mut st, schedule);
+    // A unit placed beside one that replaces it falls in the next round and is placed
+    // elsewhere; each round can only narrow where it may go, so this ends.
+    for _ in 0..=units.len() {
+        fall_until_stable(&mut st, &mut reasons);
+        // A global unit may follow a plain one placed after it: go round while either
+        // placed something.
+        let placed = place_globals(&mut st) | place_pending(&mut st);
+        if !placed && !st.any_refusal() {
+            break;
+        }
+    }
+    fall_until_stable(&mut st, &mut reasons);
+    let unplaced = units
+        .values()
+        .filter(|u| wants_to_run(u) && !u.req.global && !st.at.contains_key(u.name.as_str()))
+        .map(|u| u.name.clone())
+        .collect();
+    Plan {
+        decisions: diff(&st, schedule, reasons),
+        unplaced,
+    }
+}
+
+fn wants_to_run(u: &Unit) -> bool {
+    u.desired != Desired::Inactive && !u.template
+}
+
+fn entry(u: &Unit) -> Entry {
+    Entry {
         desired: u.desired,
         hash: u.hash.clone(),
-    };
-    let wants_to_run = |u: &Unit| u.desired != Desired::Inactive && !u.template;
+    }
+}
+
+/// Global units onto every machine that takes them; `true` if any was placed.
+fn place_globals(st: &mut State) -> bool {
+    let units = st.units;
+    let mut placed = false;
     for u in units.values().filter(|u| u.req.global && wants_to_run(u)) {
-        for m in machines.values() {
+        for m in st.machines.values() {
             let there = st
                 .at
                 .get(u.name.as_str())
                 .is_some_and(|s| s.contains(m.id.as_str()));
             if !there && st.refusal(u, m).is_none() {
                 st.add(&u.name, &m.id);
-                decisions.push(Decision::Schedule {
-                    unit: u.name.clone(),
-                    machine: m.id.clone(),
-                    entry: entry(u),
-                });
+                placed = true;
             }
         }
     }
+    placed
+}
+
+/// Unscheduled plain units onto their best machines, until nothing more fits (a
+/// follower fits once its peer is placed); `true` if any was placed.
+fn place_pending(st: &mut State) -> bool {
+    let units = st.units;
     let mut pending: Vec<&Unit> = units
         .values()
         .filter(|u| !u.req.global && wants_to_run(u) && !st.at.contains_key(u.name.as_str()))
         .collect();
+    let start = pending.len();
     loop {
         let before = pending.len();
         pending.retain(|u| match st.best_machine(u) {
             Some(m) => {
                 st.add(&u.name, m);
-                decisions.push(Decision::Schedule {
-                    unit: u.name.clone(),
-                    machine: m.to_string(),
-                    entry: entry(u),
-                });
                 false
             }
             None => true,
         });
         if pending.len() == before {
-            break;
+            return pending.len() < start;
         }
-    }
-    for (u, on) in schedule {
-        for (m, e) in on {
-            let kept = st
-                .at
-                .get(u.as_str())
-                .is_some_and(|s| s.contains(m.as_str()));
-            let want = units.get(u).map(entry);
-            if let (true, Some(want)) = (kept, want) {
-                if *e != want {
-                    decisions.push(Decision::Update {
-                        unit: u.clone(),
-                        machine: m.clone(),
-                        entry: want,
-                    });
-                }
-            }
-        }
-    }
-    Plan {
-        decisions,
-        unplaced: pending.into_iter().map(|u| u.name.clone()).collect(),
     }
 }
 
+/// The decisions that turn `schedule` into the pass's result, in an order whose every
+/// prefix is a valid schedule: unschedules (followers before peers), schedules (peers
+/// before followers), updates.
+fn diff(st: &State, schedule: &Schedule, mut reasons: Reasons) -> Vec<Decision> {
+    let depth = depths(st.units);
+    let d = |u: &str| depth.get(u).copied().unwrap_or(0);
+    let kept = |u: &str, m: &str| st.at.get(u).is_some_and(|s| s.contains(m));
+    let mut unschedules = vec![];
+    let mut updates = vec![];
+    for (u, on) in schedule {
+        for (m, e) in on {
+            if !kept(u, m) {
+                let reason = reasons
+                    .remove(&(u.clone(), m.clone()))
+                    .unwrap_or_else(|| "moved".into());
+                unschedules.push((d(u), u.clone(), m.clone(), reason));
+            } else if *e != entry(&st.units[u]) {
+                updates.push(Decision::Update {
+                    unit: u.clone(),
+                    machine: m.clone(),
+                    entry: entry(&st.units[u]),
+                });
+            }
+        }
+    }
+    let mut schedules = vec![];
+    for (u, on) in &st.at {
+        for m in on {
+            if !schedule.get(*u).is_some_and(|s| s.contains_key(*m)) {
+                schedules.push((d(u), u.to_string(), m.to_string()));
+            }
+        }
+    }
+    unschedules.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| (&a.1, &a.2).cmp(&(&b.1, &b.2))));
+    schedules.sort();
+    let mut out: Vec<Decision> = unschedules
+        .into_iter()
+        .map(|(_, unit, machine, reason)| Decision::Unschedule {
+            unit,
+            machine,
+            reason,
+        })
+        .collect();
+    out.extend(
+        schedules
+            .into_iter()
+            .map(|(_, unit, machine)| Decision::Schedule {
+                entry: entry(&st.units[&unit]),
+                unit,
+                machine,
+            }),
+    );
+    out.extend(updates);
+    out
+}
+
+/// How deep each unit sits in `MachineOf` chains (0: follows nobody); cycles count once.
+fn depths(units: &BTreeMap<String, Unit>) -> BTreeMap<&str, usize> {
+    fn walk<'a>(
+        u: &'a str,
+        units: &'a BTreeMap<String, Unit>,
+        memo: &mut BTreeMap<&'a str, usize>,
+        on_path: &mut Vec<&'a str>,
+    ) -> usize {
+        if let Some(d) = memo.get(u) {
+            return *d;
+        }
+        if on_path.contains(&u) {
+            return 0;
+        }
+        on_path.push(u);
+        let d = units.get(u).map_or(0, |x| {
+            x.req
+                .peers
+                .iter()
+                .map(|p| 1 + walk(p, units, memo, on_path))
+                .max()
+                .unwrap_or(0)
+        });
+        on_path.pop();
+        memo.insert(u, d);
+        d
+    }
+    let mut memo = BTreeMap::new();
+    for u in units.keys() {
+        walk(u, units, &mut memo, &mut vec![]);
+    }
+    memo
+}
+
+/// Why each existing placement was taken away, for the log.
+type Reasons = BTreeMap<(String, String), String>;
+
 /// Takes in the existing schedule, refusing entries that cannot stand whatever else is
 /// there: unit gone, inactive or a template, machine gone, a plain unit on a second machine.
-fn admit_existing<'a>(st: &mut State<'a>, schedule: &'a Schedule) -> Vec<Decision> {
-    let mut out = vec![];
+fn admit_existing<'a>(st: &mut State<'a>, schedule: &'a Schedule) -> Reasons {
+    let mut out = Reasons::new();
     for (u, on) in schedule {
         for m in on.keys() {
             let why = match st.units.get(u) {
@@ -305,11 +430,9 @@ fn admit_existing<'a>(st: &mut State<'a>, schedule: &'a Schedule) -> Vec<Decisio
                 Some(_) => None,
             };
             match why {
-                Some(reason) => out.push(Decision::Unschedule {
-                    unit: u.clone(),
-                    machine: m.clone(),
-                    reason,
-                }),
+                Some(reason) => {
+                    out.insert((u.clone(), m.clone()), reason);
+                }
                 None => st.add(u, m),
             }
         }
@@ -318,30 +441,24 @@ fn admit_existing<'a>(st: &mut State<'a>, schedule: &'a Schedule) -> Vec<Decisio
 }
 
 /// Unschedules placements whose constraints broke, until none does.
-fn fall_until_stable(st: &mut State) -> Vec<Decision> {
-    let mut out = vec![];
+fn fall_until_stable(st: &mut State, reasons: &mut Reasons) {
     loop {
-        let pairs: Vec<(&str, &str)> = st
-            .at
-            .iter()
-            .flat_map(|(u, ms)| ms.iter().map(move |m| (*u, *m)))
+        let fallen: Vec<(&str, &str, String)> = st
+            .pairs()
+            .into_iter()
+            .filter_map(|(u, m)| {
+                st.refusal(&st.units[u], &st.machines[m])
+                    .map(|why| (u, m, why))
+            })
             .collect();
-        let mut fell = false;
-        for (u, m) in pairs {
-            let unit = &st.units[u];
-            if let Some(why) = st.refusal(unit, &st.machines[m]) {
-                st.remove(u, m);
-                out.push(Decision::Unschedule {
-                    unit: u.to_string(),
-                    machine: m.to_string(),
-                    reason: format!("cannot run on {} any more: {why}", short_id(m)),
-                });
-                fell = true;
-            }
-        }
-        if !fell {
-            return out;
-        }
+        let Some((u, m, why)) = fallen.into_iter().next() else {
+            return;
+        };
+        // One at a time: a fall can resolve another's conflict.
+        st.remove(u, m);
+        reasons
+            .entry((u.to_string(), m.to_string()))
+            .or_insert_with(|| format!("cannot run on {} any more: {why}", short_id(m)));
     }
 }
 

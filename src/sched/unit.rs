@@ -154,7 +154,7 @@ impl Lexer<'_> {
 
     /// The rest of the line without its `\n` (and a `\r` before it, as Go trims), and
     /// whether the input ended there.
-    fn to_eol(&mut self) -> (&str, bool) {
+    fn line_rest(&mut self) -> (&str, bool) {
         let rest = &self.text[self.pos..];
         let (line, eof) = match rest.find('\n') {
             Some(i) => {
@@ -181,7 +181,7 @@ impl Lexer<'_> {
         let name = self.text[start..start + end].to_string();
         self.pos = start + end + 1;
         let at = self.pos;
-        let (garbage, _) = self.to_eol();
+        let (garbage, _) = self.line_rest();
         let garbage = garbage.trim();
         if !garbage.is_empty() {
             let what = format!("found garbage after section name [{name}]: {garbage:?}");
@@ -194,7 +194,7 @@ impl Lexer<'_> {
     /// spaces dropped): go-systemd's rule, kept so files mean what they meant to fleet.
     fn skip_comment(&mut self) {
         loop {
-            let (line, eof) = self.to_eol();
+            let (line, eof) = self.line_rest();
             // Go's `bytes.TrimSuffix(line, " ")`: one space, not all of them.
             let line = line.strip_suffix(' ').unwrap_or(line);
             if !line.ends_with('\\') || eof {
@@ -231,7 +231,7 @@ impl Lexer<'_> {
     /// One line of a value; a line ending in `\` continues it (backslash and a `\n`
     /// kept), a blank line or a line without one ends it.
     fn option_value(&mut self, section: String, name: String, mut partial: String) -> Step {
-        let (line, eof) = self.to_eol();
+        let (line, eof) = self.line_rest();
         if !line.trim().is_empty() {
             partial.push_str(line);
             if line.ends_with('\\') {
