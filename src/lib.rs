@@ -8,6 +8,7 @@
 //!   is in the shims).
 //! - [`client`]: [`client::KvClient`], how the scheduler, agent, renderer and CLIs reach
 //!   the store (in-process on a member).
+//! - [`agent`]: what runs on each machine (its presence key; the units placed on it).
 //! - [`sched`]: fleet — unit files, placement (a pure function), the leader's engine.
 //! - [`node`]: wiring — config + environment + disk → a running node.
 //! - [`cli`]: the `flotilla` command line (thin; production wiring of the shims).
@@ -16,6 +17,7 @@
 //! peers → commit → [`kv::Store::apply`] → response. Node logic reaches clocks, tasks,
 //! sockets and files only through `flotilla_shims` (enforced by `clippy.toml`).
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod client;

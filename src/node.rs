@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub request_timeout_ms: u64,
     pub value_bytes_max: usize,
     pub inbox_inputs_max: usize,
+    /// This member as a machine units run on; `None` with `--no-agent`.
+    pub machine: Option<crate::agent::presence::MachineConfig>,
+    pub engine: crate::sched::engine::EngineConfig,
 }
 
 #[derive(Debug, Error)]
@@ -152,6 +155,30 @@ fn publish(env: &Env, handle: &RaftHandle, id: u64, cfg: &NodeConfig) {
     );
 }
 
+/// The scheduling engine (every member runs one; it acts while it leads) and, unless the
+/// member is not a machine, its presence.
+fn start_fleet(env: &Env, handle: &RaftHandle, id: u64, cfg: &NodeConfig) {
+    let kv = crate::client::inproc::InProc::new(handle.clone(), env.clock.clone());
+    let engine_cfg = crate::sched::engine::EngineConfig {
+        member: format!("{id:x}"),
+        ..cfg.engine.clone()
+    };
+    let engine = crate::sched::engine::Engine::new(kv.clone(), env.clock.clone(), engine_cfg);
+    env.spawn.spawn("sched-engine", Box::pin(engine.run()));
+    if let Some(m) = &cfg.machine {
+        let (tx, _rx) = tokio::sync::watch::channel(None);
+        env.spawn.spawn(
+            "machine-presence",
+            Box::pin(crate::agent::presence::run(
+                Arc::new(kv),
+                env.clock.clone(),
+                m.clone(),
+                tx,
+            )),
+        );
+    }
+}
+
 /// Recovers (or bootstraps) from `disk` and assembles the node. Nothing is served until
 /// a fresh identity is synced.
 pub async fn start(
@@ -203,6 +230,7 @@ pub async fn start(
         value_bytes_max: cfg.value_bytes_max,
     };
     publish(env, &handle, id, cfg);
+    start_fleet(env, &handle, id, cfg);
     Ok(Started {
         id,
         handle,

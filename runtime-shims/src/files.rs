@@ -36,6 +36,20 @@ impl Files for RealFiles {
     }
 }
 
+/// The trimmed contents of the small file at `path`; if there is none, `make()` written
+/// there first (atomically, synced), as systemd keeps `/etc/machine-id`.
+pub fn load_or_create(path: &Path, make: impl FnOnce() -> String) -> io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s.trim().to_string()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let v = make();
+            write_atomic_blocking(path, format!("{v}\n").as_bytes(), 0o644)?;
+            Ok(v)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes a stage file beside `path`, syncs it, renames it over `path`, syncs the dir.
 pub(crate) fn write_atomic_blocking(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     use std::io::Write;

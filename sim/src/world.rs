@@ -142,6 +142,8 @@ fn node_config(s: &Scenario, i: usize) -> NodeConfig {
         request_timeout_ms: 1_200,
         value_bytes_max: 1 << 20,
         inbox_inputs_max: 4096,
+        machine: None,
+        engine: Default::default(),
     }
 }
 

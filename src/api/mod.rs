@@ -5,11 +5,13 @@
 //! - [`render`]: etcd's JSON shapes, `ttl` from the reader's clock.
 //! - [`keys`]: `/v2/keys` — reads from the local store (or after a ReadIndex barrier with
 //!   `quorum=true`), writes through Raft, watches from the store's history.
+//! - [`fleet`]: fleet's API v1 (`/fleet/v1`): units, states, machines.
 //! - this file: routing, `/health`, `/version`, `/v2/members`, common headers.
 //!
 //! Handlers take whole requests and return whole responses; the server that moves the
 //! bytes lives in `flotilla_shims::http`.
 
+pub mod fleet;
 pub mod keys;
 pub mod members;
 pub mod params;
@@ -80,6 +82,18 @@ impl Api {
             if key.is_empty() || key.starts_with('/') {
                 let key = if key.is_empty() { "/" } else { key };
                 return self.keys(&req, key).await;
+            }
+        }
+        for prefix in ["/fleet/v1", "/v1-alpha"] {
+            if let Some(rest) = path.strip_prefix(prefix) {
+                if rest.is_empty() || rest.starts_with('/') {
+                    return self.fleet(&req, rest).await;
+                }
+            }
+        }
+        if let Some(unit) = path.strip_prefix("/flotilla/v1/placement/") {
+            if req.method() == Method::GET {
+                return self.placement(unit);
             }
         }
         if let Some(rest) = path.strip_prefix("/v2/members") {

@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run a node (the default: a single-node cluster on 127.0.0.1:2379, data in ./flotilla.data).
-    Node(node::NodeArgs),
+    Node(Box<node::NodeArgs>),
     /// etcdctl-style key-value commands: get, set, mk, mkdir, update, rm, rmdir, ls, watch, member.
     Kv(kv::KvArgs),
 }
@@ -37,9 +37,11 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let cmd = cli.cmd.unwrap_or(Cmd::Node(node::NodeArgs::default_args()));
+    let cmd = cli
+        .cmd
+        .unwrap_or(Cmd::Node(Box::new(node::NodeArgs::default_args())));
     let result = match cmd {
-        Cmd::Node(args) => node::run(args),
+        Cmd::Node(args) => node::run(*args),
         Cmd::Kv(args) => kv::run(args),
     };
     match result {

@@ -2,8 +2,8 @@
 //!
 //! A pass reads the registry from the local replica, asks [`place::plan`] what to do and
 //! commits the decisions as [`Command::Txn`]s. Three guards make that safe:
-//! - **the lease**: on becoming leader in a new term the engine writes the lease key,
-//!   and every commit requires that key unchanged since. A deposed leader's commits fail
+//! - **the lease**: before its first commit in a new term the engine writes the lease
+//!   key, and every commit requires that key unchanged since. A deposed leader's commits fail
 //!   once its successor has taken the lease; before that, its commits are ones the
 //!   successor reads anyway (it reads only after its own lease write has applied).
 //! - **each unit's index**: a decision about a unit holds only if the unit record is
@@ -129,12 +129,27 @@ impl Engine {
             self.lease = None;
             return Ok(PassReport::default());
         }
+        let mut view = self.read().await?;
+        let mut plan = place::plan(&view.machines, &view.units, &view.schedule);
+        if plan.decisions.is_empty() {
+            return Ok(PassReport {
+                leader: true,
+                unplaced: plan.unplaced.len(),
+                ..Default::default()
+            });
+        }
+        // The lease is taken only when there is something to commit (a cluster without
+        // units writes nothing). Taking it, then reading again, is what makes the read
+        // include every commit of any earlier engine.
         let lease_index = match self.lease {
             Some((term, index)) if term == status.term => index,
-            _ => self.claim(status.term).await?,
+            _ => {
+                let index = self.claim(status.term).await?;
+                view = self.read().await?;
+                plan = place::plan(&view.machines, &view.units, &view.schedule);
+                index
+            }
         };
-        let view = self.read().await?;
-        let plan = place::plan(&view.machines, &view.units, &view.schedule);
         let mut report = PassReport {
             leader: true,
             unplaced: plan.unplaced.len(),

@@ -16,12 +16,14 @@ use thiserror::Error;
 /// systemd's LINE_MAX, as fleet enforces it.
 pub const LINE_BYTES_MAX: usize = 2048;
 
-/// One `Name=Value` of a unit, in its section. JSON as fleet's API has it (an empty value
-/// is omitted).
+/// One `Name=Value` of a unit, in its section. JSON as fleet's API has it: fields in Go's
+/// order, empty ones omitted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnitOption {
-    pub section: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub section: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
 }

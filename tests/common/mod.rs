@@ -138,7 +138,17 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A KV cluster: members that are not machines (`--no-agent`), so nothing but the
+    /// test writes to the store and indexes stay predictable.
     pub fn new(n: usize, extra: &[&str]) -> Self {
+        let mut e = vec!["--no-agent"];
+        e.extend_from_slice(extra);
+        Self::with_machines(n, &e)
+    }
+
+    /// A cluster whose members are machines too (scheduler tests); `extra` gives each
+    /// member the same flags.
+    pub fn with_machines(n: usize, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = vec![];
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
