@@ -107,6 +107,17 @@ pub async fn request(
     form: Option<String>,
     timeout: std::time::Duration,
 ) -> Result<ClientResponse, String> {
+    let body = form.map(|f| ("application/x-www-form-urlencoded", Bytes::from(f)));
+    request_body(method, url, body, timeout).await
+}
+
+/// [`request`] with any body: `(content type, bytes)`.
+pub async fn request_body(
+    method: &str,
+    url: &str,
+    body: Option<(&str, Bytes)>,
+    timeout: std::time::Duration,
+) -> Result<ClientResponse, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
     let host = uri
         .host()
@@ -125,15 +136,14 @@ pub async fn request(
             .method(method)
             .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
             .header(http::header::HOST, format!("{host}:{port}"));
-        if form.is_some() {
-            b = b.header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            );
-        }
-        let req = b
-            .body(Full::new(Bytes::from(form.unwrap_or_default())))
-            .map_err(|e| e.to_string())?;
+        let bytes = match body {
+            Some((ct, bytes)) => {
+                b = b.header(http::header::CONTENT_TYPE, ct);
+                bytes
+            }
+            None => Bytes::new(),
+        };
+        let req = b.body(Full::new(bytes)).map_err(|e| e.to_string())?;
         let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();

@@ -3,9 +3,13 @@
 //! # Layout
 //! - [`node`]: `flotilla node` (also the default with no subcommand), etcd's flag names.
 //! - [`kv`]: `flotilla kv …`, an etcdctl (v2) work-alike.
+//! - [`units`]: `flotilla units …`, a fleetctl work-alike over fleet's API v1
+//!   ([`table`] lays out its columns as fleetctl's tabwriter does).
 
 pub mod kv;
 pub mod node;
+pub mod table;
+pub mod units;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -27,6 +31,9 @@ enum Cmd {
     Node(Box<node::NodeArgs>),
     /// etcdctl-style key-value commands: get, set, mk, mkdir, update, rm, rmdir, ls, watch, member.
     Kv(kv::KvArgs),
+    /// fleetctl-style unit commands: submit, load, start, stop, unload, destroy, cat,
+    /// status, list-units, list-unit-files, list-machines.
+    Units(units::UnitsArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -43,6 +50,7 @@ pub fn main() -> ExitCode {
     let result = match cmd {
         Cmd::Node(args) => node::run(*args),
         Cmd::Kv(args) => kv::run(args),
+        Cmd::Units(args) => units::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,765 @@
+//! `flotilla units`: fleetctl's verbs, output and exit codes, over fleet's API v1.
+//!
+//! One difference on purpose: `start` (and `load`) of a unit that cannot be placed does
+//! not wait in silence. It prints why (which constraint refuses which machine) and, if
+//! the unit stays unplaceable, gives up with a non-zero exit.
+
+use super::table::Table;
+use crate::sched::name::{validate as validate_name, NameInfo};
+use crate::sched::require::validate as validate_options;
+use crate::sched::unit::{hash, parse, serialize, UnitOption};
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use flotilla_shims::http::{request_body, ClientResponse};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct UnitsArgs {
+    /// fleet API endpoints (a flotilla member's client URL), comma-separated.
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:2379",
+        env = "FLEETCTL_ENDPOINT"
+    )]
+    endpoint: String,
+    /// Seconds to wait for each API request.
+    #[arg(long, global = true, default_value_t = 3.0, env = "FLEETCTL_REQUEST_TIMEOUT")]
+    request_timeout: f64,
+    /// Do not wait for units to reach their state.
+    #[arg(long, global = true)]
+    no_block: bool,
+    /// Wait at most this many attempts (of about 2 s each); 0 waits as long as the unit
+    /// is on its way (an unplaceable unit still gives up after 10 attempts).
+    #[arg(long, global = true, default_value_t = 0)]
+    block_attempts: u32,
+    #[command(subcommand)]
+    cmd: UnitsCmd,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct ListOpts {
+    /// Do not shorten ids and hashes.
+    #[arg(long, short = 'l')]
+    full: bool,
+    /// Do not print the header line.
+    #[arg(long)]
+    no_legend: bool,
+    /// Columns to show, comma-separated.
+    #[arg(long)]
+    fields: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum UnitsCmd {
+    /// Upload unit files (desired state inactive).
+    Submit {
+        units: Vec<String>,
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Submit and place units on machines (desired state loaded).
+    Load {
+        units: Vec<String>,
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Submit, place and start units (desired state launched).
+    Start {
+        units: Vec<String>,
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Stop units (desired state loaded).
+    Stop { units: Vec<String> },
+    /// Stop and take units off their machines (desired state inactive).
+    Unload { units: Vec<String> },
+    /// Remove units from the cluster.
+    Destroy { units: Vec<String> },
+    /// Restart launched units.
+    Restart { units: Vec<String> },
+    /// Print a unit's file as the cluster holds it.
+    Cat { unit: String },
+    /// Where a unit is and what its machine reports.
+    Status { units: Vec<String> },
+    /// Units' states as their machines report them.
+    ListUnits(ListOpts),
+    /// Units in the cluster, their desired and current states and targets.
+    ListUnitFiles(ListOpts),
+    /// Machines in the cluster.
+    ListMachines(ListOpts),
+}
+
+struct Client {
+    endpoints: Vec<String>,
+    timeout: Duration,
+}
+
+impl Client {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<ClientResponse> {
+        let mut last = String::new();
+        for ep in &self.endpoints {
+            let url = format!("{}{path}", ep.trim_end_matches('/'));
+            let b = body
+                .as_ref()
+                .map(|v| ("application/json", Bytes::from(v.to_string())));
+            match request_body(method, &url, b, self.timeout).await {
+                Ok(r) if r.status >= 500 => last = format!("{url}: HTTP {}", r.status),
+                Ok(r) => return Ok(r),
+                Err(e) => last = e,
+            }
+        }
+        Err(anyhow!("error attempting to reach the fleet API: {last}"))
+    }
+
+    async fn json(&self, path: &str) -> Result<Value> {
+        let r = self.call("GET", path, None).await?;
+        if r.status != 200 {
+            bail!("GET {path}: {}", api_error(&r));
+        }
+        serde_json::from_slice(&r.body).with_context(|| format!("GET {path}: bad JSON"))
+    }
+
+    /// A unit, or `None` when the cluster has no such unit.
+    async fn unit(&self, name: &str) -> Result<Option<Value>> {
+        let path = format!("/fleet/v1/units/{}", enc(name));
+        let r = self.call("GET", &path, None).await?;
+        match r.status {
+            200 => Ok(Some(serde_json::from_slice(&r.body)?)),
+            404 => Ok(None),
+            _ => bail!("GET {path}: {}", api_error(&r)),
+        }
+    }
+
+    /// Every item of a paged collection.
+    async fn all(&self, what: &str) -> Result<Vec<Value>> {
+        let mut out = vec![];
+        let mut token = String::new();
+        loop {
+            let q = if token.is_empty() {
+                String::new()
+            } else {
+                format!("?nextPageToken={}", enc(&token))
+            };
+            let v = self.json(&format!("/fleet/v1/{what}{q}")).await?;
+            out.extend(v[what].as_array().cloned().unwrap_or_default());
+            match v["nextPageToken"].as_str() {
+                Some(t) if !t.is_empty() => token = t.to_string(),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn set_state(&self, name: &str, desired: &str) -> Result<()> {
+        let path = format!("/fleet/v1/units/{}", enc(name));
+        let r = self
+            .call("PUT", &path, Some(json!({ "desiredState": desired })))
+            .await?;
+        if r.status / 100 != 2 {
+            bail!("setting {name} {desired}: {}", api_error(&r));
+        }
+        Ok(())
+    }
+
+    async fn machines(&self) -> Result<BTreeMap<String, String>> {
+        Ok(self
+            .all("machines")
+            .await?
+            .iter()
+            .map(|m| (s(&m["id"]), s(&m["primaryIP"])))
+            .collect())
+    }
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or("").to_string()
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn api_error(r: &ClientResponse) -> String {
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    match v["error"]["message"].as_str() {
+        Some(m) if !m.is_empty() => m.to_string(),
+        _ => format!("HTTP {}", r.status),
+    }
+}
+
+/// fleetctl's name mangling: the file's base name, `.service` added unless it names a
+/// unit type fleetctl knows.
+pub fn unit_name(arg: &str) -> String {
+    let base = Path::new(arg)
+        .file_name()
+        .map(|b| b.to_string_lossy().into_owned())
+        .unwrap_or_else(|| arg.to_string());
+    const KNOWN: &[&str] = &[
+        ".service",
+        ".socket",
+        ".timer",
+        ".path",
+        ".device",
+        ".mount",
+        ".automount",
+    ];
+    if KNOWN.iter().any(|k| base.ends_with(k)) {
+        base
+    } else {
+        format!("{base}.service")
+    }
+}
+
+/// `<id8>...` (or the whole id) and `/<ip>` when known: fleetctl's machine legend.
+fn legend(id: &str, ip: &str, full: bool) -> String {
+    let id = if full {
+        id.to_string()
+    } else {
+        format!("{}...", id.chars().take(8).collect::<String>())
+    };
+    if ip.is_empty() {
+        id
+    } else {
+        format!("{id}/{ip}")
+    }
+}
+
+pub fn run(a: UnitsArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(exec(a))
+}
+
+async fn exec(a: UnitsArgs) -> Result<()> {
+    if !(a.request_timeout > 0.0 && a.request_timeout < 3600.0) {
+        bail!("--request-timeout must be between 0 and 3600 seconds");
+    }
+    let c = Client {
+        endpoints: a
+            .endpoint
+            .split(',')
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect(),
+        timeout: Duration::from_secs_f64(a.request_timeout),
+    };
+    let wait = Wait {
+        block: !a.no_block,
+        attempts: a.block_attempts,
+    };
+    match a.cmd {
+        UnitsCmd::Submit { units, replace } => {
+            for u in &units {
+                let name = submit(&c, u, replace, "inactive").await?;
+                println!("Unit {name} inactive");
+            }
+            Ok(())
+        }
+        UnitsCmd::Load { units, replace } => activate(&c, &units, replace, "loaded", wait).await,
+        UnitsCmd::Start { units, replace } => {
+            activate(&c, &units, replace, "launched", wait).await
+        }
+        UnitsCmd::Stop { units } => stop(&c, &units, wait).await,
+        UnitsCmd::Unload { units } => unload(&c, &units, wait).await,
+        UnitsCmd::Destroy { units } => destroy(&c, &units).await,
+        UnitsCmd::Restart { units } => restart(&c, &units, wait).await,
+        UnitsCmd::Cat { unit } => {
+            let name = unit_name(&unit);
+            let Some(u) = c.unit(&name).await? else {
+                bail!("Unit {name} not found");
+            };
+            print!("{}", serialize(&options_of(&u)));
+            Ok(())
+        }
+        UnitsCmd::Status { units } => status(&c, &units).await,
+        UnitsCmd::ListUnits(o) => list_units(&c, &o).await,
+        UnitsCmd::ListUnitFiles(o) => list_unit_files(&c, &o).await,
+        UnitsCmd::ListMachines(o) => list_machines(&c, &o).await,
+    }
+}
+
+fn options_of(u: &Value) -> Vec<UnitOption> {
+    serde_json::from_value(u["options"].clone()).unwrap_or_default()
+}
+
+/// The options for `arg`: its local file; for an instance without one, the template's
+/// options from the cluster, else a local template file beside it.
+async fn local_options(c: &Client, arg: &str, name: &str) -> Result<Vec<UnitOption>> {
+    if let Some(o) = read_unit_file(Path::new(arg)).await? {
+        return Ok(o);
+    }
+    let info = NameInfo::new(name);
+    if let Some(t) = info.template() {
+        if let Some(tu) = c.unit(&t).await? {
+            return Ok(options_of(&tu));
+        }
+        let beside = Path::new(arg).with_file_name(&t);
+        if let Some(o) = read_unit_file(&beside).await? {
+            return Ok(o);
+        }
+    }
+    bail!("unable to find unit file {arg} (or a template for it)")
+}
+
+/// A local unit file's options; `None` if there is no such file.
+async fn read_unit_file(p: &Path) -> Result<Option<Vec<UnitOption>>> {
+    use flotilla_shims::Files;
+    let Some(bytes) = flotilla_shims::files::RealFiles
+        .read(&p.display().to_string())
+        .await
+        .map_err(|e| anyhow!("{}: {e}", p.display()))?
+    else {
+        return Ok(None);
+    };
+    let text = String::from_utf8(bytes).map_err(|_| anyhow!("{}: not UTF-8 text", p.display()))?;
+    let opts = parse(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?;
+    Ok(Some(opts))
+}
+
+/// Creates the unit if the cluster lacks it (with `desired`), warns if the cluster's
+/// differs from the local file. Returns the unit's name.
+async fn submit(c: &Client, arg: &str, replace: bool, desired: &str) -> Result<String> {
+    let name = unit_name(arg);
+    validate_name(&name).map_err(|e| anyhow!("{name}: {e}"))?;
+    let existing = c.unit(&name).await?;
+    let local = match (&existing, Path::new(arg).exists()) {
+        (Some(_), false) => return Ok(name),
+        _ => local_options(c, arg, &name).await?,
+    };
+    validate_options(&local).map_err(|e| anyhow!("{name}: {e}"))?;
+    if let Some(u) = &existing {
+        if hash(&options_of(u)) == hash(&local) {
+            return Ok(name);
+        }
+        if !replace {
+            eprintln!(
+                "WARNING: Unit {name} in registry differs from local unit file {arg}. Add --replace to override."
+            );
+            return Ok(name);
+        }
+    }
+    let body = json!({"name": name, "desiredState": desired, "options": local});
+    let path = format!("/fleet/v1/units/{}", enc(&name));
+    let r = c.call("PUT", &path, Some(body)).await?;
+    if r.status / 100 != 2 {
+        bail!("creating {name}: {}", api_error(&r));
+    }
+    Ok(name)
+}
+
+#[derive(Clone, Copy)]
+struct Wait {
+    block: bool,
+    attempts: u32,
+}
+
+/// Polls in a fleetctl attempt (about 2 s of 250 ms polls).
+const POLLS_PER_ATTEMPT: u32 = 8;
+/// With `--block-attempts=0`, an unplaceable unit gives up after this many attempts.
+const UNPLACEABLE_ATTEMPTS_MAX: u32 = 10;
+
+/// `load` / `start`: submit, set the desired state, wait for it.
+async fn activate(c: &Client, args: &[String], replace: bool, desired: &str, w: Wait) -> Result<()> {
+    if args.is_empty() {
+        eprintln!("No units given");
+        return Ok(());
+    }
+    let verb = if desired == "launched" { "start" } else { "load" };
+    let mut waiting = vec![];
+    for arg in args {
+        let name = submit(c, arg, replace, desired).await?;
+        let u = c
+            .unit(&name)
+            .await?
+            .ok_or_else(|| anyhow!("Unit {name} vanished after submit"))?;
+        if s(&u["desiredState"]) != desired {
+            c.set_state(&name, desired).await?;
+        }
+        let global = u["machineID"].is_null() && u["currentState"].is_null();
+        if global {
+            println!("Triggered global unit {name} {verb}");
+        } else if !w.block {
+            println!("Triggered unit {name} {verb}");
+        } else {
+            waiting.push(name);
+        }
+    }
+    let mut failed = false;
+    for name in waiting {
+        match wait_for(c, &name, desired, w.attempts).await? {
+            Ok(line) => println!("{line}"),
+            Err(why) => {
+                eprintln!("{why}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Waits until `name`'s current state is `want`. `Ok(Err(msg))` when it gives up.
+async fn wait_for(c: &Client, name: &str, want: &str, attempts: u32) -> Result<Result<String, String>> {
+    let mut said = String::new();
+    let mut unplaced_polls = 0;
+    let mut polls = 0;
+    loop {
+        let u = c.unit(name).await?;
+        let cur = u.as_ref().map(|u| s(&u["currentState"])).unwrap_or_default();
+        let machine = u.as_ref().map(|u| s(&u["machineID"])).unwrap_or_default();
+        if cur == want || (want == "inactive" && u.is_none()) {
+            if want == "inactive" {
+                return Ok(Ok(String::new()));
+            }
+            let ips = c.machines().await?;
+            let ip = ips.get(&machine).cloned().unwrap_or_default();
+            return Ok(Ok(format!("Unit {name} {want} on {}", legend(&machine, &ip, false))));
+        }
+        if machine.is_empty() && want != "inactive" {
+            unplaced_polls += 1;
+            let why = placement_reason(c, name).await.unwrap_or_default();
+            if !why.is_empty() && why != said {
+                eprintln!("Unit {name} is not placed: {why}");
+                said = why.clone();
+            }
+            if attempts == 0 && unplaced_polls >= UNPLACEABLE_ATTEMPTS_MAX * POLLS_PER_ATTEMPT {
+                return Ok(Err(format!(
+                    "Unit {name} cannot be placed (gave up after {UNPLACEABLE_ATTEMPTS_MAX} attempts): {why}"
+                )));
+            }
+        } else {
+            unplaced_polls = 0;
+        }
+        polls += 1;
+        if attempts > 0 && polls >= attempts * POLLS_PER_ATTEMPT {
+            let mut msg = format!("timed out waiting for unit {name} to report state {want}");
+            if machine.is_empty() && !said.is_empty() {
+                msg.push_str(&format!(": not placed: {said}"));
+            }
+            return Ok(Err(msg));
+        }
+        flotilla_shims::Clock::sleep(&flotilla_shims::TokioClock::new(), Duration::from_millis(250)).await;
+    }
+}
+
+async fn placement_reason(c: &Client, name: &str) -> Result<String> {
+    let v = c.json(&format!("/flotilla/v1/placement/{}", enc(name))).await?;
+    Ok(s(&v["reason"]))
+}
+
+/// The named units that exist, with their records.
+async fn existing(c: &Client, args: &[String]) -> Result<Vec<(String, Value)>> {
+    let mut out = vec![];
+    for a in args {
+        let name = unit_name(a);
+        if let Some(u) = c.unit(&name).await? {
+            out.push((name, u));
+        }
+    }
+    Ok(out)
+}
+
+async fn stop(c: &Client, args: &[String], w: Wait) -> Result<()> {
+    let units = existing(c, args).await?;
+    if units.is_empty() {
+        eprintln!("Units not found in registry");
+        return Ok(());
+    }
+    let mut stopped = vec![];
+    for (name, u) in &units {
+        let global = u["currentState"].is_null();
+        if !global && s(&u["currentState"]) == "inactive" {
+            eprintln!("Unable to stop unit {name} in state inactive");
+            std::process::exit(1);
+        }
+        if s(&u["desiredState"]) == "loaded" {
+            continue;
+        }
+        c.set_state(name, "loaded").await?;
+        stopped.push(name.clone());
+    }
+    finish(c, &stopped, "loaded", w, "stopped").await
+}
+
+async fn unload(c: &Client, args: &[String], w: Wait) -> Result<()> {
+    let units = existing(c, args).await?;
+    let mut changed = vec![];
+    for (name, u) in &units {
+        if s(&u["desiredState"]) != "inactive" {
+            c.set_state(name, "inactive").await?;
+            changed.push(name.clone());
+        }
+    }
+    finish(c, &changed, "inactive", w, "unloaded").await
+}
+
+/// Waits for `names` to reach `want` (unless not blocking), then reports them.
+async fn finish(c: &Client, names: &[String], want: &str, w: Wait, done: &str) -> Result<()> {
+    if !w.block {
+        for n in names {
+            println!("Triggered unit {n} {}", if done == "stopped" { "stop" } else { "unload" });
+        }
+        return Ok(());
+    }
+    for n in names {
+        if let Err(why) = wait_for(c, n, want, w.attempts).await? {
+            eprintln!("{why}");
+            std::process::exit(1);
+        }
+    }
+    if !names.is_empty() {
+        eprintln!("Successfully {done} units [{}].", names.join(" "));
+    }
+    Ok(())
+}
+
+async fn destroy(c: &Client, args: &[String]) -> Result<()> {
+    for (name, _) in existing(c, args).await? {
+        let r = c
+            .call("DELETE", &format!("/fleet/v1/units/{}", enc(&name)), None)
+            .await?;
+        if r.status != 204 && r.status != 404 {
+            bail!("destroying {name}: {}", api_error(&r));
+        }
+        println!("Destroyed {name}");
+    }
+    Ok(())
+}
+
+async fn restart(c: &Client, args: &[String], w: Wait) -> Result<()> {
+    for (name, u) in existing(c, args).await? {
+        match s(&u["desiredState"]).as_str() {
+            "launched" => {
+                c.set_state(&name, "loaded").await?;
+                if w.block {
+                    if let Err(why) = wait_for(c, &name, "loaded", w.attempts).await? {
+                        eprintln!("{why}");
+                        std::process::exit(1);
+                    }
+                }
+            }
+            "loaded" => {}
+            other => {
+                eprintln!("Unable to restart unit {name} in state {other}");
+                continue;
+            }
+        }
+        activate(c, std::slice::from_ref(&name), false, "launched", w).await?;
+    }
+    Ok(())
+}
+
+async fn status(c: &Client, args: &[String]) -> Result<()> {
+    let machines = c.machines().await?;
+    for a in args {
+        let name = unit_name(a);
+        let Some(u) = c.unit(&name).await? else {
+            eprintln!("Unit {name} does not exist.");
+            std::process::exit(1);
+        };
+        if s(&u["desiredState"]) == "inactive" {
+            eprintln!("Unit {name} does not appear to be loaded.");
+            std::process::exit(1);
+        }
+        let states = c
+            .json(&format!("/fleet/v1/state?unitName={}", enc(&name)))
+            .await?;
+        println!("● {name} - {}", description(&options_of(&u)));
+        let rows = states["states"].as_array().cloned().unwrap_or_default();
+        if rows.is_empty() {
+            let why = placement_reason(c, &name).await.unwrap_or_default();
+            println!("   Loaded: not loaded{}", if why.is_empty() { String::new() } else { format!(" ({why})") });
+        }
+        for st in rows {
+            let m = s(&st["machineID"]);
+            let ip = machines.get(&m).cloned().unwrap_or_default();
+            println!("   Loaded: {} ({})", s(&st["systemdLoadState"]), s(&st["hash"]));
+            println!(
+                "   Active: {} ({})",
+                s(&st["systemdActiveState"]),
+                s(&st["systemdSubState"])
+            );
+            println!("  Machine: {}", legend(&m, &ip, true));
+        }
+    }
+    Ok(())
+}
+
+fn description(opts: &[UnitOption]) -> String {
+    let d = crate::sched::unit::description(opts);
+    if d.is_empty() {
+        "-".into()
+    } else {
+        d.to_string()
+    }
+}
+
+/// The columns to print: `--fields` (each must be known) or the defaults.
+fn columns<'a>(o: &ListOpts, known: &[&'a str], default: &[&'a str]) -> Result<Vec<&'a str>> {
+    let Some(f) = &o.fields else {
+        return Ok(default.to_vec());
+    };
+    let mut out = vec![];
+    for x in f.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+        match known.iter().find(|k| **k == x) {
+            Some(k) => out.push(*k),
+            None => bail!("Invalid key in output field: {x}"),
+        }
+    }
+    if out.is_empty() {
+        bail!("No fields provided");
+    }
+    Ok(out)
+}
+
+fn print_table(o: &ListOpts, cols: &[&str], rows: Vec<Vec<String>>) {
+    let mut t = Table::new();
+    if !o.no_legend {
+        t.row(cols.iter().map(|c| c.to_uppercase()).collect());
+    }
+    for r in rows {
+        t.row(r);
+    }
+    print!("{}", t.render());
+}
+
+fn short_hash(h: &str, full: bool) -> String {
+    if full {
+        h.to_string()
+    } else {
+        h.chars().take(7).collect()
+    }
+}
+
+async fn list_units(c: &Client, o: &ListOpts) -> Result<()> {
+    let cols = columns(
+        o,
+        &["unit", "load", "active", "sub", "machine", "hash"],
+        &["unit", "machine", "active", "sub"],
+    )?;
+    let machines = c.machines().await?;
+    let rows = c
+        .all("state")
+        .await?
+        .iter()
+        .map(|st| {
+            let m = s(&st["machineID"]);
+            let ip = machines.get(&m).cloned().unwrap_or_default();
+            cols.iter()
+                .map(|col| match *col {
+                    "unit" => s(&st["name"]),
+                    "load" => s(&st["systemdLoadState"]),
+                    "active" => s(&st["systemdActiveState"]),
+                    "sub" => s(&st["systemdSubState"]),
+                    "machine" => legend(&m, &ip, o.full),
+                    _ => short_hash(&s(&st["hash"]), o.full),
+                })
+                .collect()
+        })
+        .collect();
+    print_table(o, &cols, rows);
+    Ok(())
+}
+
+async fn list_unit_files(c: &Client, o: &ListOpts) -> Result<()> {
+    let cols = columns(
+        o,
+        &["unit", "hash", "dstate", "state", "target", "tmachine", "global", "desc"],
+        &["unit", "hash", "dstate", "state", "target"],
+    )?;
+    if cols.contains(&"tmachine") {
+        eprintln!("WARNING: tmachine field is deprecated. Please use target instead.");
+    }
+    let machines = c.machines().await?;
+    let rows = c
+        .all("units")
+        .await?
+        .iter()
+        .map(|u| {
+            let opts = options_of(u);
+            let global = crate::sched::require::Requirements::of(&s(&u["name"]), &opts).global;
+            let m = s(&u["machineID"]);
+            let target = if global {
+                "global".to_string()
+            } else if m.is_empty() {
+                "-".to_string()
+            } else {
+                legend(&m, machines.get(&m).map(String::as_str).unwrap_or(""), o.full)
+            };
+            let state = s(&u["currentState"]);
+            cols.iter()
+                .map(|col| match *col {
+                    "unit" => s(&u["name"]),
+                    "hash" => short_hash(&hash(&opts), o.full),
+                    "dstate" => s(&u["desiredState"]),
+                    "state" if global || state.is_empty() => "-".into(),
+                    "state" => state.clone(),
+                    "target" | "tmachine" => target.clone(),
+                    "global" => global.to_string(),
+                    _ => description(&opts),
+                })
+                .collect()
+        })
+        .collect();
+    print_table(o, &cols, rows);
+    Ok(())
+}
+
+async fn list_machines(c: &Client, o: &ListOpts) -> Result<()> {
+    let cols = columns(o, &["machine", "ip", "metadata"], &["machine", "ip", "metadata"])?;
+    let rows = c
+        .all("machines")
+        .await?
+        .iter()
+        .map(|m| {
+            let meta: BTreeMap<String, String> =
+                serde_json::from_value(m["metadata"].clone()).unwrap_or_default();
+            let meta = if meta.is_empty() {
+                "-".to_string()
+            } else {
+                meta.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let ip = s(&m["primaryIP"]);
+            cols.iter()
+                .map(|col| match *col {
+                    "machine" => legend(&s(&m["id"]), "", o.full),
+                    "ip" if ip.is_empty() => "-".into(),
+                    "ip" => ip.clone(),
+                    _ => meta.clone(),
+                })
+                .collect()
+        })
+        .collect();
+    print_table(o, &cols, rows);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_mangled_as_fleetctl_does() {
+        assert_eq!(unit_name("/tmp/x/apache@.service"), "apache@.service");
+        assert_eq!(unit_name("foo"), "foo.service");
+        assert_eq!(unit_name("foo.link"), "foo.link.service");
+        assert_eq!(unit_name("a.socket"), "a.socket");
+    }
+
+    #[test]
+    fn machine_legends() {
+        assert_eq!(legend("0123456789", "10.0.0.1", false), "01234567.../10.0.0.1");
+        assert_eq!(legend("abc", "", false), "abc...");
+        assert_eq!(legend("abc", "1.2.3.4", true), "abc/1.2.3.4");
+    }
+}
