@@ -28,7 +28,12 @@ pub struct UnitsArgs {
     )]
     endpoint: String,
     /// Seconds to wait for each API request.
-    #[arg(long, global = true, default_value_t = 3.0, env = "FLEETCTL_REQUEST_TIMEOUT")]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 3.0,
+        env = "FLEETCTL_REQUEST_TIMEOUT"
+    )]
     request_timeout: f64,
     /// Do not wait for units to reach their state.
     #[arg(long, global = true)]
@@ -261,9 +266,7 @@ async fn exec(a: UnitsArgs) -> Result<()> {
             Ok(())
         }
         UnitsCmd::Load { units, replace } => activate(&c, &units, replace, "loaded", wait).await,
-        UnitsCmd::Start { units, replace } => {
-            activate(&c, &units, replace, "launched", wait).await
-        }
+        UnitsCmd::Start { units, replace } => activate(&c, &units, replace, "launched", wait).await,
         UnitsCmd::Stop { units } => stop(&c, &units, wait).await,
         UnitsCmd::Unload { units } => unload(&c, &units, wait).await,
         UnitsCmd::Destroy { units } => destroy(&c, &units).await,
@@ -364,12 +367,22 @@ const POLLS_PER_ATTEMPT: u32 = 8;
 const UNPLACEABLE_ATTEMPTS_MAX: u32 = 10;
 
 /// `load` / `start`: submit, set the desired state, wait for it.
-async fn activate(c: &Client, args: &[String], replace: bool, desired: &str, w: Wait) -> Result<()> {
+async fn activate(
+    c: &Client,
+    args: &[String],
+    replace: bool,
+    desired: &str,
+    w: Wait,
+) -> Result<()> {
     if args.is_empty() {
         eprintln!("No units given");
         return Ok(());
     }
-    let verb = if desired == "launched" { "start" } else { "load" };
+    let verb = if desired == "launched" {
+        "start"
+    } else {
+        "load"
+    };
     let mut waiting = vec![];
     for arg in args {
         let name = submit(c, arg, replace, desired).await?;
@@ -406,13 +419,21 @@ async fn activate(c: &Client, args: &[String], replace: bool, desired: &str, w: 
 }
 
 /// Waits until `name`'s current state is `want`. `Ok(Err(msg))` when it gives up.
-async fn wait_for(c: &Client, name: &str, want: &str, attempts: u32) -> Result<Result<String, String>> {
+async fn wait_for(
+    c: &Client,
+    name: &str,
+    want: &str,
+    attempts: u32,
+) -> Result<Result<String, String>> {
     let mut said = String::new();
     let mut unplaced_polls = 0;
     let mut polls = 0;
     loop {
         let u = c.unit(name).await?;
-        let cur = u.as_ref().map(|u| s(&u["currentState"])).unwrap_or_default();
+        let cur = u
+            .as_ref()
+            .map(|u| s(&u["currentState"]))
+            .unwrap_or_default();
         let machine = u.as_ref().map(|u| s(&u["machineID"])).unwrap_or_default();
         if cur == want || (want == "inactive" && u.is_none()) {
             if want == "inactive" {
@@ -420,7 +441,10 @@ async fn wait_for(c: &Client, name: &str, want: &str, attempts: u32) -> Result<R
             }
             let ips = c.machines().await?;
             let ip = ips.get(&machine).cloned().unwrap_or_default();
-            return Ok(Ok(format!("Unit {name} {want} on {}", legend(&machine, &ip, false))));
+            return Ok(Ok(format!(
+                "Unit {name} {want} on {}",
+                legend(&machine, &ip, false)
+            )));
         }
         if machine.is_empty() && want != "inactive" {
             unplaced_polls += 1;
@@ -445,12 +469,18 @@ async fn wait_for(c: &Client, name: &str, want: &str, attempts: u32) -> Result<R
             }
             return Ok(Err(msg));
         }
-        flotilla_shims::Clock::sleep(&flotilla_shims::TokioClock::new(), Duration::from_millis(250)).await;
+        flotilla_shims::Clock::sleep(
+            &flotilla_shims::TokioClock::new(),
+            Duration::from_millis(250),
+        )
+        .await;
     }
 }
 
 async fn placement_reason(c: &Client, name: &str) -> Result<String> {
-    let v = c.json(&format!("/flotilla/v1/placement/{}", enc(name))).await?;
+    let v = c
+        .json(&format!("/flotilla/v1/placement/{}", enc(name)))
+        .await?;
     Ok(s(&v["reason"]))
 }
 
@@ -504,7 +534,10 @@ async fn unload(c: &Client, args: &[String], w: Wait) -> Result<()> {
 async fn finish(c: &Client, names: &[String], want: &str, w: Wait, done: &str) -> Result<()> {
     if !w.block {
         for n in names {
-            println!("Triggered unit {n} {}", if done == "stopped" { "stop" } else { "unload" });
+            println!(
+                "Triggered unit {n} {}",
+                if done == "stopped" { "stop" } else { "unload" }
+            );
         }
         return Ok(());
     }
@@ -575,12 +608,23 @@ async fn status(c: &Client, args: &[String]) -> Result<()> {
         let rows = states["states"].as_array().cloned().unwrap_or_default();
         if rows.is_empty() {
             let why = placement_reason(c, &name).await.unwrap_or_default();
-            println!("   Loaded: not loaded{}", if why.is_empty() { String::new() } else { format!(" ({why})") });
+            println!(
+                "   Loaded: not loaded{}",
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({why})")
+                }
+            );
         }
         for st in rows {
             let m = s(&st["machineID"]);
             let ip = machines.get(&m).cloned().unwrap_or_default();
-            println!("   Loaded: {} ({})", s(&st["systemdLoadState"]), s(&st["hash"]));
+            println!(
+                "   Loaded: {} ({})",
+                s(&st["systemdLoadState"]),
+                s(&st["hash"])
+            );
             println!(
                 "   Active: {} ({})",
                 s(&st["systemdActiveState"]),
@@ -671,7 +715,9 @@ async fn list_units(c: &Client, o: &ListOpts) -> Result<()> {
 async fn list_unit_files(c: &Client, o: &ListOpts) -> Result<()> {
     let cols = columns(
         o,
-        &["unit", "hash", "dstate", "state", "target", "tmachine", "global", "desc"],
+        &[
+            "unit", "hash", "dstate", "state", "target", "tmachine", "global", "desc",
+        ],
         &["unit", "hash", "dstate", "state", "target"],
     )?;
     if cols.contains(&"tmachine") {
@@ -691,7 +737,11 @@ async fn list_unit_files(c: &Client, o: &ListOpts) -> Result<()> {
             } else if m.is_empty() {
                 "-".to_string()
             } else {
-                legend(&m, machines.get(&m).map(String::as_str).unwrap_or(""), o.full)
+                legend(
+                    &m,
+                    machines.get(&m).map(String::as_str).unwrap_or(""),
+                    o.full,
+                )
             };
             let state = s(&u["currentState"]);
             cols.iter()
@@ -713,7 +763,11 @@ async fn list_unit_files(c: &Client, o: &ListOpts) -> Result<()> {
 }
 
 async fn list_machines(c: &Client, o: &ListOpts) -> Result<()> {
-    let cols = columns(o, &["machine", "ip", "metadata"], &["machine", "ip", "metadata"])?;
+    let cols = columns(
+        o,
+        &["machine", "ip", "metadata"],
+        &["machine", "ip", "metadata"],
+    )?;
     let rows = c
         .all("machines")
         .await?
@@ -758,7 +812,10 @@ mod tests {
 
     #[test]
     fn machine_legends() {
-        assert_eq!(legend("0123456789", "10.0.0.1", false), "01234567.../10.0.0.1");
+        assert_eq!(
+            legend("0123456789", "10.0.0.1", false),
+            "01234567.../10.0.0.1"
+        );
         assert_eq!(legend("abc", "", false), "abc...");
         assert_eq!(legend("abc", "1.2.3.4", true), "abc/1.2.3.4");
     }

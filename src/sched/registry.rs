@@ -60,7 +60,11 @@ pub struct UnitRecord {
 #[serde(rename_all = "camelCase")]
 pub struct MachineRecord {
     pub id: String,
-    #[serde(default, rename = "primaryIP", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "primaryIP",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub primary_ip: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
