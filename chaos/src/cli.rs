@@ -40,9 +40,14 @@ enum Cmd {
         /// Parallel runs (default: the number of cores).
         #[arg(long)]
         jobs: Option<usize>,
-        /// Plant a bug (test-only): `skip-sync`.
-        #[arg(long)]
+        /// Plant a bug (test-only): `skip-sync` (never fsync the Raft log),
+        /// `ignore-conflicts` (the scheduler places units as if no Conflicts were declared).
+        #[arg(long, value_parser = ["skip-sync", "ignore-conflicts"])]
         bug: Option<String>,
+        /// `kv`: clients on the key-value store; `sched`: the same, and members are
+        /// machines with units submitted, changed and destroyed throughout.
+        #[arg(long, default_value = "kv", value_parser = ["kv", "sched"])]
+        scenario: String,
     },
     /// Deterministic throughput: writes per simulated second with a modelled disk and
     /// network (the same number on every run), and the simulator's own speed.
@@ -73,6 +78,8 @@ enum Cmd {
         /// Output file.
         #[arg(long)]
         out: PathBuf,
+        #[arg(long, default_value = "kv", value_parser = ["kv", "sched"])]
+        scenario: String,
     },
     /// Run a seed file again and report what it does now.
     Replay {
@@ -145,15 +152,11 @@ fn real_main() -> Result<ExitCode> {
             out,
             jobs,
             bug,
+            scenario,
         } => {
             if !(3..=7).contains(&nodes) {
                 bail!("--nodes {nodes}: use 3 to 7");
             }
-            let bug_skip_sync = match bug.as_deref() {
-                None => false,
-                Some("skip-sync") => true,
-                Some(b) => bail!("--bug {b:?}: the only planted bug is skip-sync"),
-            };
             let range = parse_range(&seeds)?;
             let kinds = parse_faults(faults.as_deref())?;
             let jobs = jobs
@@ -163,7 +166,13 @@ fn real_main() -> Result<ExitCode> {
                         .unwrap_or(1)
                 })
                 .max(1);
-            campaign(range, nodes, &kinds, &out, jobs, bug_skip_sync)
+            let plan = Plan {
+                nodes,
+                kinds,
+                sched: scenario == "sched",
+                bug,
+            };
+            campaign(range, plan, &out, jobs)
         }
         Cmd::Bench {
             nodes,
@@ -210,9 +219,16 @@ fn real_main() -> Result<ExitCode> {
             nodes,
             faults,
             out,
+            scenario,
         } => {
             let kinds = parse_faults(faults.as_deref())?;
-            let s = Scenario::generate(seed, nodes, &kinds);
+            let plan = Plan {
+                nodes,
+                kinds,
+                sched: scenario == "sched",
+                bug: None,
+            };
+            let s = plan.scenario(seed);
             let file = SeedFile {
                 scenario: s,
                 violation: String::new(),
@@ -273,13 +289,33 @@ fn real_main() -> Result<ExitCode> {
     }
 }
 
+/// What every seed of a campaign is made of.
+#[derive(Clone)]
+struct Plan {
+    nodes: usize,
+    kinds: Vec<&'static str>,
+    sched: bool,
+    bug: Option<String>,
+}
+
+impl Plan {
+    fn scenario(&self, seed: u64) -> Scenario {
+        let mut s = if self.sched {
+            Scenario::generate_sched(seed, self.nodes, &self.kinds)
+        } else {
+            Scenario::generate(seed, self.nodes, &self.kinds)
+        };
+        s.bug_skip_sync = self.bug.as_deref() == Some("skip-sync");
+        s.bug_ignore_conflicts = self.bug.as_deref() == Some("ignore-conflicts");
+        s
+    }
+}
+
 fn campaign(
     range: std::ops::Range<u64>,
-    nodes: usize,
-    kinds: &[&'static str],
+    plan: Plan,
     out: &std::path::Path,
     jobs: usize,
-    bug: bool,
 ) -> Result<ExitCode> {
     let total = range.end - range.start;
     let bar = ProgressBar::new(total);
@@ -290,15 +326,14 @@ fn campaign(
     let started = Instant::now();
     let next = Arc::new(Mutex::new(range.start));
     let summary = Arc::new(Mutex::new(Summary::default()));
-    let kinds: Vec<&'static str> = kinds.to_vec();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let workers: Vec<_> = (0..jobs)
         .map(|_| {
-            let (next, summary, bar, kinds, out) = (
+            let (next, summary, bar, plan, out) = (
                 next.clone(),
                 summary.clone(),
                 bar.clone(),
-                kinds.clone(),
+                plan.clone(),
                 out.to_path_buf(),
             );
             std::thread::spawn(move || loop {
@@ -310,8 +345,7 @@ fn campaign(
                     *n += 1;
                     *n - 1
                 };
-                let mut s = Scenario::generate(seed, nodes, &kinds);
-                s.bug_skip_sync = bug;
+                let s = plan.scenario(seed);
                 let r = run(&s);
                 if !r.violations.is_empty() {
                     let path = out.join(format!("seed-{seed}.json"));

@@ -6,6 +6,7 @@
 //! - [`history`]: client operations with simulated invoke/complete times.
 //! - [`linearizability`]: per-key Wing–Gong–Lowe checker with memoisation.
 //! - [`trace`]: the trace hash (same seed → same hash).
+//! - [`sched_check`]: the scheduler's safety invariants on a replica's schedule.
 //! - `env`, `fabric`, `engine`, `world` (only with `--cfg madsim`): the runtime seam on
 //!   madsim — clock/tasks, the message fabric (latency, loss, duplication, reordering,
 //!   partitions), the container engine with seeded failures — and [`world::run`], which
@@ -17,6 +18,7 @@
 pub mod history;
 pub mod linearizability;
 pub mod scenario;
+pub mod sched_check;
 pub mod trace;
 
 #[cfg(madsim)]

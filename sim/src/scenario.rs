@@ -88,6 +88,132 @@ pub struct Scenario {
     /// Throughput mode (`chaos bench`): clients only set unique keys, back to back.
     #[serde(default)]
     pub bench: bool,
+    /// Scheduling workload (`chaos run --scenario sched`): members are machines too, and
+    /// these unit operations run against the cluster while the faults do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sched: Option<SchedLoad>,
+    /// Planted bug (test-only): the scheduler ignores `Conflicts`.
+    #[serde(default)]
+    pub bug_ignore_conflicts: bool,
+}
+
+/// Timed operations on units (each through a member's in-process client, as the fleet API
+/// does), and the machines' TTL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedLoad {
+    pub agent_ttl_s: u64,
+    pub ops: Vec<UnitOp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitOp {
+    pub at_ms: u64,
+    pub node: usize,
+    pub unit: String,
+    pub action: UnitAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum UnitAction {
+    /// Create (or replace) the unit with these `[X-Fleet]` lines, in this desired state.
+    Submit {
+        xfleet: Vec<String>,
+        desired: String,
+    },
+    SetState {
+        desired: String,
+    },
+    Destroy,
+}
+
+/// The fixed `[X-Fleet]` section of each unit name the workload uses: a name always
+/// means the same constraints, so a checker can judge any replica's schedule.
+pub fn xfleet_of(unit: &str) -> Vec<String> {
+    if unit.starts_with("app@") {
+        vec!["Conflicts=app@*.service".into()]
+    } else if let Some(i) = unit
+        .strip_prefix("side@")
+        .and_then(|r| r.strip_suffix(".service"))
+    {
+        vec![format!("MachineOf=app@{i}.service")]
+    } else if unit == "log.service" {
+        vec!["Global=true".into()]
+    } else if unit == "zone-a.service" {
+        vec!["MachineMetadata=zone=a".into()]
+    } else if unit == "solo.service" {
+        vec!["Conflicts=p*.service".into()]
+    } else {
+        vec![]
+    }
+}
+
+impl SchedLoad {
+    /// Units submitted early, then desired-state changes, destroys and re-submits, and
+    /// scaling of the app instances, all through the fault phase.
+    pub fn generate(rng: &mut impl Rng, nodes: usize, fault_phase_ms: u64) -> Self {
+        let apps = nodes + 1;
+        let mut names: Vec<String> = vec![];
+        for i in 1..=apps {
+            names.push(format!("app@{i}.service"));
+            names.push(format!("side@{i}.service"));
+        }
+        names.extend(
+            [
+                "log.service",
+                "zone-a.service",
+                "solo.service",
+                "p1.service",
+                "p2.service",
+                "p3.service",
+            ]
+            .map(String::from),
+        );
+        let mut ops = vec![];
+        let desired = |rng: &mut dyn rand::RngCore| -> String {
+            match rng.next_u32() % 5 {
+                0 => "inactive",
+                1 => "loaded",
+                _ => "launched",
+            }
+            .into()
+        };
+        for (k, unit) in names.iter().enumerate() {
+            ops.push(UnitOp {
+                at_ms: 300 + 50 * k as u64,
+                node: rng.gen_range(0..nodes),
+                unit: unit.clone(),
+                action: UnitAction::Submit {
+                    xfleet: xfleet_of(unit),
+                    desired: "launched".into(),
+                },
+            });
+        }
+        for _ in 0..rng.gen_range(10..40) {
+            let unit = names[rng.gen_range(0..names.len())].clone();
+            let action = match rng.gen_range(0..10) {
+                0..=5 => UnitAction::SetState {
+                    desired: desired(rng),
+                },
+                6..=7 => UnitAction::Destroy,
+                _ => UnitAction::Submit {
+                    xfleet: xfleet_of(&unit),
+                    desired: desired(rng),
+                },
+            };
+            ops.push(UnitOp {
+                at_ms: rng.gen_range(2_000..fault_phase_ms),
+                node: rng.gen_range(0..nodes),
+                unit,
+                action,
+            });
+        }
+        ops.sort_by_key(|o| o.at_ms);
+        Self {
+            agent_ttl_s: 2,
+            ops,
+        }
+    }
 }
 
 /// Which fault kinds a campaign may draw from.
@@ -204,7 +330,18 @@ impl Scenario {
             schedule,
             bug_skip_sync: false,
             bench: false,
+            sched: None,
+            bug_ignore_conflicts: false,
         }
+    }
+
+    /// [`Scenario::generate`] with the scheduling workload on top (its own random stream,
+    /// so the faults of a seed are the same in both scenarios).
+    pub fn generate_sched(seed: u64, nodes: usize, allowed: &[&str]) -> Self {
+        let mut s = Self::generate(seed, nodes, allowed);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5c4e_d01e);
+        s.sched = Some(SchedLoad::generate(&mut rng, nodes, s.fault_phase_ms));
+        s
     }
 
     /// The fixed throughput scenario: no faults, `clients` writers, a disk whose sync
@@ -229,6 +366,8 @@ impl Scenario {
             schedule: vec![],
             bug_skip_sync: false,
             bench: true,
+            sched: None,
+            bug_ignore_conflicts: false,
         }
     }
 }

@@ -19,6 +19,10 @@ impl Default for Trace {
 impl Trace {
     pub fn record(&mut self, line: &str) {
         self.events += 1;
+        // `FLOTILLA_SIM_TRACE=1 scripts/chaos replay FILE` shows the run step by step.
+        if std::env::var_os("FLOTILLA_SIM_TRACE").is_some() {
+            eprintln!("{line}");
+        }
         for b in line.as_bytes().iter().chain(b"\n") {
             self.hash ^= u64::from(*b);
             self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);

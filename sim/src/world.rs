@@ -5,11 +5,18 @@ use crate::env::{elapsed, SimClock, SimSpawn};
 use crate::fabric::{Fabric, SimNet, CLIENT_BASE};
 use crate::history::{History, Op, Outcome, Record};
 use crate::linearizability;
-use crate::scenario::{Event, Fault, Net, Scenario};
+use crate::scenario::{Event, Fault, Net, Scenario, UnitAction, UnitOp};
 use crate::trace::Trace;
+use flotilla::agent::presence::MachineConfig;
+use flotilla::client::{inproc::InProc, ClientError, KvClient, SetOpts};
 use flotilla::kv::{Command, Precondition};
 use flotilla::node::{ClusterState, Env, NodeConfig};
 use flotilla::raft::{ProposeError, RaftConfig, RaftHandle};
+use flotilla::sched::engine::EngineConfig;
+use flotilla::sched::place::Bugs;
+use flotilla::sched::place::Desired;
+use flotilla::sched::registry::{self, StoredUnit, UnitRecord};
+use flotilla::sched::unit::UnitOption;
 use flotilla_shims::mem_disk::MemDiskHandle;
 use flotilla_shims::Clock;
 use madsim::rand::Rng;
@@ -142,8 +149,23 @@ fn node_config(s: &Scenario, i: usize) -> NodeConfig {
         request_timeout_ms: 1_200,
         value_bytes_max: 1 << 20,
         inbox_inputs_max: 4096,
-        machine: None,
-        engine: Default::default(),
+        machine: s.sched.as_ref().map(|l| MachineConfig {
+            id: format!("m{i}"),
+            public_ip: format!("10.0.0.{}", i + 1),
+            metadata: [(
+                "zone".to_string(),
+                if i.is_multiple_of(2) { "a" } else { "b" }.to_string(),
+            )]
+            .into(),
+            ttl_s: l.agent_ttl_s,
+        }),
+        engine: EngineConfig {
+            reconcile_ms: 500,
+            bugs: Bugs {
+                ignore_conflicts: s.bug_ignore_conflicts,
+            },
+            ..Default::default()
+        },
     }
 }
 
@@ -367,6 +389,150 @@ async fn supervise(w: Arc<World>) {
     }
 }
 
+/// Every live replica's committed schedule must keep the scheduler's invariants.
+fn sample_schedules(w: &World) {
+    for (i, slot) in w.slots.iter().enumerate() {
+        let Some(h) = slot.handle() else { continue };
+        let schedule = {
+            let m = h.shared.machine();
+            let dir = m.store.get(registry::SCHEDULE, true).ok().map(|e| e.node);
+            registry::schedule(dir.as_ref())
+        };
+        if let Err(e) = crate::sched_check::check(&schedule) {
+            w.violation(format!("schedule on n{i}: {e}"));
+        }
+    }
+}
+
+/// Applies one unit operation through a live member's in-process client (as the fleet
+/// API would), moving on to the next member while there is no answer (no leader yet, a
+/// member down), for a bounded time.
+async fn unit_op(w: Arc<World>, op: UnitOp) {
+    madsim::time::sleep(Duration::from_millis(op.at_ms)).await;
+    for attempt in 0..30 {
+        let n = (op.node + attempt) % w.s.nodes;
+        let slot = &w.slots[n];
+        let outcome = match slot.handle() {
+            Some(h) => {
+                let kv = InProc::new(h, Arc::new(slot.clock.clone()));
+                let r = apply_unit_op(&kv, &op).await;
+                w.trace(format!(
+                    "unit op {} {:?} on n{n}: {r:?}",
+                    op.unit, op.action
+                ));
+                r
+            }
+            None => Err(ClientError::Unavailable("down".into())),
+        };
+        if !matches!(outcome, Err(ClientError::Unavailable(_))) {
+            return;
+        }
+        madsim::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn apply_unit_op(kv: &InProc, op: &UnitOp) -> Result<(), ClientError> {
+    let key = registry::unit_key(&op.unit);
+    match &op.action {
+        UnitAction::Submit { xfleet, desired } => {
+            let mut options = vec![UnitOption::new("Service", "ExecStart", "/bin/true")];
+            options.extend(
+                xfleet
+                    .iter()
+                    .filter_map(|l| l.split_once('='))
+                    .map(|(k, v)| UnitOption::new("X-Fleet", k, v)),
+            );
+            let rec = UnitRecord {
+                name: op.unit.clone(),
+                options,
+                desired_state: Desired::parse(desired).unwrap_or(Desired::Launched),
+            };
+            let v = serde_json::to_string(&rec).expect("record");
+            kv.set(&key, &v, SetOpts::default()).await.map(|_| ())
+        }
+        UnitAction::SetState { desired } => {
+            let Some(g) = kv.get(&key, false, false).await? else {
+                return Ok(());
+            };
+            let Some(mut rec) = g
+                .node
+                .value
+                .as_deref()
+                .and_then(|v| serde_json::from_str::<UnitRecord>(v).ok())
+            else {
+                return Ok(());
+            };
+            rec.desired_state = Desired::parse(desired).unwrap_or(Desired::Launched);
+            let v = serde_json::to_string(&rec).expect("record");
+            let opts = SetOpts {
+                prev: Precondition {
+                    index: g.node.modified_index,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            kv.set(&key, &v, opts).await.map(|_| ())
+        }
+        UnitAction::Destroy => kv
+            .delete(&key, false, Precondition::default())
+            .await
+            .map(|_| ()),
+    }
+}
+
+/// After healing: within [`LIVENESS_BOUND`], the leader's next pass would decide nothing
+/// (every placeable unit is placed, none on a dead machine).
+async fn sched_liveness(w: &Arc<World>) {
+    let deadline = elapsed() + LIVENESS_BOUND;
+    let mut last = String::new();
+    while elapsed() <= deadline {
+        let leader = w
+            .slots
+            .iter()
+            .filter_map(|s| s.handle())
+            .find(|h| h.shared.status().is_leader);
+        if let Some(h) = leader {
+            let (units, machines, schedule) = {
+                let m = h.shared.machine();
+                let dir = |k: &str| m.store.get(k, true).ok().map(|e| e.node);
+                let units: BTreeMap<String, flotilla::sched::place::Unit> = dir(registry::UNITS)
+                    .iter()
+                    .flat_map(|n| n.nodes.iter().flatten())
+                    .filter_map(|n| StoredUnit::parse(n.value.as_deref()?, n.modified_index))
+                    .map(|u| (u.record.name.clone(), u.placement()))
+                    .collect();
+                let machines: BTreeMap<String, flotilla::sched::place::Machine> =
+                    registry::machines(
+                        dir(registry::MACHINES).as_ref(),
+                        dir(registry::METADATA).as_ref(),
+                    )
+                    .into_iter()
+                    .map(|(k, v)| (k, v.placement()))
+                    .collect();
+                (
+                    units,
+                    machines,
+                    registry::schedule(dir(registry::SCHEDULE).as_ref()),
+                )
+            };
+            let plan = flotilla::sched::place::plan(&machines, &units, &schedule);
+            if plan.decisions.is_empty() {
+                w.trace(format!(
+                    "schedule converged: {} units, {} unplaced",
+                    units.len(),
+                    plan.unplaced.len()
+                ));
+                return;
+            }
+            last = format!("{:?}", plan.decisions.first());
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.violation(format!(
+        "scheduler liveness: the schedule did not converge within {LIVENESS_BOUND:?} after healing; still to do: {last}"
+    ));
+}
+
 /// Samples every live replica's (applied index, state digest): equal indexes must have
 /// equal digests.
 fn sample_digests(w: &World) {
@@ -395,6 +561,9 @@ async fn sampler(w: Arc<World>) {
     loop {
         madsim::time::sleep(Duration::from_millis(250)).await;
         sample_digests(&w);
+        if w.s.sched.is_some() {
+            sample_schedules(&w);
+        }
     }
 }
 
@@ -698,6 +867,9 @@ async fn simulate(s: Scenario) -> Report {
     for c in 0..s.clients {
         clients.push(helpers.spawn(client(w.clone(), c, fault_end)));
     }
+    for op in s.sched.iter().flat_map(|l| l.ops.clone()) {
+        helpers.spawn(unit_op(w.clone(), op));
+    }
     for ev in s.schedule.clone() {
         let w2 = w.clone();
         helpers.spawn(async move {
@@ -712,6 +884,10 @@ async fn simulate(s: Scenario) -> Report {
     }
     madsim::time::sleep(Duration::from_millis(s.heal_ms)).await;
     liveness(&w).await;
+    if w.s.sched.is_some() {
+        sched_liveness(&w).await;
+        sample_schedules(&w);
+    }
     final_reads(&w).await;
     sample_digests(&w);
     check(&w);

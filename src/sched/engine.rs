@@ -34,6 +34,8 @@ pub struct EngineConfig {
     pub txn_ops_max: usize,
     /// This member's id, for the lease record.
     pub member: String,
+    /// Planted bugs (simulation only).
+    pub bugs: place::Bugs,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +45,7 @@ impl Default for EngineConfig {
             debounce_ms: 20,
             txn_ops_max: 1_000,
             member: String::new(),
+            bugs: place::Bugs::default(),
         }
     }
 }
@@ -130,7 +133,7 @@ impl Engine {
             return Ok(PassReport::default());
         }
         let mut view = self.read().await?;
-        let mut plan = place::plan(&view.machines, &view.units, &view.schedule);
+        let mut plan = place::plan_with(&view.machines, &view.units, &view.schedule, self.cfg.bugs);
         if plan.decisions.is_empty() {
             return Ok(PassReport {
                 leader: true,
@@ -146,7 +149,7 @@ impl Engine {
             _ => {
                 let index = self.claim(status.term).await?;
                 view = self.read().await?;
-                plan = place::plan(&view.machines, &view.units, &view.schedule);
+                plan = place::plan_with(&view.machines, &view.units, &view.schedule, self.cfg.bugs);
                 index
             }
         };

@@ -105,8 +105,17 @@ pub struct Plan {
     pub unplaced: Vec<String>,
 }
 
+/// Planted bugs, for the simulator to prove its checkers find them. Never set in
+/// production.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// Place units as if no `Conflicts` were declared.
+    pub ignore_conflicts: bool,
+}
+
 /// The pass's working view: who is where, and each machine's load.
 struct State<'a> {
+    bugs: Bugs,
     units: &'a BTreeMap<String, Unit>,
     machines: &'a BTreeMap<String, Machine>,
     on: BTreeMap<&'a str, BTreeSet<&'a str>>,
@@ -117,6 +126,7 @@ struct State<'a> {
 impl<'a> State<'a> {
     fn new(units: &'a BTreeMap<String, Unit>, machines: &'a BTreeMap<String, Machine>) -> Self {
         Self {
+            bugs: Bugs::default(),
             units,
             machines,
             on: machines
@@ -196,7 +206,7 @@ impl<'a> State<'a> {
             let Some(o) = self.units.get(*other) else {
                 continue;
             };
-            if u.req.conflicts_with(&u.name, other, &o.req) {
+            if !self.bugs.ignore_conflicts && u.req.conflicts_with(&u.name, other, &o.req) {
                 return Some(format!("Conflicts with {other}"));
             }
             if o.req.replaces_unit(other, &u.name, &u.req) {
@@ -239,7 +249,18 @@ pub fn plan(
     units: &BTreeMap<String, Unit>,
     schedule: &Schedule,
 ) -> Plan {
+    plan_with(machines, units, schedule, Bugs::default())
+}
+
+/// [`plan`], with planted bugs (the simulator's teeth).
+pub fn plan_with(
+    machines: &BTreeMap<String, Machine>,
+    units: &BTreeMap<String, Unit>,
+    schedule: &Schedule,
+    bugs: Bugs,
+) -> Plan {
     let mut st = State::new(units, machines);
+    st.bugs = bugs;
     let mut reasons = admit_existing(&mut st, schedule);
     // A unit placed beside one that replaces it falls in the next round and is placed
     // elsewhere; each round can only narrow where it may go, so this ends.
