@@ -163,8 +163,10 @@ fn start_fleet(env: &Env, handle: &RaftHandle, id: u64, cfg: &NodeConfig) {
         member: format!("{id:x}"),
         ..cfg.engine.clone()
     };
-    let engine = crate::sched::engine::Engine::new(kv.clone(), env.clock.clone(), engine_cfg);
-    env.spawn.spawn("sched-engine", Box::pin(engine.run()));
+    if engine_cfg.enabled {
+        let engine = crate::sched::engine::Engine::new(kv.clone(), env.clock.clone(), engine_cfg);
+        env.spawn.spawn("sched-engine", Box::pin(engine.run()));
+    }
     if let Some(m) = &cfg.machine {
         let (tx, _rx) = tokio::sync::watch::channel(None);
         env.spawn.spawn(

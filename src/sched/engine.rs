@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub member: String,
     /// Planted bugs (simulation only).
     pub bugs: place::Bugs,
+    /// `false`: the node starts no engine (tests that drive passes by hand).
+    pub enabled: bool,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +48,7 @@ impl Default for EngineConfig {
             txn_ops_max: 1_000,
             member: String::new(),
             bugs: place::Bugs::default(),
+            enabled: true,
         }
     }
 }
