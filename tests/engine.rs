@@ -1,7 +1,7 @@
 //! The scheduling engine on an in-process member, passes driven by hand: a deposed
-#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 //! engine commits nothing once another has taken the lease; a machine's agent, watching
 //! its own schedule prefix, is not woken by other machines' placements.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use bytes::Bytes;
 use flotilla::client::{inproc::InProc, KvClient, SetOpts};
