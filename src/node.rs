@@ -164,7 +164,12 @@ fn start_fleet(env: &Env, handle: &RaftHandle, id: u64, cfg: &NodeConfig) {
         ..cfg.engine.clone()
     };
     if engine_cfg.enabled {
-        let engine = crate::sched::engine::Engine::new(kv.clone(), env.clock.clone(), engine_cfg);
+        let engine = crate::sched::engine::Engine::new(
+            kv.clone(),
+            env.clock.clone(),
+            env.spawn.clone(),
+            engine_cfg,
+        );
         env.spawn.spawn("sched-engine", Box::pin(engine.run()));
     }
     if let Some(m) = &cfg.machine {

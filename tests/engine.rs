@@ -108,7 +108,7 @@ fn engine(kv: &InProc, member: &str) -> Engine {
         member: member.into(),
         ..Default::default()
     };
-    Engine::new(kv.clone(), kv.clock.clone(), cfg)
+    Engine::new(kv.clone(), kv.clock.clone(), Arc::new(TokioSpawn), cfg)
 }
 
 #[tokio::test]

@@ -30,6 +30,11 @@ impl InProc {
         self.write(Command::Txn { guards, ops }).await.map(|_| ())
     }
 
+    /// Runs `f` on the local replica's store, under its lock: keep `f` short.
+    pub fn read<R>(&self, f: impl FnOnce(&crate::kv::Store) -> R) -> R {
+        f(&self.raft.shared.machine().store)
+    }
+
     /// The store index this replica has applied.
     pub fn index(&self) -> u64 {
         self.raft.shared.machine().store.index()

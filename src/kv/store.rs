@@ -77,6 +77,12 @@ impl Store {
         })
     }
 
+    /// The node at `key`, if there is one: for in-process readers (the scheduler) that
+    /// would otherwise copy a large directory into a view only to skip most of it.
+    pub fn node(&self, key: &str) -> Option<&Node> {
+        self.lookup(&clean(key)).ok()
+    }
+
     pub fn apply(&mut self, cmd: &Command) -> Applied {
         let result = match cmd {
             Command::Put {

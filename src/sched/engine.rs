@@ -19,7 +19,7 @@ use super::place::{self, Decision, Schedule};
 use super::registry::{self, Lease, StoredUnit};
 use crate::client::{inproc::InProc, ClientError, KvClient, SetOpts};
 use crate::kv::{Command, Guard, Precondition};
-use flotilla_shims::Clock;
+use flotilla_shims::{Clock, Spawn};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,8 +66,11 @@ pub struct PassReport {
 pub struct Engine {
     kv: InProc,
     clock: Arc<dyn Clock>,
+    spawn: Arc<dyn Spawn>,
     cfg: EngineConfig,
-    units: BTreeMap<String, StoredUnit>,
+    /// Parsed unit records (and their placement view), by name, reused while their
+    /// modified index is unchanged.
+    units: BTreeMap<String, (StoredUnit, place::Unit)>,
     /// (term, index of our lease write) while we hold the lease.
     lease: Option<(u64, u64)>,
 }
@@ -81,10 +84,16 @@ pub struct View {
 }
 
 impl Engine {
-    pub fn new(kv: InProc, clock: Arc<dyn Clock>, cfg: EngineConfig) -> Self {
+    pub fn new(
+        kv: InProc,
+        clock: Arc<dyn Clock>,
+        spawn: Arc<dyn Spawn>,
+        cfg: EngineConfig,
+    ) -> Self {
         Self {
             kv,
             clock,
+            spawn,
             cfg,
             units: BTreeMap::new(),
             lease: None,
@@ -98,6 +107,7 @@ impl Engine {
         let mut changes = shared.subscribe();
         let mut seen = 0;
         loop {
+            let t0 = self.clock.now_mono();
             let report = match self.pass().await {
                 Ok(r) => r,
                 Err(e) => {
@@ -116,11 +126,15 @@ impl Engine {
             } else {
                 self.cfg.reconcile_ms
             };
+            // A pass over many units takes a while: pause twice as long before the next,
+            // so that the engine takes at most a third of a core however busy the API is.
+            let took = self.clock.now_mono().saturating_sub(t0);
+            let debounce = Duration::from_millis(self.cfg.debounce_ms).max(took * 2);
             let tick = self.clock.sleep(Duration::from_millis(wait_ms));
             tokio::select! {
                 biased;
                 _ = wait_relevant(&shared, &mut changes, seen) => {
-                    self.clock.sleep(Duration::from_millis(self.cfg.debounce_ms)).await;
+                    self.clock.sleep(debounce).await;
                 }
                 _ = tick => {}
             }
@@ -135,8 +149,8 @@ impl Engine {
             self.lease = None;
             return Ok(PassReport::default());
         }
-        let mut view = self.read().await?;
-        let mut plan = place::plan_with(&view.machines, &view.units, &view.schedule, self.cfg.bugs);
+        let view = self.read();
+        let mut plan = self.plan(view).await?;
         if plan.decisions.is_empty() {
             return Ok(PassReport {
                 leader: true,
@@ -151,8 +165,8 @@ impl Engine {
             Some((term, index)) if term == status.term => index,
             _ => {
                 let index = self.claim(status.term).await?;
-                view = self.read().await?;
-                plan = place::plan_with(&view.machines, &view.units, &view.schedule, self.cfg.bugs);
+                let view = self.read();
+                plan = self.plan(view).await?;
                 index
             }
         };
@@ -196,53 +210,64 @@ impl Engine {
         Ok(ev.node.modified_index)
     }
 
-    /// Reads units (parsing only those that changed), live machines and the schedule.
-    pub async fn read(&mut self) -> Result<View, ClientError> {
-        let get = |k: &'static str| self.kv.get(k, true, false);
-        let (units_dir, machines_dir, meta_dir, sched_dir) = (
-            get(registry::UNITS).await?,
-            get(registry::MACHINES).await?,
-            get(registry::METADATA).await?,
-            get(registry::SCHEDULE).await?,
+    /// Plans on a blocking thread: a pass over many units must not hold up the node's
+    /// event loop (Raft, the API).
+    async fn plan(&self, view: View) -> Result<place::Plan, ClientError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let bugs = self.cfg.bugs;
+        self.spawn.spawn_blocking(
+            "sched-plan",
+            Box::new(move || {
+                let plan = place::plan_with(&view.machines, &view.units, &view.schedule, bugs);
+                let _ = tx.send(plan);
+            }),
         );
-        let index = [&units_dir, &machines_dir, &meta_dir, &sched_dir]
-            .iter()
-            .filter_map(|g| g.as_ref().map(|g| g.index))
-            .max()
-            .unwrap_or(0);
-        let mut fresh = BTreeMap::new();
-        for n in units_dir.iter().flat_map(|g| g.node.nodes.iter().flatten()) {
-            let name = registry::base(&n.key);
-            let cached = self.units.remove(name);
-            let unit = match cached {
-                Some(u) if u.modified_index == n.modified_index => Some(u),
-                _ => n
-                    .value
-                    .as_deref()
-                    .and_then(|v| StoredUnit::parse(v, n.modified_index)),
-            };
-            if let Some(u) = unit {
-                fresh.insert(name.to_string(), u);
+        rx.await
+            .map_err(|_| ClientError::Unavailable("planning was dropped".into()))
+    }
+
+    /// Reads the registry from the local replica in one go: units (parsing only those
+    /// that changed since the last pass), live machines and the schedule.
+    pub fn read(&mut self) -> View {
+        let mut cache = std::mem::take(&mut self.units);
+        let (fresh, machines, schedule, index) = self.kv.read(|store| {
+            let mut fresh = BTreeMap::new();
+            let children = store.node(registry::UNITS).and_then(|n| n.children());
+            for (name, n) in children.into_iter().flatten() {
+                let name = name.as_str();
+                let entry = match cache.remove(name) {
+                    Some(c) if c.0.modified_index == n.modified_index => Some(c),
+                    _ => StoredUnit::parse(n.value(), n.modified_index).map(|u| {
+                        let p = u.placement();
+                        (u, p)
+                    }),
+                };
+                if let Some(e) = entry {
+                    fresh.insert(name.to_string(), e);
+                }
             }
-        }
+            let dir = |k: &str| store.get(k, true).ok().map(|e| e.node);
+            let machines = registry::machines(
+                dir(registry::MACHINES).as_ref(),
+                dir(registry::METADATA).as_ref(),
+            );
+            let schedule = registry::schedule(dir(registry::SCHEDULE).as_ref());
+            (fresh, machines, schedule, store.index())
+        });
         self.units = fresh;
-        let machines = registry::machines(
-            machines_dir.as_ref().map(|g| &g.node),
-            meta_dir.as_ref().map(|g| &g.node),
-        );
-        Ok(View {
+        View {
             units: self
                 .units
                 .iter()
-                .map(|(k, u)| (k.clone(), u.placement()))
+                .map(|(k, (_, p))| (k.clone(), p.clone()))
                 .collect(),
             machines: machines
                 .into_iter()
                 .map(|(k, m)| (k, m.placement()))
                 .collect(),
-            schedule: registry::schedule(sched_dir.as_ref().map(|g| &g.node)),
+            schedule,
             index,
-        })
+        }
     }
 
     /// The guards and ops that commit `decisions`, fenced by the lease.
@@ -260,7 +285,7 @@ impl Engine {
                 | Decision::Unschedule { unit, .. } => unit,
             };
             match self.units.get(unit) {
-                Some(u) => guard(registry::unit_key(unit), Some(true), u.modified_index),
+                Some((u, _)) => guard(registry::unit_key(unit), Some(true), u.modified_index),
                 None => guard(registry::unit_key(unit), Some(false), 0),
             }
             match d {

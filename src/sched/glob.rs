@@ -5,9 +5,39 @@
 /// Does `pattern` match all of `name`? `false` for malformed patterns, as fleet ignores
 /// `path.Match`'s error.
 pub fn matches(pattern: &str, name: &str) -> bool {
+    // The common patterns (`app@*.service`, a plain name) need no parsing: match them
+    // on the strings (the scheduler asks this for every pair of units on a machine).
+    if !pattern.contains(['?', '[', '\\']) {
+        return stars_only(pattern, name);
+    }
     let p: Vec<char> = pattern.chars().collect();
     let s: Vec<char> = name.chars().collect();
     glob(&p, &s).unwrap_or(false)
+}
+
+/// A pattern whose only metacharacter is `*` (any run without `/`).
+fn stars_only(pattern: &str, name: &str) -> bool {
+    let Some((first, tail)) = pattern.split_once('*') else {
+        return pattern == name;
+    };
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let (middle, last) = tail.rsplit_once('*').unwrap_or(("", tail));
+    // Each star takes the shortest run that lets the next literal follow; a run must
+    // not cross a '/'.
+    for lit in middle.split('*').filter(|l| !l.is_empty()) {
+        let Some(at) = rest.find(lit) else {
+            return false;
+        };
+        if rest[..at].contains('/') {
+            return false;
+        }
+        rest = &rest[at + lit.len()..];
+    }
+    rest.len() >= last.len()
+        && rest.ends_with(last)
+        && !rest[..rest.len() - last.len()].contains('/')
 }
 
 /// `Err(())` for a malformed pattern. Works chunk by chunk: a chunk is the literal run
@@ -216,6 +246,24 @@ mod tests {
             ("*x", "xxx", true),
         ] {
             assert_eq!(matches(p, s), want, "{p:?} on {s:?}");
+        }
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_general_matcher() {
+        let pats = [
+            "*", "a*", "*a", "a*b", "a*b*c", "**", "a**b", "*/*", "a*/b", "", "abc", "a*a",
+        ];
+        let names = [
+            "", "a", "ab", "abc", "aXbYc", "a/b", "abc/b", "ba", "aa", "aaa", "acb", "a/c/b",
+        ];
+        for p in pats {
+            let chars: Vec<char> = p.chars().collect();
+            for n in names {
+                let nc: Vec<char> = n.chars().collect();
+                let general = super::glob(&chars, &nc).unwrap_or(false);
+                assert_eq!(super::stars_only(p, n), general, "{p:?} on {n:?}");
+            }
         }
     }
 

@@ -118,9 +118,13 @@ struct State<'a> {
     bugs: Bugs,
     units: &'a BTreeMap<String, Unit>,
     machines: &'a BTreeMap<String, Machine>,
-    on: BTreeMap<&'a str, BTreeSet<&'a str>>,
+    /// Machine → the units on it (a handful each: a vector beats a set here).
+    on: BTreeMap<&'a str, Vec<&'a Unit>>,
     at: BTreeMap<&'a str, BTreeSet<&'a str>>,
     by_load: BTreeSet<(usize, &'a str)>,
+    /// Machines whose set changed since their units were last checked: a refusal on a
+    /// machine depends on that machine's units alone, so only these need checking.
+    dirty: BTreeSet<&'a str>,
 }
 
 impl<'a> State<'a> {
@@ -129,51 +133,63 @@ impl<'a> State<'a> {
             bugs: Bugs::default(),
             units,
             machines,
-            on: machines
-                .keys()
-                .map(|m| (m.as_str(), BTreeSet::new()))
-                .collect(),
+            on: machines.keys().map(|m| (m.as_str(), Vec::new())).collect(),
             at: BTreeMap::new(),
             by_load: machines.keys().map(|m| (0, m.as_str())).collect(),
+            dirty: BTreeSet::new(),
         }
     }
 
     fn load(&self, m: &str) -> usize {
-        self.on.get(m).map_or(0, |s| s.len())
+        self.on.get(m).map_or(0, Vec::len)
     }
 
-    fn add(&mut self, u: &'a str, m: &'a str) {
+    fn add(&mut self, u: &'a Unit, m: &'a str) {
         let load = self.load(m);
         self.by_load.remove(&(load, m));
         self.by_load.insert((load + 1, m));
-        self.on.get_mut(m).expect("live machine").insert(u);
-        self.at.entry(u).or_default().insert(m);
+        self.on.get_mut(m).expect("live machine").push(u);
+        self.at.entry(&u.name).or_default().insert(m);
+        self.dirty.insert(m);
+    }
+
+    /// [`State::add`] without the load index, which the caller rebuilds once afterwards
+    /// (taking in a large schedule entry by entry would re-sort it every time).
+    fn admit(&mut self, u: &'a Unit, m: &'a str) {
+        self.on.get_mut(m).expect("live machine").push(u);
+        self.at.entry(&u.name).or_default().insert(m);
+        self.dirty.insert(m);
     }
 
     fn remove(&mut self, u: &str, m: &'a str) {
         let load = self.load(m);
         self.by_load.remove(&(load, m));
         self.by_load.insert((load - 1, m));
-        self.on.get_mut(m).expect("live machine").remove(u);
+        self.on
+            .get_mut(m)
+            .expect("live machine")
+            .retain(|x| x.name != u);
         if let Some(s) = self.at.get_mut(u) {
             s.remove(m);
             if s.is_empty() {
                 self.at.remove(u);
             }
         }
+        self.dirty.insert(m);
     }
 
-    fn pairs(&self) -> Vec<(&'a str, &'a str)> {
-        self.at
+    /// Placements on machines that changed since they were last checked.
+    fn dirty_pairs(&self) -> Vec<(&'a Unit, &'a str)> {
+        self.dirty
             .iter()
-            .flat_map(|(u, ms)| ms.iter().map(move |m| (*u, *m)))
+            .flat_map(|m| self.on[m].iter().map(move |u| (*u, *m)))
             .collect()
     }
 
     fn any_refusal(&self) -> bool {
-        self.pairs()
+        self.dirty_pairs()
             .into_iter()
-            .any(|(u, m)| self.refusal(&self.units[u], &self.machines[m]).is_some())
+            .any(|(u, m)| self.refusal(u, &self.machines[m]).is_some())
     }
 
     /// Why `u` cannot run on `m` beside what is there now (itself excepted), if it cannot.
@@ -185,8 +201,8 @@ impl<'a> State<'a> {
         if !u.req.metadata_ok(&m.metadata) {
             return Some("MachineMetadata".into());
         }
-        let here = self.on.get(m.id.as_str());
-        let has = |n: &str| here.is_some_and(|s| s.contains(n));
+        let here: &[&Unit] = self.on.get(m.id.as_str()).map_or(&[], Vec::as_slice);
+        let has = |n: &str| here.iter().any(|x| x.name == n);
         // A unit is never its own peer: fleet could not place one that named itself.
         if let Some(p) = u.req.peers.iter().find(|p| **p == u.name || !has(p)) {
             return Some(format!("MachineOf={p} (not there)"));
@@ -202,15 +218,12 @@ impl<'a> State<'a> {
                 "unresolvable requirements: peer {p:?} matches Replaces"
             ));
         }
-        for other in here.into_iter().flatten().filter(|o| **o != u.name) {
-            let Some(o) = self.units.get(*other) else {
-                continue;
-            };
-            if !self.bugs.ignore_conflicts && u.req.conflicts_with(&u.name, other, &o.req) {
-                return Some(format!("Conflicts with {other}"));
+        for o in here.iter().filter(|o| o.name != u.name) {
+            if !self.bugs.ignore_conflicts && u.req.conflicts_with(&u.name, &o.name, &o.req) {
+                return Some(format!("Conflicts with {}", o.name));
             }
-            if o.req.replaces_unit(other, &u.name, &u.req) {
-                return Some(format!("replaced by {other}"));
+            if o.req.replaces_unit(&o.name, &u.name, &u.req) {
+                return Some(format!("replaced by {}", o.name));
             }
         }
         None
@@ -307,7 +320,7 @@ fn place_globals(st: &mut State) -> bool {
                 .get(u.name.as_str())
                 .is_some_and(|s| s.contains(m.id.as_str()));
             if !there && st.refusal(u, m).is_none() {
-                st.add(&u.name, &m.id);
+                st.add(u, &m.id);
                 placed = true;
             }
         }
@@ -324,18 +337,77 @@ fn place_pending(st: &mut State) -> bool {
         .filter(|u| !u.req.global && wants_to_run(u) && !st.at.contains_key(u.name.as_str()))
         .collect();
     let start = pending.len();
+    let classes = Classes::new(units);
     loop {
         let before = pending.len();
-        pending.retain(|u| match st.best_machine(u) {
-            Some(m) => {
-                st.add(&u.name, m);
-                false
+        // Placing a unit only ever adds refusals (load, conflicts), except for followers:
+        // a class refused everywhere stays refused for the rest of this round.
+        let mut refused: BTreeSet<String> = BTreeSet::new();
+        pending.retain(|u| {
+            let class = classes.of(u);
+            if class.as_ref().is_some_and(|c| refused.contains(c)) {
+                return true;
             }
-            None => true,
+            match st.best_machine(u) {
+                Some(m) => {
+                    st.add(u, m);
+                    false
+                }
+                None => {
+                    refused.extend(class);
+                    true
+                }
+            }
         });
         if pending.len() == before {
             return pending.len() < start;
         }
+    }
+}
+
+/// Units that placement cannot tell apart: the same constraints, and the same patterns
+/// of other units matching their names. When one of them fits nowhere, none does — so
+/// the thousand instances of a template that has run out of machines cost one search,
+/// not a thousand.
+struct Classes<'a> {
+    /// Every distinct Conflicts/Replaces pattern, when there are few enough to test each
+    /// name against.
+    patterns: Vec<&'a str>,
+}
+
+impl<'a> Classes<'a> {
+    const PATTERNS_MAX: usize = 64;
+
+    fn new(units: &'a BTreeMap<String, Unit>) -> Self {
+        let all: BTreeSet<&str> = units
+            .values()
+            .flat_map(|u| u.req.conflicts.iter().chain(&u.req.replaces))
+            .map(String::as_str)
+            .collect();
+        Self {
+            patterns: if all.len() <= Self::PATTERNS_MAX {
+                all.into_iter().collect()
+            } else {
+                vec![]
+            },
+        }
+    }
+
+    /// The unit's class, or `None` when it must be searched for on its own (a follower,
+    /// or too many patterns to compare names cheaply).
+    fn of(&self, u: &Unit) -> Option<String> {
+        let r = &u.req;
+        let has_patterns = !r.conflicts.is_empty() || !r.replaces.is_empty();
+        if !r.peers.is_empty() || (self.patterns.is_empty() && has_patterns) {
+            return None;
+        }
+        let hits: Vec<usize> = (0..self.patterns.len())
+            .filter(|i| super::glob::matches(self.patterns[*i], &u.name))
+            .collect();
+        Some(format!(
+            "{:?}|{:?}|{:?}|{:?}|{hits:?}",
+            r.machine_id, r.metadata, r.conflicts, r.replaces
+        ))
     }
 }
 
@@ -454,32 +526,35 @@ fn admit_existing<'a>(st: &mut State<'a>, schedule: &'a Schedule) -> Reasons {
                 Some(reason) => {
                     out.insert((u.clone(), m.clone()), reason);
                 }
-                None => st.add(u, m),
+                None => st.admit(&st.units[u], m),
             }
         }
     }
+    st.by_load = st.on.iter().map(|(m, us)| (us.len(), *m)).collect();
     out
 }
 
-/// Unschedules placements whose constraints broke, until none does.
+/// Unschedules placements whose constraints broke, until none does. Candidates are
+/// re-checked just before they fall: a fall can resolve another's conflict.
 fn fall_until_stable(st: &mut State, reasons: &mut Reasons) {
     loop {
-        let fallen: Vec<(&str, &str, String)> = st
-            .pairs()
+        let candidates: Vec<(&Unit, &str)> = st
+            .dirty_pairs()
             .into_iter()
-            .filter_map(|(u, m)| {
-                st.refusal(&st.units[u], &st.machines[m])
-                    .map(|why| (u, m, why))
-            })
+            .filter(|(u, m)| st.refusal(u, &st.machines[*m]).is_some())
             .collect();
-        let Some((u, m, why)) = fallen.into_iter().next() else {
+        st.dirty.clear();
+        if candidates.is_empty() {
             return;
-        };
-        // One at a time: a fall can resolve another's conflict.
-        st.remove(u, m);
-        reasons
-            .entry((u.to_string(), m.to_string()))
-            .or_insert_with(|| format!("cannot run on {} any more: {why}", short_id(m)));
+        }
+        for (u, m) in candidates {
+            if let Some(why) = st.refusal(u, &st.machines[m]) {
+                st.remove(&u.name, m);
+                reasons
+                    .entry((u.name.clone(), m.to_string()))
+                    .or_insert_with(|| format!("cannot run on {} any more: {why}", short_id(m)));
+            }
+        }
     }
 }
 
