@@ -7,6 +7,8 @@
 //!    (presence keys), then 10,000 units submitted through fleet's API over 64 keep-alive
 //!    connections; the time until every one is placed and committed, and placements/s.
 //!
+//! Run:
+//!
 //!     cargo bench --bench sched
 //!     BENCH_UNITS=20000 BENCH_MACHINES=2000 cargo bench --bench sched
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -47,8 +49,8 @@ fn unit_options(k: usize) -> (String, Vec<UnitOption>) {
         ),
         UnitOption::new("X-Fleet", "Conflicts", "%p@*.service"),
     ];
-    if group % 2 == 0 {
-        let region = if group % 4 == 0 { "a" } else { "b" };
+    if group.is_multiple_of(2) {
+        let region = if group.is_multiple_of(4) { "a" } else { "b" };
         o.push(UnitOption::new(
             "X-Fleet",
             "MachineMetadata",
@@ -66,7 +68,7 @@ fn machines(n: usize) -> BTreeMap<String, Machine> {
     (0..n)
         .map(|i| {
             let id = machine_id(i);
-            let region = if i % 2 == 0 { "a" } else { "b" };
+            let region = if i.is_multiple_of(2) { "a" } else { "b" };
             let m = Machine {
                 id: id.clone(),
                 metadata: [("region".to_string(), region.to_string())].into(),
@@ -311,7 +313,7 @@ async fn cluster(machines_n: usize, units_n: usize) {
     let t = Instant::now();
     drive(&c, machines_n, 32, move |i| {
         let id = machine_id(i);
-        let region = if i % 2 == 0 { "a" } else { "b" };
+        let region = if i.is_multiple_of(2) { "a" } else { "b" };
         let rec = serde_json::json!({"id": id, "primaryIP": format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255), "metadata": {"region": region}});
         let body = format!("value={}&ttl=3600", percent_encoding::utf8_percent_encode(&rec.to_string(), percent_encoding::NON_ALPHANUMERIC));
         ("PUT".into(), format!("{}/v2/keys/_flotilla/machines/{id}", urls[i % urls.len()]), "application/x-www-form-urlencoded".into(), body)
