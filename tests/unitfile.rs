@@ -15,7 +15,11 @@ fn name() -> impl Strategy<Value = String> {
 
 /// Values: one line, trimmed, not ending in a backslash (that would continue the line).
 fn value() -> impl Strategy<Value = String> {
-    "[ -~]{0,40}".prop_map(|v| v.trim().trim_end_matches('\\').trim().to_string())
+    "[ -~]{0,40}"
+        .prop_map(|v| v.trim().to_string())
+        .prop_filter("a trailing backslash continues the line", |v| {
+            !v.ends_with('\\')
+        })
 }
 
 proptest! {

@@ -7,4 +7,5 @@
 //! Data flow: presence key (store) → engine sees the machine → schedule entries under
 //! `/_flotilla/schedule/<machine>` → this machine's agent.
 
+pub mod exec;
 pub mod presence;
