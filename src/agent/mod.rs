@@ -8,4 +8,5 @@
 //! `/_flotilla/schedule/<machine>` → this machine's agent.
 
 pub mod exec;
+pub mod lifecycle;
 pub mod presence;
