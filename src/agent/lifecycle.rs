@@ -570,11 +570,10 @@ impl Unit {
     fn finish(&mut self, now_ms: u64, out: &mut Vec<Cmd>) {
         let result = self.result.take().unwrap_or(Ok(()));
         let restart = self.want_running
-            && match (self.spec.restart, &result) {
-                (Restart::Always, _) => true,
-                (Restart::OnFailure, Err(_)) => true,
-                _ => false,
-            };
+            && matches!(
+                (self.spec.restart, &result),
+                (Restart::Always, _) | (Restart::OnFailure, Err(_))
+            );
         if restart {
             self.phase = Phase::AutoRestart {
                 at_ms: now_ms + self.spec.restart_ms,
