@@ -1,5 +1,6 @@
-//! The container runtime as node logic sees it. The Docker implementation (bollard) and
-//! the simulated engine implement this; the agent that drives it comes with the scheduler.
+//! The container runtime as node logic sees it. The Docker implementation
+//! ([`crate::docker`], on bollard) and the simulated engine implement this; the agent
+//! drives it.
 
 use crate::BoxFuture;
 use std::collections::BTreeMap;
@@ -19,15 +20,37 @@ pub enum ContainerError {
     Unavailable(String),
 }
 
+/// A published port: `host_ip:host_port -> container_port/proto`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortSpec {
+    /// Empty: every address.
+    pub host_ip: String,
+    /// `None`: a port the engine picks.
+    pub host_port: Option<u16>,
+    pub container_port: u16,
+    pub proto: String,
+}
+
 /// What `docker run` says about a container to create.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContainerSpec {
     pub name: String,
     pub image: String,
     pub cmd: Vec<String>,
+    pub entrypoint: Option<Vec<String>>,
     pub env: Vec<(String, String)>,
-    /// (host port, container port, protocol)
-    pub ports: Vec<(u16, u16, String)>,
+    pub ports: Vec<PortSpec>,
+    /// `-v` values: `host:container[:mode]`, or an anonymous `container` path.
+    pub volumes: Vec<String>,
+    pub network: Option<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub hostname: Option<String>,
+    pub memory_bytes: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    /// Docker's own restart policy (`--restart`), as written.
+    pub restart: Option<String>,
+    pub privileged: bool,
     pub labels: BTreeMap<String, String>,
     pub auto_remove: bool,
 }
@@ -62,7 +85,8 @@ pub trait Containers: Send + Sync + 'static {
     fn create(&self, spec: ContainerSpec) -> BoxFuture<'static, Result<String, ContainerError>>;
     fn start(&self, name: &str) -> BoxFuture<'static, Result<(), ContainerError>>;
     fn stop(&self, name: &str, timeout_s: u32) -> BoxFuture<'static, Result<(), ContainerError>>;
-    fn kill(&self, name: &str) -> BoxFuture<'static, Result<(), ContainerError>>;
+    /// Sends `signal` (`KILL`, `TERM`, …) to a running container.
+    fn kill(&self, name: &str, signal: &str) -> BoxFuture<'static, Result<(), ContainerError>>;
     fn remove(&self, name: &str, force: bool) -> BoxFuture<'static, Result<(), ContainerError>>;
     fn inspect(&self, name: &str) -> BoxFuture<'static, Result<ContainerInfo, ContainerError>>;
     fn list_by_label(
@@ -72,4 +96,12 @@ pub trait Containers: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Vec<ContainerInfo>, ContainerError>>;
     /// The next exit event; resolves when a container exits.
     fn next_exit(&self) -> BoxFuture<'static, Result<ExitEvent, ContainerError>>;
+    /// Is `image` here (pulled or built locally)?
+    fn image_present(&self, image: &str) -> BoxFuture<'static, Result<bool, ContainerError>>;
+    /// The last `tail` lines the container wrote (stdout and stderr).
+    fn logs(
+        &self,
+        name: &str,
+        tail: usize,
+    ) -> BoxFuture<'static, Result<Vec<String>, ContainerError>>;
 }

@@ -10,7 +10,9 @@
 //!   is the production store (a write-ahead log of segment files), [`mem_disk`] the
 //!   in-memory one (durable + pending layers) that tests and the simulator crash;
 //!   [`files`] writes small files atomically.
-//! - [`containers`]: the container-runtime trait and its types.
+//! - [`process`]: host processes ([`process::Processes`]), in their own process groups.
+//! - [`containers`]: the container-runtime trait and its types; [`docker`] implements it
+//!   on a Docker Engine (bollard).
 //!
 //! Node crates reach the outside world only through these traits; `clippy.toml` in the
 //! node crate forbids the direct routes.
@@ -18,10 +20,12 @@
 pub mod clock;
 pub mod containers;
 pub mod disk;
+pub mod docker;
 pub mod files;
 pub mod http;
 pub mod mem_disk;
 pub mod net;
+pub mod process;
 pub mod task;
 pub mod tcp;
 pub mod wal_disk;

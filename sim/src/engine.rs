@@ -19,6 +19,8 @@ pub struct EngineFaults {
 struct State {
     images: BTreeSet<String>,
     containers: BTreeMap<String, ContainerInfo>,
+    /// Containers created with `--rm`: removed when they exit.
+    auto_remove: BTreeSet<String>,
     next_id: u64,
     daemon_up: bool,
     faults: EngineFaults,
@@ -45,6 +47,7 @@ impl SimEngine {
             st: Arc::new(Mutex::new(State {
                 images: BTreeSet::new(),
                 containers: BTreeMap::new(),
+                auto_remove: BTreeSet::new(),
                 next_id: 1,
                 daemon_up: true,
                 faults,
@@ -59,6 +62,7 @@ impl SimEngine {
     }
 
     fn exit(&self, st: &mut State, name: &str, code: i64, oom: bool) {
+        let auto_remove = st.auto_remove.contains(name);
         if let Some(c) = st.containers.get_mut(name) {
             if c.state == ContainerState::Running {
                 c.state = ContainerState::Exited {
@@ -71,6 +75,10 @@ impl SimEngine {
                     code,
                     oom_killed: oom,
                 });
+                if auto_remove {
+                    st.containers.remove(name);
+                    st.auto_remove.remove(name);
+                }
             }
         }
     }
@@ -142,6 +150,9 @@ impl Containers for SimEngine {
             }
             let id = format!("{:012x}", st.next_id);
             st.next_id += 1;
+            if spec.auto_remove {
+                st.auto_remove.insert(spec.name.clone());
+            }
             st.containers.insert(
                 spec.name.clone(),
                 ContainerInfo {
@@ -179,7 +190,7 @@ impl Containers for SimEngine {
         self.signal(name, 0)
     }
 
-    fn kill(&self, name: &str) -> BoxFuture<'static, Result<(), ContainerError>> {
+    fn kill(&self, name: &str, _signal: &str) -> BoxFuture<'static, Result<(), ContainerError>> {
         self.signal(name, 137)
     }
 
@@ -197,6 +208,7 @@ impl Containers for SimEngine {
                 });
             }
             st.containers.remove(&name);
+            st.auto_remove.remove(&name);
             Ok(())
         })
     }
@@ -224,6 +236,23 @@ impl Containers for SimEngine {
                 .filter(|c| c.labels.get(&key) == Some(&value))
                 .cloned()
                 .collect())
+        })
+    }
+
+    fn image_present(&self, image: &str) -> BoxFuture<'static, Result<bool, ContainerError>> {
+        let image = image.to_string();
+        self.with(move |st| Ok(st.images.contains(&image)))
+    }
+
+    fn logs(
+        &self,
+        name: &str,
+        _tail: usize,
+    ) -> BoxFuture<'static, Result<Vec<String>, ContainerError>> {
+        let name = name.to_string();
+        self.with(move |st| match st.containers.get(&name) {
+            Some(c) => Ok(vec![format!("{name}: {:?}", c.state)]),
+            None => Err(ContainerError::NotFound(name)),
         })
     }
 
