@@ -102,7 +102,7 @@ fn expand_braced(w: &str, env: &BTreeMap<String, String>) -> String {
 
 /// Words with quotes removed and escapes resolved. (systemd expands variables after
 /// this, so a quoted `"$VAR"` is split like a bare one.)
-fn split_words(s: &str) -> Result<Vec<String>, ExecError> {
+pub(crate) fn split_words(s: &str) -> Result<Vec<String>, ExecError> {
     let mut words = vec![];
     let mut chars = s.chars().peekable();
     loop {

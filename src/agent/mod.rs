@@ -10,3 +10,4 @@
 pub mod exec;
 pub mod lifecycle;
 pub mod presence;
+pub mod spec;
