@@ -21,6 +21,16 @@ pub struct Env {
     pub spawn: Arc<dyn Spawn>,
     /// Seeds the node's RNG (request ids); fixed in simulation, random in production.
     pub seed: u64,
+    /// What the agent runs units with; `None`: this node runs no units.
+    pub agent: Option<RunSeams>,
+}
+
+/// The seams units run through: a container engine, host processes, files.
+#[derive(Clone)]
+pub struct RunSeams {
+    pub containers: Arc<dyn flotilla_shims::containers::Containers>,
+    pub procs: Arc<dyn flotilla_shims::process::Processes>,
+    pub files: Arc<dyn flotilla_shims::Files>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +54,31 @@ pub struct NodeConfig {
     /// This member as a machine units run on; `None` with `--no-agent`.
     pub machine: Option<crate::agent::presence::MachineConfig>,
     pub engine: crate::sched::engine::EngineConfig,
+    pub agent: AgentOptions,
+}
+
+/// How this node's agent runs units (when it is a machine).
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub allow_host_commands: bool,
+    pub name_prefix: String,
+    pub publish_ip: Option<String>,
+    pub reconcile_ms: u64,
+    pub host: crate::sched::name::Host,
+    pub bugs: crate::agent::run::AgentBugs,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            allow_host_commands: false,
+            name_prefix: String::new(),
+            publish_ip: None,
+            reconcile_ms: 5_000,
+            host: Default::default(),
+            bugs: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -59,6 +94,8 @@ pub enum StartError {
 pub struct Started {
     pub id: u64,
     pub handle: RaftHandle,
+    /// The agent's units, when this node is a machine.
+    pub agent: Option<Arc<crate::agent::run::AgentView>>,
     pub handler: Handler,
     /// Run this to completion; an `Err` means the node must stop.
     pub driver: Driver,
@@ -156,8 +193,13 @@ fn publish(env: &Env, handle: &RaftHandle, id: u64, cfg: &NodeConfig) {
 }
 
 /// The scheduling engine (every member runs one; it acts while it leads) and, unless the
-/// member is not a machine, its presence.
-fn start_fleet(env: &Env, handle: &RaftHandle, id: u64, cfg: &NodeConfig) {
+/// member is not a machine, its presence and its agent.
+fn start_fleet(
+    env: &Env,
+    handle: &RaftHandle,
+    id: u64,
+    cfg: &NodeConfig,
+) -> Option<Arc<crate::agent::run::AgentView>> {
     let kv = crate::client::inproc::InProc::new(handle.clone(), env.clock.clone());
     let engine_cfg = crate::sched::engine::EngineConfig {
         member: format!("{id:x}"),
@@ -172,18 +214,51 @@ fn start_fleet(env: &Env, handle: &RaftHandle, id: u64, cfg: &NodeConfig) {
         );
         env.spawn.spawn("sched-engine", Box::pin(engine.run()));
     }
-    if let Some(m) = &cfg.machine {
-        let (tx, _rx) = tokio::sync::watch::channel(None);
-        env.spawn.spawn(
-            "machine-presence",
-            Box::pin(crate::agent::presence::run(
-                Arc::new(kv),
-                env.clock.clone(),
-                m.clone(),
-                tx,
-            )),
-        );
-    }
+    let m = cfg.machine.as_ref()?;
+    let (tx, renewed) = tokio::sync::watch::channel(None);
+    let kv: Arc<dyn crate::client::KvClient> = Arc::new(kv);
+    env.spawn.spawn(
+        "machine-presence",
+        Box::pin(crate::agent::presence::run(
+            kv.clone(),
+            env.clock.clone(),
+            m.clone(),
+            tx,
+        )),
+    );
+    // A machine without run seams (a simulation of the scheduler alone) only announces
+    // itself.
+    let seams = env.agent.as_ref()?;
+    let a = &cfg.agent;
+    let agent_cfg = crate::agent::run::AgentConfig {
+        machine: m.clone(),
+        allow_host_commands: a.allow_host_commands,
+        name_prefix: a.name_prefix.clone(),
+        publish_ip: a.publish_ip.clone(),
+        reconcile_ms: a.reconcile_ms,
+        host: crate::sched::name::Host {
+            machine_id: m.id.clone(),
+            ..a.host.clone()
+        },
+        bugs: a.bugs,
+    };
+    let view = Arc::new(crate::agent::run::AgentView::default());
+    let seams = crate::agent::execute::Seams {
+        kv,
+        containers: seams.containers.clone(),
+        procs: seams.procs.clone(),
+        files: seams.files.clone(),
+    };
+    let agent = crate::agent::run::Agent::new(
+        agent_cfg,
+        seams,
+        env.clock.clone(),
+        env.spawn.clone(),
+        renewed,
+        view.clone(),
+    );
+    env.spawn.spawn("agent", Box::pin(agent.run()));
+    Some(view)
 }
 
 /// Recovers (or bootstraps) from `disk` and assembles the node. Nothing is served until
@@ -237,10 +312,11 @@ pub async fn start(
         value_bytes_max: cfg.value_bytes_max,
     };
     publish(env, &handle, id, cfg);
-    start_fleet(env, &handle, id, cfg);
+    let agent = start_fleet(env, &handle, id, cfg);
     Ok(Started {
         id,
         handle,
+        agent,
         handler: api.into_handler(),
         driver,
     })

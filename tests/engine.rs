@@ -41,12 +41,14 @@ async fn one_member() -> InProc {
             enabled: false,
             ..Default::default()
         },
+        agent: Default::default(),
     };
     let clock = Arc::new(TokioClock::new());
     let env = Env {
         clock: clock.clone(),
         spawn: Arc::new(TokioSpawn),
         seed: 11,
+        agent: None,
     };
     let (_tx, peer_in) = mpsc::channel(16);
     std::mem::forget(_tx);

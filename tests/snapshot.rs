@@ -121,11 +121,13 @@ async fn writes_commit_while_a_snapshot_is_written_and_the_snapshot_is_of_its_in
         inbox_inputs_max: 1024,
         machine: None,
         engine: Default::default(),
+        agent: Default::default(),
     };
     let env = Env {
         clock: Arc::new(TokioClock::new()),
         spawn: Arc::new(TokioSpawn),
         seed: 7,
+        agent: None,
     };
     let mem = MemDiskHandle::new();
     let (gate, started, committed) = (

@@ -28,10 +28,19 @@ pub const EXIT_EVENTS_MAX: usize = 1024;
 /// A Docker API call may take this long (a pull takes as long as it takes).
 pub const CALL_TIMEOUT_S: u64 = 120;
 
+/// Connects on first use, and again after a failed connection: an engine that is down
+/// when the node starts is a unit failure to retry, not a node that cannot start.
 #[derive(Clone)]
 pub struct DockerEngine {
-    docker: Docker,
-    exits: Arc<Mutex<mpsc::Receiver<ExitEvent>>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    host: Option<String>,
+    label: String,
+    docker: std::sync::Mutex<Option<Docker>>,
+    exits_tx: mpsc::Sender<ExitEvent>,
+    exits: Mutex<mpsc::Receiver<ExitEvent>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ContainerError {
@@ -68,15 +77,29 @@ fn map_err(name: &str, e: bollard::errors::Error) -> ContainerError {
 }
 
 impl DockerEngine {
-    /// Connects to `host` (`unix:///var/run/docker.sock`, `tcp://…`), or to
+    /// An engine at `host` (`unix:///var/run/docker.sock`, `tcp://…`), or at
     /// `DOCKER_HOST`/the local socket when `None`. Exit events are those of containers
     /// labelled `label_key=label_value`.
-    pub fn connect(
-        host: Option<&str>,
-        label_key: &str,
-        label_value: &str,
-    ) -> Result<Self, ContainerError> {
-        let docker = match host {
+    pub fn new(host: Option<&str>, label_key: &str, label_value: &str) -> Self {
+        let (exits_tx, rx) = mpsc::channel(EXIT_EVENTS_MAX);
+        Self {
+            inner: Arc::new(Inner {
+                host: host.map(String::from),
+                label: format!("{label_key}={label_value}"),
+                docker: std::sync::Mutex::new(None),
+                exits_tx,
+                exits: Mutex::new(rx),
+            }),
+        }
+    }
+
+    /// The client, connecting (and starting the exit watcher) if need be.
+    fn client(&self) -> Result<Docker, ContainerError> {
+        let mut slot = self.inner.docker.lock().expect("docker client lock");
+        if let Some(d) = slot.as_ref() {
+            return Ok(d.clone());
+        }
+        let docker = match self.inner.host.as_deref() {
             Some(h) if h.starts_with("unix://") || h.starts_with('/') => {
                 Docker::connect_with_unix(h, CALL_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
             }
@@ -88,14 +111,23 @@ impl DockerEngine {
             None => Docker::connect_with_local_defaults(),
         }
         .map_err(unavailable)?;
-        let (tx, rx) = mpsc::channel(EXIT_EVENTS_MAX);
-        let label = format!("{label_key}={label_value}");
-        tokio::spawn(watch_exits(docker.clone(), label, tx));
-        Ok(Self {
-            docker,
-            exits: Arc::new(Mutex::new(rx)),
-        })
+        tokio::spawn(watch_exits(
+            docker.clone(),
+            self.inner.label.clone(),
+            self.inner.exits_tx.clone(),
+        ));
+        *slot = Some(docker.clone());
+        Ok(docker)
     }
+}
+
+macro_rules! client_or_fail {
+    ($self:expr) => {
+        match $self.client() {
+            Ok(d) => d,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        }
+    };
 }
 
 /// Follows the engine's `die` events for our label, reconnecting with backoff.
@@ -221,7 +253,7 @@ fn state_of(s: Option<&bollard::models::ContainerState>) -> ContainerState {
 
 impl Containers for DockerEngine {
     fn pull(&self, image: &str) -> BoxFuture<'static, Result<(), ContainerError>> {
-        let (docker, image) = (self.docker.clone(), image.to_string());
+        let (docker, image) = (client_or_fail!(self), image.to_string());
         Box::pin(async move {
             let (from, tag) = match image.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
                 Some((f, t)) => (f.to_string(), t.to_string()),
@@ -249,7 +281,7 @@ impl Containers for DockerEngine {
     }
 
     fn create(&self, spec: ContainerSpec) -> BoxFuture<'static, Result<String, ContainerError>> {
-        let docker = self.docker.clone();
+        let docker = client_or_fail!(self);
         Box::pin(async move {
             let opts = CreateContainerOptions {
                 name: spec.name.clone(),
@@ -264,7 +296,7 @@ impl Containers for DockerEngine {
     }
 
     fn start(&self, name: &str) -> BoxFuture<'static, Result<(), ContainerError>> {
-        let (docker, name) = (self.docker.clone(), name.to_string());
+        let (docker, name) = (client_or_fail!(self), name.to_string());
         Box::pin(async move {
             docker
                 .start_container::<String>(&name, None)
@@ -274,7 +306,7 @@ impl Containers for DockerEngine {
     }
 
     fn stop(&self, name: &str, timeout_s: u32) -> BoxFuture<'static, Result<(), ContainerError>> {
-        let (docker, name) = (self.docker.clone(), name.to_string());
+        let (docker, name) = (client_or_fail!(self), name.to_string());
         Box::pin(async move {
             let opts = StopContainerOptions {
                 t: i64::from(timeout_s),
@@ -290,7 +322,7 @@ impl Containers for DockerEngine {
     }
 
     fn kill(&self, name: &str, signal: &str) -> BoxFuture<'static, Result<(), ContainerError>> {
-        let (docker, name, signal) = (self.docker.clone(), name.to_string(), signal.to_string());
+        let (docker, name, signal) = (client_or_fail!(self), name.to_string(), signal.to_string());
         Box::pin(async move {
             docker
                 .kill_container(&name, Some(KillContainerOptions { signal }))
@@ -300,7 +332,7 @@ impl Containers for DockerEngine {
     }
 
     fn remove(&self, name: &str, force: bool) -> BoxFuture<'static, Result<(), ContainerError>> {
-        let (docker, name) = (self.docker.clone(), name.to_string());
+        let (docker, name) = (client_or_fail!(self), name.to_string());
         Box::pin(async move {
             let opts = RemoveContainerOptions {
                 force,
@@ -315,7 +347,7 @@ impl Containers for DockerEngine {
     }
 
     fn inspect(&self, name: &str) -> BoxFuture<'static, Result<ContainerInfo, ContainerError>> {
-        let (docker, name) = (self.docker.clone(), name.to_string());
+        let (docker, name) = (client_or_fail!(self), name.to_string());
         Box::pin(async move {
             let c = docker
                 .inspect_container(&name, None)
@@ -341,7 +373,7 @@ impl Containers for DockerEngine {
         key: &str,
         value: &str,
     ) -> BoxFuture<'static, Result<Vec<ContainerInfo>, ContainerError>> {
-        let docker = self.docker.clone();
+        let docker = client_or_fail!(self);
         let label = format!("{key}={value}");
         Box::pin(async move {
             let mut filters = HashMap::new();
@@ -390,9 +422,11 @@ impl Containers for DockerEngine {
     }
 
     fn next_exit(&self) -> BoxFuture<'static, Result<ExitEvent, ContainerError>> {
-        let rx = self.exits.clone();
+        let inner = self.inner.clone();
         Box::pin(async move {
-            rx.lock()
+            inner
+                .exits
+                .lock()
                 .await
                 .recv()
                 .await
@@ -401,7 +435,7 @@ impl Containers for DockerEngine {
     }
 
     fn image_present(&self, image: &str) -> BoxFuture<'static, Result<bool, ContainerError>> {
-        let (docker, image) = (self.docker.clone(), image.to_string());
+        let (docker, image) = (client_or_fail!(self), image.to_string());
         Box::pin(async move {
             match docker.inspect_image(&image).await {
                 Ok(_) => Ok(true),
@@ -418,7 +452,7 @@ impl Containers for DockerEngine {
         name: &str,
         tail: usize,
     ) -> BoxFuture<'static, Result<Vec<String>, ContainerError>> {
-        let (docker, name) = (self.docker.clone(), name.to_string());
+        let (docker, name) = (client_or_fail!(self), name.to_string());
         Box::pin(async move {
             let opts = LogsOptions::<String> {
                 stdout: true,

@@ -36,6 +36,13 @@ impl Files for RealFiles {
     }
 }
 
+/// The trimmed text of a small file (`/proc/sys/kernel/hostname`), if it can be read.
+pub fn read_small(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
 /// The trimmed contents of the small file at `path`; if there is none, `make()` written
 /// there first (atomically, synced), as systemd keeps `/etc/machine-id`.
 pub fn load_or_create(path: &Path, make: impl FnOnce() -> String) -> io::Result<String> {

@@ -166,6 +166,7 @@ fn node_config(s: &Scenario, i: usize) -> NodeConfig {
             },
             ..Default::default()
         },
+        agent: Default::default(),
     }
 }
 
@@ -177,6 +178,7 @@ async fn boot(w: Arc<World>, i: usize) {
         clock: clock.clone(),
         spawn: Arc::new(SimSpawn),
         seed: madsim::rand::thread_rng().gen(),
+        agent: None,
     };
     let latency = Duration::from_millis(w.s.sync_latency_ms);
     let disk = slot.disk.open(Some((clock as Arc<dyn Clock>, latency)));

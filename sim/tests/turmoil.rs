@@ -72,6 +72,7 @@ fn config(i: usize) -> NodeConfig {
         inbox_inputs_max: 4096,
         machine: None,
         engine: Default::default(),
+        agent: Default::default(),
     }
 }
 
@@ -103,6 +104,7 @@ async fn node(i: usize, disk: MemDiskHandle) -> turmoil::Result {
         clock,
         spawn,
         seed: i as u64,
+        agent: None,
     };
     let started = start(&cfg, &env, Box::new(disk.open(None)), net, peer_rx).await?;
     let api = TcpListener::bind("0.0.0.0:2379").await?;

@@ -148,6 +148,8 @@ pub struct Unit {
     start_deadline_ms: Option<u64>,
     /// A start arrived while a stop sequence ran.
     pending_start: bool,
+    /// Could not be loaded: never starts.
+    broken: bool,
     starts: VecDeque<u64>,
     journal: VecDeque<String>,
 }
@@ -165,9 +167,30 @@ impl Unit {
             result: None,
             start_deadline_ms: None,
             pending_start: false,
+            broken: false,
             starts: VecDeque::new(),
             journal: VecDeque::new(),
         }
+    }
+
+    /// A unit whose file cannot be run (a bad Exec line, a missing environment file):
+    /// failed from the start, with the reason; starting it changes nothing.
+    pub fn broken(why: String) -> Self {
+        let mut u = Self::new(Spec {
+            pre: vec![],
+            main: None,
+            post: vec![],
+            stop: vec![],
+            stop_post: vec![],
+            timeout_start_ms: None,
+            timeout_stop_ms: 0,
+            restart: Restart::No,
+            restart_ms: 0,
+        });
+        u.log(format!("cannot load: {why}"));
+        u.phase = Phase::Failed(why);
+        u.broken = true;
+        u
     }
 
     /// A unit found running at start (its container adopted): active, no steps re-run.
@@ -301,6 +324,9 @@ impl Unit {
 
     /// Starts a run, unless the start limit is hit.
     fn begin(&mut self, now_ms: u64, out: &mut Vec<Cmd>) {
+        if self.broken {
+            return;
+        }
         while self
             .starts
             .front()

@@ -167,7 +167,7 @@ pub fn prepare(
     let dep = |key: &str| -> Vec<String> {
         values(options, "Unit", key)
             .iter()
-            .flat_map(|v| v.split_whitespace().map(|d| expand(d)).collect::<Vec<_>>())
+            .flat_map(|v| v.split_whitespace().map(&expand).collect::<Vec<_>>())
             .collect()
     };
     Ok(Prepared {

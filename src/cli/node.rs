@@ -89,6 +89,21 @@ pub struct NodeArgs {
     /// engine_reconcile_interval); changes are scheduled at once.
     #[arg(long, default_value_t = 2.0)]
     pub engine_reconcile_interval: f64,
+    /// Let Exec lines run host commands (anything but docker and etcdctl). Off by
+    /// default: whoever can submit a unit would get a shell on every machine.
+    #[arg(long)]
+    pub allow_host_commands: bool,
+    /// The Docker Engine: unix:///var/run/docker.sock (default) or tcp://host:port.
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+    /// Prefix for the names of containers this machine creates (`--name apache1` →
+    /// PREFIXapache1), so several machines can share one engine.
+    #[arg(long, default_value = "")]
+    pub container_name_prefix: String,
+    /// Bind every port this machine's containers publish on this address
+    /// (`-p 8081:80` → IP:8081:80).
+    #[arg(long)]
+    pub publish_ip: Option<String>,
 }
 
 impl NodeArgs {
@@ -163,7 +178,19 @@ fn config(a: &NodeArgs) -> Result<NodeConfig> {
     if !(a.engine_reconcile_interval > 0.0 && a.engine_reconcile_interval <= 3600.0) {
         bail!("--engine-reconcile-interval must be between 0 and 3600 seconds");
     }
+    check_prefix(&a.container_name_prefix)?;
+    if let Some(ip) = &a.publish_ip {
+        ip.parse::<std::net::IpAddr>()
+            .map_err(|_| anyhow::anyhow!("--publish-ip {ip:?}: not an IP address"))?;
+    }
     Ok(NodeConfig {
+        agent: crate::node::AgentOptions {
+            allow_host_commands: a.allow_host_commands,
+            name_prefix: a.container_name_prefix.clone(),
+            publish_ip: a.publish_ip.clone(),
+            host: host_facts(),
+            ..Default::default()
+        },
         machine,
         engine: crate::sched::engine::EngineConfig {
             reconcile_ms: (a.engine_reconcile_interval * 1000.0) as u64,
@@ -218,6 +245,28 @@ fn machine_config(a: &NodeArgs, client_urls: &[String]) -> Result<Option<Machine
         metadata: parse_metadata(&a.metadata)?,
         ttl_s: ttl,
     }))
+}
+
+/// Docker's container names are `[a-zA-Z0-9][a-zA-Z0-9_.-]*`: the prefix must keep them so.
+pub fn check_prefix(p: &str) -> Result<()> {
+    let ok = p
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && p.chars().next().is_none_or(|c| c.is_ascii_alphanumeric());
+    if !ok {
+        bail!("--container-name-prefix {p:?}: letters, digits, '_', '.', '-', starting with a letter or digit");
+    }
+    Ok(())
+}
+
+/// `%H` and `%b` for Exec lines: this host's name and boot id.
+pub fn host_facts() -> crate::sched::name::Host {
+    let read = |p: &str| flotilla_shims::files::read_small(p).unwrap_or_default();
+    crate::sched::name::Host {
+        hostname: read("/proc/sys/kernel/hostname"),
+        machine_id: String::new(),
+        boot_id: read("/proc/sys/kernel/random/boot_id").replace('-', ""),
+    }
 }
 
 pub fn check_machine_id(id: &str) -> Result<()> {
@@ -296,10 +345,20 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
     }
     let clock = Arc::new(TokioClock::new());
     let spawn = Arc::new(TokioSpawn);
+    let agent = cfg.machine.as_ref().map(|m| crate::node::RunSeams {
+        containers: Arc::new(flotilla_shims::docker::DockerEngine::new(
+            a.docker_host.as_deref(),
+            crate::agent::execute::LABEL_MACHINE,
+            &m.id,
+        )),
+        procs: Arc::new(flotilla_shims::process::HostProcesses::new()),
+        files: Arc::new(flotilla_shims::files::RealFiles),
+    });
     let env = Env {
         clock: clock.clone(),
         spawn: spawn.clone(),
         seed: SeededRng::from_entropy().next_u64(),
+        agent,
     };
     let members = crate::node::initial_members(&cfg)?;
     let my_id = members
