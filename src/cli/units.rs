@@ -151,7 +151,8 @@ impl Client {
                 format!("?nextPageToken={}", enc(&token))
             };
             let v = self.json(&format!("/fleet/v1/{what}{q}")).await?;
-            out.extend(v[what].as_array().cloned().unwrap_or_default());
+            let field = if what == "state" { "states" } else { what };
+            out.extend(v[field].as_array().cloned().unwrap_or_default());
             match v["nextPageToken"].as_str() {
                 Some(t) if !t.is_empty() => token = t.to_string(),
                 _ => return Ok(out),
