@@ -95,7 +95,7 @@ pub struct Started {
     pub id: u64,
     pub handle: RaftHandle,
     /// The agent's units, when this node is a machine.
-    pub agent: Option<Arc<crate::agent::run::AgentView>>,
+    pub agent: Option<crate::api::journal::AgentHandle>,
     pub handler: Handler,
     /// Run this to completion; an `Err` means the node must stop.
     pub driver: Driver,
@@ -199,7 +199,7 @@ fn start_fleet(
     handle: &RaftHandle,
     id: u64,
     cfg: &NodeConfig,
-) -> Option<Arc<crate::agent::run::AgentView>> {
+) -> Option<crate::api::journal::AgentHandle> {
     let kv = crate::client::inproc::InProc::new(handle.clone(), env.clock.clone());
     let engine_cfg = crate::sched::engine::EngineConfig {
         member: format!("{id:x}"),
@@ -243,7 +243,7 @@ fn start_fleet(
         bugs: a.bugs,
     };
     let view = Arc::new(crate::agent::run::AgentView::default());
-    let seams = crate::agent::execute::Seams {
+    let run = crate::agent::execute::Seams {
         kv,
         containers: seams.containers.clone(),
         procs: seams.procs.clone(),
@@ -251,14 +251,19 @@ fn start_fleet(
     };
     let agent = crate::agent::run::Agent::new(
         agent_cfg,
-        seams,
+        run,
         env.clock.clone(),
         env.spawn.clone(),
         renewed,
         view.clone(),
     );
     env.spawn.spawn("agent", Box::pin(agent.run()));
-    Some(view)
+    Some(crate::api::journal::AgentHandle {
+        machine: m.id.clone(),
+        view,
+        containers: seams.containers.clone(),
+        procs: seams.procs.clone(),
+    })
 }
 
 /// Recovers (or bootstraps) from `disk` and assembles the node. Nothing is served until
@@ -304,15 +309,16 @@ pub async fn start(
         cfg: cfg.raft.clone(),
         seq_start: rng.next_u64() >> 16,
     })?;
+    publish(env, &handle, id, cfg);
+    let agent = start_fleet(env, &handle, id, cfg);
     let api = Api {
         raft: handle.clone(),
         clock: env.clock.clone(),
         spawn: env.spawn.clone(),
         cluster_id: rec.identity.cluster_id,
         value_bytes_max: cfg.value_bytes_max,
+        agent: agent.clone(),
     };
-    publish(env, &handle, id, cfg);
-    let agent = start_fleet(env, &handle, id, cfg);
     Ok(Started {
         id,
         handle,

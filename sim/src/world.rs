@@ -158,6 +158,7 @@ fn node_config(s: &Scenario, i: usize) -> NodeConfig {
             )]
             .into(),
             ttl_s: l.agent_ttl_s,
+            agent_url: String::new(),
         }),
         engine: EngineConfig {
             reconcile_ms: 500,

@@ -262,6 +262,11 @@ impl Unit {
         }
     }
 
+    /// A line from outside the state machine (the main container's last output).
+    pub fn note(&mut self, line: impl Into<String>) {
+        self.log(line);
+    }
+
     fn log(&mut self, line: impl Into<String>) {
         if self.journal.len() == JOURNAL_LINES_MAX {
             self.journal.pop_front();

@@ -21,6 +21,9 @@ pub struct MachineConfig {
     pub metadata: std::collections::BTreeMap<String, String>,
     /// fleet's `agent_ttl` (30 s by default), whole seconds as etcd's TTLs are.
     pub ttl_s: u64,
+    /// Where this machine's agent answers journal requests (`http://host:port`), if
+    /// anywhere.
+    pub agent_url: String,
 }
 
 impl MachineConfig {
@@ -29,6 +32,7 @@ impl MachineConfig {
             id: self.id.clone(),
             primary_ip: self.public_ip.clone(),
             metadata: self.metadata.clone(),
+            agent_url: self.agent_url.clone(),
         }
     }
 }

@@ -104,6 +104,8 @@ struct Managed {
     published: Option<(String, String, u64)>,
     /// Retry after a failure caused by an unavailable container runtime: (at, backoff).
     runtime_retry: Option<(u64, u64)>,
+    /// Ended main containers to remove once the unit is down.
+    leftovers: Vec<String>,
 }
 
 /// A container carrying this machine's label.
@@ -115,6 +117,9 @@ struct Found {
     /// A unit's `ExecStart` container (not one of its steps').
     main: bool,
 }
+
+/// Lines of a finished main container's output kept in the unit's journal.
+pub const EXIT_LOG_LINES: usize = 20;
 
 enum Input {
     Step {
@@ -128,6 +133,13 @@ enum Input {
         unit: String,
         gen: u64,
         code: i64,
+    },
+    /// The last output of a main container that ended, for the journal.
+    Logs {
+        unit: String,
+        gen: u64,
+        container: String,
+        lines: Vec<String>,
     },
     Wake,
 }
@@ -194,6 +206,7 @@ impl Agent {
                 next_reconcile = now + self.cfg.reconcile_ms;
             }
             self.decide(now);
+            self.clean_up();
             self.publish(now).await;
             let wait = self.next_wake(now, next_reconcile);
             let input = tokio::select! {
@@ -462,6 +475,7 @@ impl Agent {
                     leaving: false,
                     published: None,
                     runtime_retry: None,
+                    leftovers: vec![],
                 }
             }
             Err(why) => Managed {
@@ -476,6 +490,7 @@ impl Agent {
                 leaving: false,
                 published: None,
                 runtime_retry: None,
+                leftovers: vec![],
             },
         };
         tracing::info!(unit = name, adopted = m.started, "agent: loaded");
@@ -720,6 +735,21 @@ impl Agent {
                 }
             }
             Input::MainGone { unit, gen, code } => self.main_ended(&unit, gen, code, false, now),
+            Input::Logs {
+                unit,
+                gen,
+                container,
+                lines,
+            } => {
+                let Some(m) = self.units.get_mut(&unit).filter(|m| m.gen == gen) else {
+                    return;
+                };
+                for l in lines {
+                    m.unit.note(format!("{container}: {l}"));
+                }
+                m.leftovers.push(container);
+                self.report(&unit);
+            }
             Input::Wake => {}
         }
     }
@@ -728,10 +758,33 @@ impl Agent {
         let Some(m) = self.units.get_mut(unit).filter(|m| m.gen == gen) else {
             return;
         };
-        if m.main == Main::None {
+        let ended = std::mem::replace(&mut m.main, Main::None);
+        if ended == Main::None {
             return;
         }
-        m.main = Main::None;
+        if let Main::Container { name, .. } = ended {
+            // Keep its last words, then (once the unit is down) remove it: a stopped
+            // unit leaves no container behind, and its output stays in the journal.
+            let (c, tx, unit) = (
+                self.seams.containers.clone(),
+                self.tx.clone(),
+                unit.to_string(),
+            );
+            self.spawn.spawn(
+                "agent-exit-logs",
+                Box::pin(async move {
+                    let lines = c.logs(&name, EXIT_LOG_LINES).await.unwrap_or_default();
+                    let _ = tx
+                        .send(Input::Logs {
+                            unit,
+                            gen,
+                            container: name,
+                            lines,
+                        })
+                        .await;
+                }),
+            );
+        }
         self.event(
             unit,
             Event::MainExited {
@@ -740,6 +793,22 @@ impl Agent {
             },
             now,
         );
+    }
+
+    /// Removes the ended main containers of units that are down (a running container of
+    /// the same name — the unit started again — is refused by the engine and stays).
+    fn clean_up(&mut self) {
+        for m in self.units.values_mut().filter(|m| m.unit.is_down()) {
+            for name in m.leftovers.drain(..) {
+                let c = self.seams.containers.clone();
+                self.spawn.spawn(
+                    "agent-remove",
+                    Box::pin(async move {
+                        let _ = c.remove(&name, false).await;
+                    }),
+                );
+            }
+        }
     }
 
     fn tick(&mut self, now: u64) {

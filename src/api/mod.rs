@@ -6,12 +6,14 @@
 //! - [`keys`]: `/v2/keys` — reads from the local store (or after a ReadIndex barrier with
 //!   `quorum=true`), writes through Raft, watches from the store's history.
 //! - [`fleet`]: fleet's API v1 (`/fleet/v1`): units, states, machines.
+//! - [`journal`]: `/flotilla/v1/journal/<unit>`, from the unit's machine's agent.
 //! - this file: routing, `/health`, `/version`, `/v2/members`, common headers.
 //!
 //! Handlers take whole requests and return whole responses; the server that moves the
 //! bytes lives in `flotilla_shims::http`.
 
 pub mod fleet;
+pub mod journal;
 pub mod keys;
 pub mod members;
 pub mod params;
@@ -38,6 +40,8 @@ pub struct Api {
     pub spawn: Arc<dyn flotilla_shims::Spawn>,
     pub cluster_id: u64,
     pub value_bytes_max: usize,
+    /// This member's agent, when it is a machine (for unit journals).
+    pub agent: Option<journal::AgentHandle>,
 }
 
 impl Api {
@@ -89,6 +93,11 @@ impl Api {
                 if rest.is_empty() || rest.starts_with('/') {
                     return self.fleet(&req, rest).await;
                 }
+            }
+        }
+        if let Some(unit) = path.strip_prefix("/flotilla/v1/journal/") {
+            if req.method() == Method::GET {
+                return self.journal(&req, unit).await;
             }
         }
         if let Some(unit) = path.strip_prefix("/flotilla/v1/placement/") {

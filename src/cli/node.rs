@@ -244,6 +244,7 @@ fn machine_config(a: &NodeArgs, client_urls: &[String]) -> Result<Option<Machine
         public_ip,
         metadata: parse_metadata(&a.metadata)?,
         ttl_s: ttl,
+        agent_url: client_urls.first().cloned().unwrap_or_default(),
     }))
 }
 

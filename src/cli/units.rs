@@ -91,6 +91,17 @@ enum UnitsCmd {
     Cat { unit: String },
     /// Where a unit is and what its machine reports.
     Status { units: Vec<String> },
+    /// What the unit's machine recorded: each step's result, state changes, and the
+    /// main container's latest output.
+    Journal {
+        unit: String,
+        /// Lines to show.
+        #[arg(short = 'n', long = "lines", default_value_t = 10)]
+        lines: usize,
+        /// Keep printing new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// Units' states as their machines report them.
     ListUnits(ListOpts),
     /// Units in the cluster, their desired and current states and targets.
@@ -281,6 +292,11 @@ async fn exec(a: UnitsArgs) -> Result<()> {
             Ok(())
         }
         UnitsCmd::Status { units } => status(&c, &units).await,
+        UnitsCmd::Journal {
+            unit,
+            lines,
+            follow,
+        } => journal(&c, &unit_name(&unit), lines, follow).await,
         UnitsCmd::ListUnits(o) => list_units(&c, &o).await,
         UnitsCmd::ListUnitFiles(o) => list_unit_files(&c, &o).await,
         UnitsCmd::ListMachines(o) => list_machines(&c, &o).await,
@@ -436,7 +452,22 @@ async fn wait_for(
             .map(|u| s(&u["currentState"]))
             .unwrap_or_default();
         let machine = u.as_ref().map(|u| s(&u["machineID"])).unwrap_or_default();
-        if cur == want || (want == "inactive" && u.is_none()) {
+        // `launched` is done once the machine reports the unit active (fleetctl waits
+        // for an active systemd state too); a failure ends the wait at once.
+        let active = if want == "launched" && cur == want {
+            match unit_state(c, name, &machine).await?.as_deref() {
+                Some("active") => true,
+                Some("failed") => {
+                    return Ok(Err(format!(
+                        "Unit {name} failed on {machine}: see `flotilla units journal {name}`"
+                    )))
+                }
+                _ => false,
+            }
+        } else {
+            true
+        };
+        if (cur == want && active) || (want == "inactive" && u.is_none()) {
             if want == "inactive" {
                 return Ok(Ok(String::new()));
             }
@@ -476,6 +507,21 @@ async fn wait_for(
         )
         .await;
     }
+}
+
+/// The unit's systemd active state on `machine`, as its agent reports it.
+async fn unit_state(c: &Client, name: &str, machine: &str) -> Result<Option<String>> {
+    let v = c
+        .json(&format!(
+            "/fleet/v1/state?unitName={}&machineID={}",
+            enc(name),
+            enc(machine)
+        ))
+        .await?;
+    Ok(v["states"]
+        .as_array()
+        .and_then(|a| a.first())
+        .map(|st| s(&st["systemdActiveState"])))
 }
 
 async fn placement_reason(c: &Client, name: &str) -> Result<String> {
@@ -635,6 +681,38 @@ async fn status(c: &Client, args: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn journal(c: &Client, name: &str, n: usize, follow: bool) -> Result<()> {
+    let mut last: Option<String> = None;
+    loop {
+        let path = format!("/flotilla/v1/journal/{}?n={n}", enc(name));
+        let r = c.call("GET", &path, None).await?;
+        if r.status != 200 {
+            bail!("{name}: {}", api_error(&r));
+        }
+        let v: Value = serde_json::from_slice(&r.body)?;
+        let lines: Vec<String> = v["lines"]
+            .as_array()
+            .map(|a| a.iter().map(s).collect())
+            .unwrap_or_default();
+        // Print what follows the last line already shown (all of it the first time).
+        let from = last
+            .as_ref()
+            .and_then(|l| lines.iter().rposition(|x| x == l).map(|i| i + 1))
+            .unwrap_or(0);
+        for l in &lines[from..] {
+            println!("{l}");
+        }
+        if let Some(l) = lines.last() {
+            last = Some(l.clone());
+        }
+        if !follow {
+            return Ok(());
+        }
+        flotilla_shims::Clock::sleep(&flotilla_shims::TokioClock::new(), Duration::from_secs(1))
+            .await;
+    }
 }
 
 fn description(opts: &[UnitOption]) -> String {

@@ -68,6 +68,9 @@ pub struct MachineRecord {
     pub primary_ip: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Where its agent serves unit journals (not part of fleet's machine entity).
+    #[serde(default, rename = "agentURL", skip_serializing_if = "String::is_empty")]
+    pub agent_url: String,
 }
 
 /// A dynamic metadata item: a value, or a tombstone hiding a configured one.
@@ -156,6 +159,19 @@ pub fn base(key: &str) -> &str {
 
 fn children(n: &NodeView) -> &[NodeView] {
     n.nodes.as_deref().unwrap_or(&[])
+}
+
+/// Each live machine's agent URL (where it serves journals).
+pub fn agent_urls(machines_dir: Option<&NodeView>) -> BTreeMap<String, String> {
+    machines_dir
+        .map(children)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| {
+            let rec: MachineRecord = serde_json::from_str(n.value.as_deref()?).ok()?;
+            (!rec.agent_url.is_empty()).then(|| (base(&n.key).to_string(), rec.agent_url))
+        })
+        .collect()
 }
 
 /// Live machines, with dynamic metadata laid over what each configured.

@@ -1,0 +1,189 @@
+//! `GET /flotilla/v1/journal/<unit>?n=N`: what a unit's agent recorded (each step and
+//! state change) and the main container's (or process's) latest output. Any member
+//! answers: for a unit on another machine it asks that machine's agent (its `agentURL`).
+//! An agent-only machine serves the same path on its own listener.
+
+use crate::agent::run::AgentView;
+use bytes::Bytes;
+use flotilla_shims::containers::Containers;
+use flotilla_shims::http::{full, Body, Handler};
+use flotilla_shims::process::Processes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Lines of output a journal request may ask for.
+pub const LINES_MAX: usize = 10_000;
+
+/// What a machine's agent exposes for its journal.
+#[derive(Clone)]
+pub struct AgentHandle {
+    pub machine: String,
+    pub view: Arc<AgentView>,
+    pub containers: Arc<dyn Containers>,
+    pub procs: Arc<dyn Processes>,
+}
+
+impl AgentHandle {
+    /// The unit's journal here, or `None` if this machine does not run it.
+    pub async fn journal(&self, unit: &str, n: usize) -> Option<Vec<String>> {
+        let r = self
+            .view
+            .units
+            .lock()
+            .expect("view lock")
+            .get(unit)
+            .cloned()?;
+        let mut lines: Vec<String> = r.journal.clone();
+        let status = format!(
+            "state: {}/{}/{}",
+            r.reported.load, r.reported.active, r.reported.sub
+        );
+        lines.push(status);
+        if let Some(c) = &r.container {
+            match self.containers.logs(c, n).await {
+                Ok(out) => lines.extend(out.into_iter().map(|l| format!("{c}: {l}"))),
+                Err(e) => lines.push(format!("{c}: (no output: {e})")),
+            }
+        }
+        if let Some(h) = r.process {
+            lines.extend(self.procs.output(h));
+        }
+        let skip = lines.len().saturating_sub(n);
+        Some(lines.split_off(skip))
+    }
+}
+
+pub fn lines_param(query: Option<&str>) -> Result<usize, String> {
+    let n = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "n")
+        .map(|(_, v)| v.into_owned());
+    match n {
+        None => Ok(50),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 && n <= LINES_MAX => Ok(n),
+            _ => Err(format!("n={v:?}: expected a number from 1 to {LINES_MAX}")),
+        },
+    }
+}
+
+pub fn reply(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    let mut r = full(status, serde_json::to_vec(&v).expect("json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Asks another machine's agent.
+pub async fn remote(url: &str, unit: &str, n: usize, timeout: Duration) -> Response<Body> {
+    let enc = percent_encoding::utf8_percent_encode(unit, percent_encoding::NON_ALPHANUMERIC);
+    let target = format!(
+        "{}/flotilla/v1/journal/{enc}?n={n}&local=1",
+        url.trim_end_matches('/')
+    );
+    match flotilla_shims::http::request("GET", &target, None, timeout).await {
+        Ok(r) => {
+            let mut resp = full(
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY),
+                r.body,
+            );
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => reply(
+            StatusCode::BAD_GATEWAY,
+            serde_json::json!({"error": {"code": 502, "message": format!("the unit's machine did not answer: {e}")}}),
+        ),
+    }
+}
+
+/// The handler an agent-only machine serves: its journal and `/health`.
+pub fn agent_handler(agent: AgentHandle) -> Handler {
+    Arc::new(move |req: Request<Bytes>| {
+        let agent = agent.clone();
+        Box::pin(async move {
+            let path = percent_encoding::percent_decode_str(req.uri().path())
+                .decode_utf8_lossy()
+                .into_owned();
+            if path == "/health" {
+                return reply(StatusCode::OK, serde_json::json!({"health": "true"}));
+            }
+            let Some(unit) = path.strip_prefix("/flotilla/v1/journal/") else {
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"error": {"code": 404, "message": ""}}),
+                );
+            };
+            let n = match lines_param(req.uri().query()) {
+                Ok(n) => n,
+                Err(e) => {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({"error": {"code": 400, "message": e}}),
+                    )
+                }
+            };
+            match agent.journal(unit, n).await {
+                Some(lines) => reply(
+                    StatusCode::OK,
+                    serde_json::json!({"name": unit, "machineID": agent.machine, "lines": lines}),
+                ),
+                None => reply(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"error": {"code": 404, "message": format!("{unit} is not on machine {}", agent.machine)}}),
+                ),
+            }
+        })
+    })
+}
+
+impl super::Api {
+    pub(super) async fn journal(&self, req: &Request<Bytes>, unit: &str) -> Response<Body> {
+        let n = match lines_param(req.uri().query()) {
+            Ok(n) => n,
+            Err(e) => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": {"code": 400, "message": e}}),
+                )
+            }
+        };
+        if let Some(a) = &self.agent {
+            if let Some(lines) = a.journal(unit, n).await {
+                return reply(
+                    StatusCode::OK,
+                    serde_json::json!({"name": unit, "machineID": a.machine, "lines": lines}),
+                );
+            }
+        }
+        let local_only = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .any(|(k, _)| k == "local");
+        let snap = super::fleet::snapshot(self);
+        let target = snap.machine_of(unit).map(String::from).or_else(|| {
+            // A global unit: any machine that reports it.
+            snap.states.get(unit).and_then(|s| s.keys().next().cloned())
+        });
+        let url = target.as_ref().and_then(|m| {
+            let dir = self
+                .raft
+                .shared
+                .machine()
+                .store
+                .get(crate::sched::registry::MACHINES, true)
+                .ok();
+            crate::sched::registry::agent_urls(dir.as_ref().map(|e| &e.node)).remove(m)
+        });
+        match (local_only, url) {
+            (false, Some(url)) => remote(&url, unit, n, Duration::from_secs(5)).await,
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": {"code": 404, "message": format!("no machine runs {unit}")}}),
+            ),
+        }
+    }
+}
