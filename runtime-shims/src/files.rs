@@ -36,6 +36,11 @@ impl Files for RealFiles {
     }
 }
 
+/// Creates `dir` (and its parents) if missing.
+pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
 /// The trimmed text of a small file (`/proc/sys/kernel/hostname`), if it can be read.
 pub fn read_small(path: &str) -> Option<String> {
     std::fs::read_to_string(path)

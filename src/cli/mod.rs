@@ -3,10 +3,14 @@
 //! # Layout
 //! - [`node`]: `flotilla node` (also the default with no subcommand), etcd's flag names.
 //! - [`kv`]: `flotilla kv …`, an etcdctl (v2) work-alike.
+//! - [`agent`]: `flotilla agent`, a machine that is not a member (through the client API).
+//! - [`machine`]: the flags that make a node or an agent a machine.
 //! - [`units`]: `flotilla units …`, a fleetctl work-alike over fleet's API v1
 //!   ([`table`] lays out its columns as fleetctl's tabwriter does).
 
+pub mod agent;
 pub mod kv;
+pub mod machine;
 pub mod node;
 pub mod table;
 pub mod units;
@@ -34,6 +38,8 @@ enum Cmd {
     /// fleetctl-style unit commands: submit, load, start, stop, unload, destroy, cat,
     /// status, list-units, list-unit-files, list-machines.
     Units(units::UnitsArgs),
+    /// Run a machine that is not a cluster member: its units, through the client API.
+    Agent(Box<agent::AgentArgs>),
 }
 
 pub fn main() -> ExitCode {
@@ -51,6 +57,7 @@ pub fn main() -> ExitCode {
         Cmd::Node(args) => node::run(*args),
         Cmd::Kv(args) => kv::run(args),
         Cmd::Units(args) => units::run(args),
+        Cmd::Agent(args) => agent::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,6 @@
 //! `flotilla node`: production wiring (Tokio, TCP, the WAL disk) of [`crate::node`].
 
-use crate::agent::presence::MachineConfig;
+use super::machine::{stored_machine_id, MachineArgs};
 use crate::node::{start, ClusterState, Env, NodeConfig};
 use crate::raft::{peer_addr, RaftConfig};
 use anyhow::{bail, Context, Result};
@@ -67,21 +67,6 @@ pub struct NodeArgs {
     /// How long a write may wait for commit, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     pub request_timeout_ms: u64,
-    /// This machine's id for the scheduler (letters, digits, `-`, `_`). Default: a random
-    /// 32-hex id created once and kept in the data dir as `machine-id`.
-    #[arg(long)]
-    pub machine_id: Option<String>,
-    /// Machine metadata for `MachineMetadata=`, `key=value,...`.
-    #[arg(long, default_value = "")]
-    pub metadata: String,
-    /// The IP other machines and users reach this one on (default: the host of the first
-    /// advertised client URL).
-    #[arg(long)]
-    pub public_ip: Option<String>,
-    /// How long this machine stays registered without a heartbeat (fleet's agent_ttl);
-    /// it heartbeats at half this. A duration: `30s`, `5s`, `1m`.
-    #[arg(long, default_value = "30s")]
-    pub agent_ttl: String,
     /// A member that is not a machine: it stores and schedules, it runs no units.
     #[arg(long)]
     pub no_agent: bool,
@@ -89,21 +74,8 @@ pub struct NodeArgs {
     /// engine_reconcile_interval); changes are scheduled at once.
     #[arg(long, default_value_t = 2.0)]
     pub engine_reconcile_interval: f64,
-    /// Let Exec lines run host commands (anything but docker and etcdctl). Off by
-    /// default: whoever can submit a unit would get a shell on every machine.
-    #[arg(long)]
-    pub allow_host_commands: bool,
-    /// The Docker Engine: unix:///var/run/docker.sock (default) or tcp://host:port.
-    #[arg(long, env = "DOCKER_HOST")]
-    pub docker_host: Option<String>,
-    /// Prefix for the names of containers this machine creates (`--name apache1` →
-    /// PREFIXapache1), so several machines can share one engine.
-    #[arg(long, default_value = "")]
-    pub container_name_prefix: String,
-    /// Bind every port this machine's containers publish on this address
-    /// (`-p 8081:80` → IP:8081:80).
-    #[arg(long)]
-    pub publish_ip: Option<String>,
+    #[command(flatten)]
+    pub machine: MachineArgs,
 }
 
 impl NodeArgs {
@@ -174,23 +146,17 @@ fn config(a: &NodeArgs) -> Result<NodeConfig> {
     if a.snapshot_count == 0 {
         bail!("--snapshot-count must be positive");
     }
-    let machine = machine_config(a, &client_urls)?;
+    let machine = if a.no_agent {
+        None
+    } else {
+        let url = client_urls.first().cloned().unwrap_or_default();
+        Some(a.machine.config(&client_urls, &url)?)
+    };
     if !(a.engine_reconcile_interval > 0.0 && a.engine_reconcile_interval <= 3600.0) {
         bail!("--engine-reconcile-interval must be between 0 and 3600 seconds");
     }
-    check_prefix(&a.container_name_prefix)?;
-    if let Some(ip) = &a.publish_ip {
-        ip.parse::<std::net::IpAddr>()
-            .map_err(|_| anyhow::anyhow!("--publish-ip {ip:?}: not an IP address"))?;
-    }
     Ok(NodeConfig {
-        agent: crate::node::AgentOptions {
-            allow_host_commands: a.allow_host_commands,
-            name_prefix: a.container_name_prefix.clone(),
-            publish_ip: a.publish_ip.clone(),
-            host: host_facts(),
-            ..Default::default()
-        },
+        agent: a.machine.options()?,
         machine,
         engine: crate::sched::engine::EngineConfig {
             reconcile_ms: (a.engine_reconcile_interval * 1000.0) as u64,
@@ -220,95 +186,6 @@ fn config(a: &NodeArgs) -> Result<NodeConfig> {
     })
 }
 
-/// The machine this member is, from the flags (its id may still be empty: it then comes
-/// from the data dir).
-fn machine_config(a: &NodeArgs, client_urls: &[String]) -> Result<Option<MachineConfig>> {
-    if a.no_agent {
-        return Ok(None);
-    }
-    let id = a.machine_id.clone().unwrap_or_default();
-    if a.machine_id.is_some() {
-        check_machine_id(&id)?;
-    }
-    let ttl = parse_ttl(&a.agent_ttl)?;
-    let public_ip = match &a.public_ip {
-        Some(ip) => ip.clone(),
-        None => client_urls
-            .first()
-            .and_then(|u| u.parse::<http::Uri>().ok())
-            .and_then(|u| u.host().map(String::from))
-            .unwrap_or_default(),
-    };
-    Ok(Some(MachineConfig {
-        id,
-        public_ip,
-        metadata: parse_metadata(&a.metadata)?,
-        ttl_s: ttl,
-        agent_url: client_urls.first().cloned().unwrap_or_default(),
-    }))
-}
-
-/// Docker's container names are `[a-zA-Z0-9][a-zA-Z0-9_.-]*`: the prefix must keep them so.
-pub fn check_prefix(p: &str) -> Result<()> {
-    let ok = p
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        && p.chars().next().is_none_or(|c| c.is_ascii_alphanumeric());
-    if !ok {
-        bail!("--container-name-prefix {p:?}: letters, digits, '_', '.', '-', starting with a letter or digit");
-    }
-    Ok(())
-}
-
-/// `%H` and `%b` for Exec lines: this host's name and boot id.
-pub fn host_facts() -> crate::sched::name::Host {
-    let read = |p: &str| flotilla_shims::files::read_small(p).unwrap_or_default();
-    crate::sched::name::Host {
-        hostname: read("/proc/sys/kernel/hostname"),
-        machine_id: String::new(),
-        boot_id: read("/proc/sys/kernel/random/boot_id").replace('-', ""),
-    }
-}
-
-pub fn check_machine_id(id: &str) -> Result<()> {
-    if id.is_empty()
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        bail!("--machine-id {id:?}: must be a non-empty string of letters, digits, '-' and '_'");
-    }
-    Ok(())
-}
-
-/// `--agent-ttl`: a duration of whole seconds, at least one.
-pub fn parse_ttl(s: &str) -> Result<u64> {
-    let d = humantime::parse_duration(s.trim())
-        .or_else(|_| s.trim().parse::<u64>().map(std::time::Duration::from_secs))
-        .map_err(|_| anyhow::anyhow!("--agent-ttl {s:?}: not a duration (e.g. 30s)"))?;
-    if d.as_millis() % 1000 != 0 || d.as_secs() == 0 || d.as_secs() > 86_400 {
-        bail!("--agent-ttl {s:?}: must be whole seconds between 1s and 24h (TTLs are in seconds)");
-    }
-    Ok(d.as_secs())
-}
-
-/// `--metadata k=v,k2=v2`: keys and values trimmed; an item without `=` or with an
-/// empty key is an error (fleet dropped them silently).
-pub fn parse_metadata(s: &str) -> Result<std::collections::BTreeMap<String, String>> {
-    let mut out = std::collections::BTreeMap::new();
-    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let Some((k, v)) = item.split_once('=') else {
-            bail!("--metadata: {item:?} is not key=value");
-        };
-        let (k, v) = (k.trim(), v.trim());
-        if k.is_empty() {
-            bail!("--metadata: {item:?} has an empty key");
-        }
-        out.insert(k.to_string(), v.to_string());
-    }
-    Ok(out)
-}
-
 pub fn run(a: NodeArgs) -> Result<()> {
     let cfg = config(&a)?;
     // One event-loop thread by default: the Ready loop is one task anyway, and on a
@@ -336,25 +213,11 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
     let mut disk = WalDisk::open(&a.data_dir).with_context(|| format!("opening data dir {dir}"))?;
     crate::node::check_disk(&cfg, &mut disk).with_context(|| format!("checking data dir {dir}"))?;
     if let Some(m) = cfg.machine.as_mut().filter(|m| m.id.is_empty()) {
-        let path = a.data_dir.join("machine-id");
-        m.id = flotilla_shims::files::load_or_create(&path, || {
-            let mut rng = SeededRng::from_entropy();
-            format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64())
-        })
-        .with_context(|| format!("machine id in {}", path.display()))?;
-        check_machine_id(&m.id).with_context(|| format!("{}", path.display()))?;
+        m.id = stored_machine_id(&a.data_dir)?;
     }
     let clock = Arc::new(TokioClock::new());
     let spawn = Arc::new(TokioSpawn);
-    let agent = cfg.machine.as_ref().map(|m| crate::node::RunSeams {
-        containers: Arc::new(flotilla_shims::docker::DockerEngine::new(
-            a.docker_host.as_deref(),
-            crate::agent::execute::LABEL_MACHINE,
-            &m.id,
-        )),
-        procs: Arc::new(flotilla_shims::process::HostProcesses::new()),
-        files: Arc::new(flotilla_shims::files::RealFiles),
-    });
+    let agent = cfg.machine.as_ref().map(|m| a.machine.seams(&m.id));
     let env = Env {
         clock: clock.clone(),
         spawn: spawn.clone(),

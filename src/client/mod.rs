@@ -6,10 +6,13 @@
 //! - [`inproc`]: on a member, straight into the Raft handle (no HTTP). It also offers
 //!   [`inproc::InProc::txn`], the scheduler's fenced multi-key commit, which only a
 //!   member can make.
+//! - [`http`]: over etcd's v2 HTTP API, to flotilla or a real etcd (agent-only machines,
+//!   the renderer).
 //!
 //! Keys and values are etcd's v2 keys; errors carry etcd's codes, so callers treat
 //! "compare failed" and "not found" the same whichever way they reached the store.
 
+pub mod http;
 pub mod inproc;
 
 use crate::kv::{Event, NodeView, Precondition, StoreError};

@@ -1,0 +1,137 @@
+//! `flotilla agent`: a machine that is not a Raft member. It reaches the cluster through
+//! the client API (etcd's v2 HTTP, [`crate::client::http::HttpKv`]) — 3–5 members, any
+//! number of machines — and runs the units placed on it as a member's agent does.
+
+use super::machine::{stored_machine_id, MachineArgs};
+use crate::agent::run::{Agent, AgentConfig, AgentView};
+use crate::api::journal::{agent_handler, AgentHandle};
+use crate::client::http::HttpKv;
+use crate::client::KvClient;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use flotilla_shims::{Spawn, TokioClock, TokioSpawn};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Client URLs of the cluster's members, comma-separated.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:2379",
+        env = "FLOTILLA_ENDPOINTS"
+    )]
+    pub endpoints: String,
+    /// Where to serve this machine's unit journals (`flotilla units journal`).
+    #[arg(long, default_value = "http://127.0.0.1:2391")]
+    pub listen: String,
+    /// Where this machine keeps its id (`machine-id`) when `--machine-id` is not given.
+    #[arg(long, default_value = "./flotilla-agent.data")]
+    pub data_dir: PathBuf,
+    /// How long one request to the cluster may take, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub request_timeout_ms: u64,
+    #[command(flatten)]
+    pub machine: MachineArgs,
+}
+
+pub fn run(a: AgentArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the Tokio runtime")?;
+    rt.block_on(serve(a))
+}
+
+async fn serve(a: AgentArgs) -> Result<()> {
+    let endpoints: Vec<String> = a
+        .endpoints
+        .split(',')
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if endpoints.is_empty() {
+        bail!("--endpoints: no URL given");
+    }
+    for e in &endpoints {
+        if !e.starts_with("http://") {
+            bail!("--endpoints: {e:?} must be an http:// URL");
+        }
+    }
+    let listen = a
+        .listen
+        .strip_prefix("http://")
+        .with_context(|| format!("--listen {:?}: must be an http:// URL", a.listen))?
+        .trim_end_matches('/')
+        .to_string();
+    if !(1..=600_000).contains(&a.request_timeout_ms) {
+        bail!("--request-timeout-ms must be between 1 and 600000");
+    }
+    let mut machine = a.machine.config(&[a.listen.clone()], &a.listen)?;
+    if machine.id.is_empty() {
+        flotilla_shims::files::ensure_dir(&a.data_dir)
+            .with_context(|| format!("creating {}", a.data_dir.display()))?;
+        machine.id = stored_machine_id(&a.data_dir)?;
+    }
+    let opts = a.machine.options()?;
+    let clock = Arc::new(TokioClock::new());
+    let spawn: Arc<dyn Spawn> = Arc::new(TokioSpawn);
+    let kv: Arc<dyn KvClient> = Arc::new(HttpKv::new(
+        endpoints,
+        Duration::from_millis(a.request_timeout_ms),
+    ));
+    let seams = a.machine.seams(&machine.id);
+    let (tx, renewed) = tokio::sync::watch::channel(None);
+    spawn.spawn(
+        "machine-presence",
+        Box::pin(crate::agent::presence::run(
+            kv.clone(),
+            clock.clone(),
+            machine.clone(),
+            tx,
+        )),
+    );
+    let view = Arc::new(AgentView::default());
+    let cfg = AgentConfig {
+        host: crate::sched::name::Host {
+            machine_id: machine.id.clone(),
+            ..opts.host.clone()
+        },
+        machine: machine.clone(),
+        allow_host_commands: opts.allow_host_commands,
+        name_prefix: opts.name_prefix.clone(),
+        publish_ip: opts.publish_ip.clone(),
+        reconcile_ms: opts.reconcile_ms,
+        bugs: Default::default(),
+    };
+    let run = crate::agent::execute::Seams {
+        kv,
+        containers: seams.containers.clone(),
+        procs: seams.procs.clone(),
+        files: seams.files.clone(),
+    };
+    let handle = AgentHandle {
+        machine: machine.id.clone(),
+        view: view.clone(),
+        containers: seams.containers.clone(),
+        procs: seams.procs.clone(),
+    };
+    let listener = flotilla_shims::tcp::bind(&listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    spawn.spawn(
+        "agent-http",
+        Box::pin(flotilla_shims::http::accept_tokio(
+            listener,
+            agent_handler(handle),
+            spawn.clone(),
+            64 << 10,
+        )),
+    );
+    tracing::info!(machine = %machine.id, listen = %a.listen, "flotilla agent running");
+    Agent::new(cfg, run, clock, spawn, renewed, view)
+        .run()
+        .await;
+    Ok(())
+}
