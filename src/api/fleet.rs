@@ -309,7 +309,10 @@ impl Api {
         }
         let body = match snap.machine_of(unit) {
             Some(m) => serde_json::json!({"name": unit, "machineID": m}),
-            None => serde_json::json!({"name": unit, "reason": snap.explain(unit)}),
+            None => match snap.explain(unit) {
+                why if why.is_empty() => serde_json::json!({"name": unit, "pending": true}),
+                why => serde_json::json!({"name": unit, "reason": why}),
+            },
         };
         fleet_json(StatusCode::OK, &body)
     }

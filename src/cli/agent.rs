@@ -68,7 +68,9 @@ async fn serve(a: AgentArgs) -> Result<()> {
     if !(1..=600_000).contains(&a.request_timeout_ms) {
         bail!("--request-timeout-ms must be between 1 and 600000");
     }
-    let mut machine = a.machine.config(std::slice::from_ref(&a.listen), &a.listen)?;
+    let mut machine = a
+        .machine
+        .config(std::slice::from_ref(&a.listen), &a.listen)?;
     if machine.id.is_empty() {
         flotilla_shims::files::ensure_dir(&a.data_dir)
             .with_context(|| format!("creating {}", a.data_dir.display()))?;

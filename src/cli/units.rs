@@ -400,6 +400,13 @@ async fn activate(
     } else {
         "load"
     };
+    for arg in args {
+        let name = unit_name(arg);
+        if NameInfo::new(&name).is_template() {
+            let example = name.replacen("@.", "@1.", 1);
+            bail!("Unit {name} is a template: {verb} an instance of it (such as {example})");
+        }
+    }
     let mut waiting = vec![];
     for arg in args {
         let name = submit(c, arg, replace, desired).await?;
@@ -443,6 +450,7 @@ async fn wait_for(
     attempts: u32,
 ) -> Result<Result<String, String>> {
     let mut said = String::new();
+    let mut failed_polls = 0;
     let mut unplaced_polls = 0;
     let mut polls = 0;
     loop {
@@ -454,19 +462,24 @@ async fn wait_for(
         let machine = u.as_ref().map(|u| s(&u["machineID"])).unwrap_or_default();
         // `launched` is done once the machine reports the unit active (fleetctl waits
         // for an active systemd state too); a failure ends the wait at once.
-        let active = if want == "launched" && cur == want {
-            match unit_state(c, name, &machine).await?.as_deref() {
-                Some("active") => true,
-                Some("failed") => {
-                    return Ok(Err(format!(
-                        "Unit {name} failed on {machine}: see `flotilla units journal {name}`"
-                    )))
-                }
-                _ => false,
-            }
+        let state = if want == "launched" && !machine.is_empty() {
+            unit_state(c, name, &machine).await?
         } else {
-            true
+            None
         };
+        // A failed state just after the start was asked for may be the last run's: only
+        // one that stays failed for a second is this start's.
+        failed_polls = if state.as_deref() == Some("failed") {
+            failed_polls + 1
+        } else {
+            0
+        };
+        if failed_polls >= 4 {
+            return Ok(Err(format!(
+                "Unit {name} failed on {machine}: see `flotilla units journal {name}`"
+            )));
+        }
+        let active = want != "launched" || state.as_deref() == Some("active");
         if (cur == want && active) || (want == "inactive" && u.is_none()) {
             if want == "inactive" {
                 return Ok(Ok(String::new()));

@@ -559,6 +559,7 @@ fn fall_until_stable(st: &mut State, reasons: &mut Reasons) {
 }
 
 /// Why `unit` is not placed, for a user waiting on `start`: each machine's refusal.
+/// Empty when a machine would take it (the scheduler has not placed it yet).
 pub fn explain(
     machines: &BTreeMap<String, Machine>,
     units: &BTreeMap<String, Unit>,
@@ -585,8 +586,11 @@ pub fn explain(
         if here {
             continue;
         }
-        let why = st.refusal(u, m).unwrap_or_else(|| "accepts it".into());
-        lines.push(format!("{}: {why}", short_id(&m.id)));
+        match st.refusal(u, m) {
+            Some(why) => lines.push(format!("{}: {why}", short_id(&m.id))),
+            // Some machine takes it: the scheduler has not got to it yet.
+            None => return String::new(),
+        }
     }
     format!(
         "{unit} cannot be placed on any of {} machine(s): {}",
