@@ -462,7 +462,7 @@ async fn wait_for(
         let machine = u.as_ref().map(|u| s(&u["machineID"])).unwrap_or_default();
         // `launched` is done once the machine reports the unit active (fleetctl waits
         // for an active systemd state too); a failure ends the wait at once.
-        let state = if want == "launched" && !machine.is_empty() {
+        let state = if want != "inactive" && !machine.is_empty() {
             unit_state(c, name, &machine).await?
         } else {
             None
@@ -479,7 +479,12 @@ async fn wait_for(
                 "Unit {name} failed on {machine}: see `flotilla units journal {name}`"
             )));
         }
-        let active = want != "launched" || state.as_deref() == Some("active");
+        // Stopped means all the way down: ExecStop and ExecStopPost done.
+        let active = match want {
+            "launched" => state.as_deref() == Some("active"),
+            "loaded" => matches!(state.as_deref(), None | Some("inactive" | "failed")),
+            _ => true,
+        };
         if (cur == want && active) || (want == "inactive" && u.is_none()) {
             if want == "inactive" {
                 return Ok(Ok(String::new()));
