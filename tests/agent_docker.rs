@@ -42,42 +42,6 @@ fn ensure_images() {
     );
 }
 
-/// Removes every container whose name starts with `prefix`, now and when dropped.
-struct Containers(String);
-
-impl Containers {
-    fn new(prefix: &str) -> Self {
-        let c = Self(prefix.to_string());
-        c.clean();
-        c
-    }
-
-    fn names(&self) -> Vec<String> {
-        let out = Command::new("docker")
-            .args(["ps", "-a", "--format", "{{.Names}} {{.State}}"])
-            .output()
-            .expect("docker ps");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with(&self.0))
-            .map(String::from)
-            .collect()
-    }
-
-    fn clean(&self) {
-        for l in self.names() {
-            let name = l.split_whitespace().next().unwrap_or_default().to_string();
-            let _ = Command::new("docker").args(["rm", "-f", &name]).output();
-        }
-    }
-}
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        self.clean();
-    }
-}
-
 fn units(ep: &str, dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .arg("units")

@@ -306,3 +306,40 @@ pub async fn wait_healthy(c: &Http, url: &str) {
     }
     panic!("{url} did not become healthy");
 }
+
+/// Removes every container whose name starts with `prefix`, now and when dropped.
+pub struct Containers(String);
+
+impl Containers {
+    pub fn new(prefix: &str) -> Self {
+        let c = Self(prefix.to_string());
+        c.clean();
+        c
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args(["ps", "-a", "--format", "{{.Names}} {{.State}}"])
+            .output()
+            .expect("docker ps");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&self.0))
+            .map(String::from)
+            .collect()
+    }
+
+    pub fn clean(&self) {
+        for l in self.names() {
+            let name = l.split_whitespace().next().unwrap_or_default().to_string();
+            let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+        }
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        self.clean();
+    }
+}
+
