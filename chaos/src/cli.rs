@@ -41,8 +41,9 @@ enum Cmd {
         #[arg(long)]
         jobs: Option<usize>,
         /// Plant a bug (test-only): `skip-sync` (never fsync the Raft log),
-        /// `ignore-conflicts` (the scheduler places units as if no Conflicts were declared).
-        #[arg(long, value_parser = ["skip-sync", "ignore-conflicts"])]
+        /// `ignore-conflicts` (the scheduler places units as if no Conflicts were declared),
+        /// `no-fencing` (agents keep their units running when their lease is lost).
+        #[arg(long, value_parser = ["skip-sync", "ignore-conflicts", "no-fencing"])]
         bug: Option<String>,
         /// `kv`: clients on the key-value store; `sched`: the same, and members are
         /// machines with units submitted, changed and destroyed throughout.
@@ -307,6 +308,7 @@ impl Plan {
         };
         s.bug_skip_sync = self.bug.as_deref() == Some("skip-sync");
         s.bug_ignore_conflicts = self.bug.as_deref() == Some("ignore-conflicts");
+        s.bug_no_fencing = self.bug.as_deref() == Some("no-fencing");
         s
     }
 }
@@ -387,6 +389,12 @@ fn campaign(
     println!("messages:           {}", sum.messages);
     let faults: Vec<String> = sum.faults.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("faults injected:    {}", faults.join(" "));
+    println!("campaign trace hash: {:016x}", sum.campaign_hash());
+    if std::env::var_os("CHAOS_SEED_HASHES").is_some() {
+        for (seed, h) in &sum.traces {
+            println!("  seed {seed}: trace {h:016x}");
+        }
+    }
     println!("violations:         {}", sum.failures.len());
     for (seed, v) in &sum.failures {
         println!("  seed {seed}: {}", v.lines().next().unwrap_or(""));

@@ -44,6 +44,20 @@ pub struct Summary {
     pub ops: u64,
     pub faults: BTreeMap<String, u64>,
     pub messages: u64,
+    /// Each seed's trace hash.
+    pub traces: BTreeMap<u64, u64>,
+}
+
+impl Summary {
+    /// One hash over every seed's trace hash, in seed order: the same seeds give the same
+    /// campaign hash, whatever order the jobs ran them in.
+    pub fn campaign_hash(&self) -> u64 {
+        let mut t = flotilla_sim::trace::Trace::default();
+        for (seed, h) in &self.traces {
+            t.record(&format!("{seed} {h:016x}"));
+        }
+        t.hash()
+    }
 }
 
 #[cfg(madsim)]
@@ -60,6 +74,7 @@ mod sim {
         sum.sim_ms += r.sim_ms;
         sum.ops += r.ops as u64;
         sum.messages += r.messages.0;
+        sum.traces.insert(r.seed, r.trace_hash);
         for (k, v) in &r.faults {
             *sum.faults.entry(k.clone()).or_default() += v;
         }

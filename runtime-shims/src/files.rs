@@ -36,6 +36,47 @@ impl Files for RealFiles {
     }
 }
 
+/// [`Files`] in memory, for tests and the simulator.
+#[derive(Clone, Default)]
+pub struct MemFiles {
+    files: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, (Vec<u8>, u32)>>>,
+}
+
+impl MemFiles {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A file's bytes and mode, if it exists.
+    pub fn get(&self, path: &str) -> Option<(Vec<u8>, u32)> {
+        self.files.lock().expect("files lock").get(path).cloned()
+    }
+
+    pub fn put(&self, path: &str, data: &[u8], mode: u32) {
+        self.files
+            .lock()
+            .expect("files lock")
+            .insert(path.to_string(), (data.to_vec(), mode));
+    }
+}
+
+impl Files for MemFiles {
+    fn read(&self, path: &str) -> BoxFuture<'static, io::Result<Option<Vec<u8>>>> {
+        let r = self.get(path).map(|(d, _)| d);
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn write_atomic(
+        &self,
+        path: &str,
+        data: Vec<u8>,
+        mode: u32,
+    ) -> BoxFuture<'static, io::Result<()>> {
+        self.put(path, &data, mode);
+        Box::pin(async move { Ok(()) })
+    }
+}
+
 /// Creates `dir` (and its parents) if missing.
 pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)

@@ -89,6 +89,38 @@ impl SimEngine {
         self.exit(&mut st, name, if oom { 137 } else { 1 }, oom);
     }
 
+    /// Fault: one running container (picked by `pick`) dies, or is OOM-killed.
+    pub fn kill_some(&self, pick: u64, oom: bool) {
+        let name = {
+            let st = self.lock();
+            let running: Vec<&String> = st
+                .containers
+                .iter()
+                .filter(|(_, c)| c.state == ContainerState::Running)
+                .map(|(n, _)| n)
+                .collect();
+            if running.is_empty() {
+                return;
+            }
+            running[(pick % running.len() as u64) as usize].clone()
+        };
+        self.kill_container(&name, oom);
+    }
+
+    /// The `flotilla.unit` label of every running container.
+    pub fn running_units(&self) -> Vec<String> {
+        self.lock()
+            .containers
+            .values()
+            .filter(|c| c.state == ContainerState::Running)
+            .filter_map(|c| c.labels.get("flotilla.unit").cloned())
+            .collect()
+    }
+
+    pub fn set_faults(&self, faults: EngineFaults) {
+        self.lock().faults = faults;
+    }
+
     /// Fault: the daemon goes down (every running container exits) or comes back.
     pub fn set_daemon(&self, up: bool) {
         let mut st = self.lock();

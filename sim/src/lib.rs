@@ -28,4 +28,6 @@ pub mod env;
 #[cfg(madsim)]
 pub mod fabric;
 #[cfg(madsim)]
+pub mod processes;
+#[cfg(madsim)]
 pub mod world;

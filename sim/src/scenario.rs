@@ -36,6 +36,10 @@ pub enum Fault {
     Corrupt { node: usize, pick: u64 },
     /// Cut a client off from a node for `ms`.
     ClientCut { client: usize, node: usize, ms: u64 },
+    /// A running container on the node's engine dies (or is OOM-killed).
+    ContainerDeath { node: usize, pick: u64, oom: bool },
+    /// The node's container engine restarts: every container exits; back after `ms`.
+    EngineRestart { node: usize, ms: u64 },
 }
 
 impl Fault {
@@ -50,6 +54,8 @@ impl Fault {
             Fault::SyncFail { .. } => "sync_fail",
             Fault::Corrupt { .. } => "corrupt",
             Fault::ClientCut { .. } => "client_cut",
+            Fault::ContainerDeath { .. } => "container_death",
+            Fault::EngineRestart { .. } => "engine_restart",
         }
     }
 }
@@ -95,6 +101,9 @@ pub struct Scenario {
     /// Planted bug (test-only): the scheduler ignores `Conflicts`.
     #[serde(default)]
     pub bug_ignore_conflicts: bool,
+    /// Planted bug (test-only): agents do not stop their units when their lease is lost.
+    #[serde(default)]
+    pub bug_no_fencing: bool,
 }
 
 /// Timed operations on units (each through a member's in-process client, as the fleet API
@@ -103,6 +112,11 @@ pub struct Scenario {
 pub struct SchedLoad {
     pub agent_ttl_s: u64,
     pub ops: Vec<UnitOp>,
+    /// Failure rates of every machine's container engine, per thousand operations.
+    #[serde(default)]
+    pub pull_fail_permille: u32,
+    #[serde(default)]
+    pub start_fail_permille: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,11 +223,78 @@ impl SchedLoad {
             });
         }
         ops.sort_by_key(|o| o.at_ms);
+        let rate = |rng: &mut dyn rand::RngCore| {
+            if rng.next_u32() % 2 == 0 {
+                rng.next_u32() % 200
+            } else {
+                0
+            }
+        };
         Self {
             agent_ttl_s: 2,
             ops,
+            pull_fail_permille: rate(rng),
+            start_fail_permille: rate(rng),
         }
     }
+
+    /// Container faults through the fault phase: deaths, OOM kills, engine restarts.
+    pub fn engine_faults(rng: &mut impl Rng, nodes: usize, fault_phase_ms: u64) -> Vec<Event> {
+        let mut out = vec![];
+        for _ in 0..rng.gen_range(0..6) {
+            out.push(Event {
+                at_ms: rng.gen_range(2_000..fault_phase_ms - 2_000),
+                fault: Fault::ContainerDeath {
+                    node: rng.gen_range(0..nodes),
+                    pick: rng.gen(),
+                    oom: rng.gen_bool(0.3),
+                },
+            });
+        }
+        for _ in 0..rng.gen_range(0..3) {
+            out.push(Event {
+                at_ms: rng.gen_range(2_000..fault_phase_ms - 2_000),
+                fault: Fault::EngineRestart {
+                    node: rng.gen_range(0..nodes),
+                    ms: rng.gen_range(100..3_000),
+                },
+            });
+        }
+        out
+    }
+}
+
+/// A unit's file in the workload: a container (pulled first), restarted when it ends,
+/// and its `[X-Fleet]` lines.
+pub fn unit_options(unit: &str) -> Vec<(String, String, String)> {
+    let stem = unit.trim_end_matches(".service");
+    let container = stem.replace('@', "-");
+    let mut o: Vec<(String, String, String)> = [
+        (
+            "ExecStartPre",
+            format!("-/usr/bin/docker rm -f {container}"),
+        ),
+        (
+            "ExecStartPre",
+            "/usr/bin/docker pull flotilla/busybox".to_string(),
+        ),
+        (
+            "ExecStart",
+            format!("/usr/bin/docker run --name {container} flotilla/busybox"),
+        ),
+        ("ExecStop", format!("/usr/bin/docker stop {container}")),
+        ("Restart", "always".to_string()),
+        ("RestartSec", "2".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| ("Service".to_string(), k.to_string(), v))
+    .collect();
+    for l in xfleet_of(unit) {
+        if let Some((k, v)) = l.split_once('=') {
+            o.push(("X-Fleet".into(), k.into(), v.into()));
+        }
+    }
+    o
 }
 
 /// Which fault kinds a campaign may draw from.
@@ -332,6 +413,7 @@ impl Scenario {
             bench: false,
             sched: None,
             bug_ignore_conflicts: false,
+            bug_no_fencing: false,
         }
     }
 
@@ -341,6 +423,9 @@ impl Scenario {
         let mut s = Self::generate(seed, nodes, allowed);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5c4e_d01e);
         s.sched = Some(SchedLoad::generate(&mut rng, nodes, s.fault_phase_ms));
+        s.schedule
+            .extend(SchedLoad::engine_faults(&mut rng, nodes, s.fault_phase_ms));
+        s.schedule.sort_by_key(|e| e.at_ms);
         s
     }
 
@@ -368,6 +453,7 @@ impl Scenario {
             bench: true,
             sched: None,
             bug_ignore_conflicts: false,
+            bug_no_fencing: false,
         }
     }
 }

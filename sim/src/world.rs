@@ -1,15 +1,19 @@
 //! One simulated run: real flotilla nodes on the madsim seam, concurrent clients, the
 //! fault schedule, a heal phase, and every checker.
 
+use crate::engine::{EngineFaults, SimEngine};
 use crate::env::{elapsed, SimClock, SimSpawn};
 use crate::fabric::{Fabric, SimNet, CLIENT_BASE};
 use crate::history::{History, Op, Outcome, Record};
 use crate::linearizability;
+use crate::processes::SimProcesses;
 use crate::scenario::{Event, Fault, Net, Scenario, UnitAction, UnitOp};
 use crate::trace::Trace;
 use flotilla::agent::presence::MachineConfig;
+use flotilla::agent::run::AgentBugs;
 use flotilla::client::{inproc::InProc, ClientError, KvClient, SetOpts};
 use flotilla::kv::{Command, Precondition};
+use flotilla::node::{AgentOptions, RunSeams};
 use flotilla::node::{ClusterState, Env, NodeConfig};
 use flotilla::raft::{ProposeError, RaftConfig, RaftHandle};
 use flotilla::sched::engine::EngineConfig;
@@ -17,6 +21,7 @@ use flotilla::sched::place::Bugs;
 use flotilla::sched::place::Desired;
 use flotilla::sched::registry::{self, StoredUnit, UnitRecord};
 use flotilla::sched::unit::UnitOption;
+use flotilla_shims::files::MemFiles;
 use flotilla_shims::mem_disk::MemDiskHandle;
 use flotilla_shims::Clock;
 use madsim::rand::Rng;
@@ -68,6 +73,14 @@ struct Slot {
     /// Bumped on every crash, so a delayed restart only undoes its own crash.
     crashes: Mutex<u64>,
     corrupted: Mutex<Option<String>>,
+    /// The machine's container engine and host processes: they outlive a restart of the
+    /// node's process, not a crash of the machine.
+    engine: SimEngine,
+    procs: SimProcesses,
+    files: MemFiles,
+    /// Pauses in force: a paused machine's agent cannot fence, so it does not count as
+    /// live for the lease bound.
+    paused: Mutex<u32>,
 }
 
 impl Slot {
@@ -167,7 +180,13 @@ fn node_config(s: &Scenario, i: usize) -> NodeConfig {
             },
             ..Default::default()
         },
-        agent: Default::default(),
+        agent: AgentOptions {
+            reconcile_ms: 1_000,
+            bugs: AgentBugs {
+                no_fencing: s.bug_no_fencing,
+            },
+            ..Default::default()
+        },
     }
 }
 
@@ -179,7 +198,11 @@ async fn boot(w: Arc<World>, i: usize) {
         clock: clock.clone(),
         spawn: Arc::new(SimSpawn),
         seed: madsim::rand::thread_rng().gen(),
-        agent: None,
+        agent: w.s.sched.as_ref().map(|_| RunSeams {
+            containers: Arc::new(slot.engine.clone()),
+            procs: Arc::new(slot.procs.clone()),
+            files: Arc::new(slot.files.clone()),
+        }),
     };
     let latency = Duration::from_millis(w.s.sync_latency_ms);
     let disk = slot.disk.open(Some((clock as Arc<dyn Clock>, latency)));
@@ -287,15 +310,31 @@ async fn inject(w: Arc<World>, ev: Event) {
                 return;
             }
             let n = w.crash(node, keep_permille);
+            // The whole machine goes down: its containers and processes with it.
+            w.slots[node].engine.set_daemon(false);
+            w.slots[node].procs.kill_all();
             madsim::time::sleep(Duration::from_millis(down_ms)).await;
             if *w.slots[node].crashes.lock().expect("slot lock") == n {
+                w.slots[node].engine.set_daemon(true);
                 w.restart(node);
             }
         }
+        Fault::ContainerDeath { node, pick, oom } => w.slots[node].engine.kill_some(pick, oom),
+        Fault::EngineRestart { node, ms } => {
+            w.slots[node].engine.set_daemon(false);
+            madsim::time::sleep(Duration::from_millis(ms)).await;
+            w.slots[node].engine.set_daemon(true);
+        }
         Fault::Pause { node, ms } => {
+            *w.slots[node].paused.lock().expect("slot lock") += 1;
             w.rt.pause(w.node_id(node));
             madsim::time::sleep(Duration::from_millis(ms)).await;
-            w.rt.resume(w.node_id(node));
+            let mut p = w.slots[node].paused.lock().expect("slot lock");
+            *p -= 1;
+            // Overlapping pauses: the node runs again when the last one ends.
+            if *p == 0 {
+                w.rt.resume(w.node_id(node));
+            }
         }
         Fault::Partition { side, ms } => {
             let others: Vec<usize> = (0..w.s.nodes).filter(|i| !side.contains(i)).collect();
@@ -438,7 +477,11 @@ async fn apply_unit_op(kv: &InProc, op: &UnitOp) -> Result<(), ClientError> {
     let key = registry::unit_key(&op.unit);
     match &op.action {
         UnitAction::Submit { xfleet, desired } => {
-            let mut options = vec![UnitOption::new("Service", "ExecStart", "/bin/true")];
+            let mut options: Vec<UnitOption> = crate::scenario::unit_options(&op.unit)
+                .iter()
+                .filter(|(sec, ..)| sec == "Service")
+                .map(|(sec, k, v)| UnitOption::new(sec, k, v))
+                .collect();
             options.extend(
                 xfleet
                     .iter()
@@ -484,7 +527,8 @@ async fn apply_unit_op(kv: &InProc, op: &UnitOp) -> Result<(), ClientError> {
 }
 
 /// After healing: within [`LIVENESS_BOUND`], the leader's next pass would decide nothing
-/// (every placeable unit is placed, none on a dead machine).
+/// (every placeable unit is placed, none on a dead machine), and every launched unit runs
+/// exactly where the schedule says.
 async fn sched_liveness(w: &Arc<World>) {
     let deadline = elapsed() + LIVENESS_BOUND;
     let mut last = String::new();
@@ -519,7 +563,8 @@ async fn sched_liveness(w: &Arc<World>) {
                 )
             };
             let plan = flotilla::sched::place::plan(&machines, &units, &schedule);
-            if plan.decisions.is_empty() {
+            let off = misplaced(w, &units, &schedule);
+            if plan.decisions.is_empty() && off.is_none() {
                 w.trace(format!(
                     "schedule converged: {} units, {} unplaced",
                     units.len(),
@@ -527,13 +572,50 @@ async fn sched_liveness(w: &Arc<World>) {
                 ));
                 return;
             }
-            last = format!("{:?}", plan.decisions.first());
+            last = match plan.decisions.first() {
+                Some(d) => format!("{d:?}"),
+                None => off.unwrap_or_default(),
+            };
         }
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
     w.violation(format!(
         "scheduler liveness: the schedule did not converge within {LIVENESS_BOUND:?} after healing; still to do: {last}"
     ));
+}
+
+/// A launched unit not running where the schedule says (or running where it does not),
+/// on a machine that is up.
+fn misplaced(
+    w: &World,
+    units: &BTreeMap<String, flotilla::sched::place::Unit>,
+    schedule: &flotilla::sched::place::Schedule,
+) -> Option<String> {
+    let by_machine = running(w);
+    for (u, on) in schedule {
+        let launched = units.get(u).is_some_and(|x| x.desired == Desired::Launched);
+        for m in on.keys() {
+            let Some(i) = m.strip_prefix('m').and_then(|i| i.parse::<usize>().ok()) else {
+                continue;
+            };
+            let here = by_machine.get(&i).is_some_and(|rs| rs.contains(u));
+            if launched && by_machine.contains_key(&i) && !here {
+                return Some(format!("{u} is scheduled on {m} but does not run there"));
+            }
+        }
+    }
+    for (i, rs) in &by_machine {
+        for u in rs {
+            let scheduled_here = schedule
+                .get(u)
+                .is_some_and(|on| on.contains_key(&format!("m{i}")));
+            let launched = units.get(u).is_some_and(|x| x.desired == Desired::Launched);
+            if !(scheduled_here && launched) {
+                return Some(format!("{u} runs on m{i}, where it is not scheduled to"));
+            }
+        }
+    }
+    None
 }
 
 /// Samples every live replica's (applied index, state digest): equal indexes must have
@@ -561,13 +643,69 @@ fn sample_digests(w: &World) {
 }
 
 async fn sampler(w: Arc<World>) {
+    let mut doubled: BTreeMap<String, Duration> = BTreeMap::new();
     loop {
         madsim::time::sleep(Duration::from_millis(250)).await;
         sample_digests(&w);
         if w.s.sched.is_some() {
             sample_schedules(&w);
+            sample_running(&w, &mut doubled);
         }
     }
+}
+
+/// How long a plain unit may run on two live machines at once: about what fencing leaves
+/// (a paused machine cannot fence until it runs again).
+pub fn lease_bound(ttl_s: u64) -> Duration {
+    Duration::from_millis(ttl_s * 750)
+}
+
+/// Containers running on live machines (nodes that are up and not paused), by machine.
+fn running(w: &World) -> BTreeMap<usize, Vec<String>> {
+    (0..w.s.nodes)
+        .filter(|i| {
+            w.slots[*i].life() == Life::Up && *w.slots[*i].paused.lock().expect("slot lock") == 0
+        })
+        .map(|i| (i, w.slots[i].engine.running_units()))
+        .collect()
+}
+
+/// Running containers never break a `Conflicts` rule on a machine, and a plain unit runs
+/// on two live machines for no longer than the lease bound.
+fn sample_running(w: &World, doubled: &mut BTreeMap<String, Duration>) {
+    let now = elapsed();
+    let by_machine = running(w);
+    let mut where_: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (m, units) in &by_machine {
+        for (a, ua) in units.iter().enumerate() {
+            where_.entry(ua.as_str()).or_default().push(*m);
+            let ra = crate::sched_check::requirements(ua);
+            for ub in units.iter().skip(a + 1) {
+                if ra.conflicts_with(ua, ub, &crate::sched_check::requirements(ub)) {
+                    w.violation(format!(
+                        "running containers of {ua} and {ub} conflict on n{m}"
+                    ));
+                }
+            }
+        }
+    }
+    let ttl = w.s.sched.as_ref().map_or(2, |l| l.agent_ttl_s);
+    let mut still = BTreeMap::new();
+    for (u, ms) in where_ {
+        if crate::sched_check::requirements(u).global || ms.len() < 2 {
+            continue;
+        }
+        let since = doubled.get(u).copied().unwrap_or(now);
+        if now.saturating_sub(since) > lease_bound(ttl) {
+            w.violation(format!(
+                "{u} has run on machines {ms:?} at once for {:?} (the lease bound is {:?})",
+                now - since,
+                lease_bound(ttl)
+            ));
+        }
+        still.insert(u.to_string(), since);
+    }
+    *doubled = still;
 }
 
 #[derive(Clone)]
@@ -835,6 +973,13 @@ async fn simulate(s: Scenario) -> Report {
                 life: Mutex::new(Life::Down),
                 crashes: Mutex::new(0),
                 corrupted: Mutex::new(None),
+                engine: SimEngine::new(EngineFaults {
+                    pull_fail_permille: s.sched.as_ref().map_or(0, |l| l.pull_fail_permille),
+                    start_fail_permille: s.sched.as_ref().map_or(0, |l| l.start_fail_permille),
+                }),
+                procs: SimProcesses::new(),
+                files: MemFiles::new(),
+                paused: Mutex::new(0),
             })
         })
         .collect();
@@ -937,6 +1082,8 @@ async fn heal(w: &Arc<World>) {
     });
     for i in 0..w.s.nodes {
         w.rt.resume(w.node_id(i));
+        w.slots[i].engine.set_faults(EngineFaults::default());
+        w.slots[i].engine.set_daemon(true);
         if matches!(w.slots[i].life(), Life::Down | Life::Fatal(_)) {
             w.restart(i);
         }

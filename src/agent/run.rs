@@ -106,6 +106,8 @@ struct Managed {
     runtime_retry: Option<(u64, u64)>,
     /// Ended main containers to remove once the unit is down.
     leftovers: Vec<String>,
+    /// A failed publish is not retried before this.
+    publish_after: u64,
 }
 
 /// A container carrying this machine's label.
@@ -134,6 +136,8 @@ enum Input {
         gen: u64,
         code: i64,
     },
+    /// These units' states did not reach the store: publish them again.
+    Republish(Vec<String>),
     /// The last output of a main container that ended, for the journal.
     Logs {
         unit: String,
@@ -207,7 +211,7 @@ impl Agent {
             }
             self.decide(now);
             self.clean_up();
-            self.publish(now).await;
+            self.publish(now);
             let wait = self.next_wake(now, next_reconcile);
             let input = tokio::select! {
                 biased;
@@ -343,7 +347,15 @@ impl Agent {
     /// Reads this machine's schedule and brings the set of managed units in line with it.
     async fn reconcile(&mut self, now: u64) {
         let dir = registry::schedule_dir(self.me());
-        let desired: BTreeMap<String, Entry> = match self.seams.kv.get(&dir, true, false).await {
+        let read = bounded(
+            &*self.clock,
+            self.store_bound(),
+            self.seams.kv.get(&dir, true, false),
+        );
+        let desired: BTreeMap<String, Entry> = match read
+            .await
+            .unwrap_or_else(|| Err(crate::client::ClientError::Unavailable("timed out".into())))
+        {
             Ok(Some(g)) => registry::schedule(Some(&crate::kv::NodeView {
                 nodes: Some(vec![g.node]),
                 ..empty_dir()
@@ -370,7 +382,7 @@ impl Agent {
             .map(|(n, _)| n.clone())
             .collect();
         for n in gone {
-            self.forget(&n).await;
+            self.forget(&n);
         }
         let running = self.containers_by_unit().await;
         for (name, e) in &desired {
@@ -476,6 +488,7 @@ impl Agent {
                     published: None,
                     runtime_retry: None,
                     leftovers: vec![],
+                    publish_after: 0,
                 }
             }
             Err(why) => Managed {
@@ -491,9 +504,27 @@ impl Agent {
                 published: None,
                 runtime_retry: None,
                 leftovers: vec![],
+                publish_after: 0,
             },
         };
         tracing::info!(unit = name, adopted = m.started, "agent: loaded");
+        // Containers of this unit that were not adopted (an older version, or the unit is
+        // not to run) belong to no run of it: remove them.
+        let adopted = match &m.main {
+            Main::Container { id, .. } => Some(id.clone()),
+            _ => None,
+        };
+        for f in found.into_iter().flatten() {
+            if Some(&f.id) != adopted.as_ref() {
+                let (c, name) = (self.seams.containers.clone(), f.name.clone());
+                self.spawn.spawn(
+                    "agent-remove",
+                    Box::pin(async move {
+                        let _ = c.remove(&name, true).await;
+                    }),
+                );
+            }
+        }
         self.units.insert(name.to_string(), m);
         self.report(name);
     }
@@ -750,6 +781,16 @@ impl Agent {
                 m.leftovers.push(container);
                 self.report(&unit);
             }
+            Input::Republish(units) => {
+                // Not at once: a store that refuses now would be asked again and again.
+                let retry = now + self.ttl_ms() / 12;
+                for u in units {
+                    if let Some(m) = self.units.get_mut(&u) {
+                        m.published = None;
+                        m.publish_after = retry;
+                    }
+                }
+            }
             Input::Wake => {}
         }
     }
@@ -825,7 +866,7 @@ impl Agent {
 
     /// Writes each unit's state under `/_flotilla/states` when it changes, and refreshes
     /// it at half the TTL (it expires with the machine).
-    async fn publish(&mut self, now: u64) {
+    fn publish(&mut self, now: u64) {
         let ttl_s = self.cfg.machine.ttl_s;
         let me = self.cfg.machine.id.clone();
         let mut writes: Vec<(String, String, String)> = vec![];
@@ -836,7 +877,7 @@ impl Agent {
                 (a.as_str(), s.as_str()) != (r.active, r.sub)
                     || now.saturating_sub(*at) >= ttl_s * 500
             });
-            if !stale {
+            if !stale || now < m.publish_after {
                 continue;
             }
             m.published = Some((key.0, key.1, now));
@@ -851,30 +892,54 @@ impl Agent {
             let value = serde_json::to_string(&st).expect("state serializes");
             writes.push((name.clone(), registry::state_key(name, &me), value));
         }
-        for (unit, key, value) in writes {
-            let opts = SetOpts {
-                ttl_s: Some(ttl_s),
-                ..Default::default()
-            };
-            if let Err(e) = self.seams.kv.set(&key, &value, opts).await {
-                tracing::debug!(error = %e, key, "agent: cannot publish a unit state");
-                // Try again on the next round.
-                if let Some(m) = self.units.get_mut(&unit) {
-                    m.published = None;
-                }
-            }
+        if writes.is_empty() {
+            return;
         }
+        // In the background: a store that does not answer (this machine cut off) must not
+        // hold up the loop, which has units to fence.
+        let (kv, tx, clock, bound) = (
+            self.seams.kv.clone(),
+            self.tx.clone(),
+            self.clock.clone(),
+            self.store_bound(),
+        );
+        self.spawn.spawn(
+            "agent-publish",
+            Box::pin(async move {
+                let mut failed = vec![];
+                for (unit, key, value) in writes {
+                    let opts = SetOpts {
+                        ttl_s: Some(ttl_s),
+                        ..Default::default()
+                    };
+                    let done = bounded(&*clock, bound, kv.set(&key, &value, opts)).await;
+                    if !matches!(done, Some(Ok(_))) {
+                        failed.push(unit);
+                    }
+                }
+                if !failed.is_empty() {
+                    let _ = tx.send(Input::Republish(failed)).await;
+                }
+            }),
+        );
     }
 
-    async fn forget(&mut self, unit: &str) {
+    /// How long one store request may hold up the loop: a sixth of the TTL, so that a
+    /// machine cut off from the store still fences in time.
+    fn store_bound(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms() / 6)
+    }
+
+    fn forget(&mut self, unit: &str) {
         self.units.remove(unit);
         self.view.units.lock().expect("view lock").remove(unit);
-        let key = registry::state_key(unit, self.me());
-        let _ = self
-            .seams
-            .kv
-            .delete(&key, false, Precondition::default())
-            .await;
+        let (kv, key) = (self.seams.kv.clone(), registry::state_key(unit, self.me()));
+        self.spawn.spawn(
+            "agent-forget",
+            Box::pin(async move {
+                let _ = kv.delete(&key, false, Precondition::default()).await;
+            }),
+        );
         tracing::info!(unit, "agent: unloaded");
     }
 
@@ -900,6 +965,19 @@ impl Agent {
             .lock()
             .expect("view lock")
             .insert(unit.to_string(), r);
+    }
+}
+
+/// `fut`, or `None` if it takes longer than `bound`.
+async fn bounded<T>(
+    clock: &dyn Clock,
+    bound: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        r = fut => Some(r),
+        _ = clock.sleep(bound) => None,
     }
 }
 

@@ -9,7 +9,7 @@ use raft::prelude::{ConfChange, ConfChangeType};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ProposeError {
@@ -126,7 +126,7 @@ pub struct RaftStats {
 pub struct Shared {
     machine: Mutex<Machine>,
     status: Mutex<Status>,
-    events: watch::Sender<u64>,
+    events: super::signal::Signal,
     pub store_stats: Mutex<StoreStats>,
     pub raft_stats: Mutex<RaftStats>,
     pub metrics: crate::metrics::Metrics,
@@ -141,7 +141,7 @@ impl Shared {
         Self {
             machine: Mutex::new(machine),
             status: Mutex::new(status),
-            events: watch::Sender::new(0),
+            events: super::signal::Signal::new(),
             store_stats: Mutex::new(StoreStats::default()),
             raft_stats: Mutex::new(RaftStats::default()),
             metrics: crate::metrics::Metrics::new(),
@@ -165,12 +165,11 @@ impl Shared {
     }
 
     pub(crate) fn notify_events(&self) {
-        let idx = self.machine().store.index();
-        self.events.send_replace(idx);
+        self.events.send();
     }
 
     /// Changes whenever new events reach the store's history.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub fn subscribe(&self) -> super::signal::Changes {
         self.events.subscribe()
     }
 

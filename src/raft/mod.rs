@@ -11,6 +11,7 @@
 //! - [`forward`]: a follower sending client proposals to the leader itself, at once.
 //! - [`handle`]: [`RaftHandle`] — how the API submits writes, ReadIndex reads and
 //!   membership changes, and the [`Shared`] state it reads.
+//! - [`signal`]: "something was applied", waking waiters in a deterministic order.
 //! - [`logger`]: raft-rs's slog records into `tracing`.
 //!
 //! Data flow: API → `RaftHandle` → driver inbox → `RawNode::propose` → Ready → disk sync →
@@ -24,6 +25,7 @@ pub mod forward;
 pub mod handle;
 pub mod logger;
 pub mod machine;
+pub mod signal;
 pub mod storage;
 
 pub use boot::{

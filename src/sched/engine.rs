@@ -340,7 +340,7 @@ fn put(key: String, value: String) -> Command {
 /// state reports), or when the history no longer reaches back to `seen`.
 async fn wait_relevant(
     shared: &crate::raft::Shared,
-    changes: &mut tokio::sync::watch::Receiver<u64>,
+    changes: &mut crate::raft::signal::Changes,
     seen: u64,
 ) {
     loop {

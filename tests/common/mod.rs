@@ -342,4 +342,3 @@ impl Drop for Containers {
         self.clean();
     }
 }
-
