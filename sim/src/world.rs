@@ -81,6 +81,8 @@ struct Slot {
     /// Pauses in force: a paused machine's agent cannot fence, so it does not count as
     /// live for the lease bound.
     paused: Mutex<u32>,
+    /// The running node's agent (for what it says of a unit when a check fails).
+    agent: Mutex<Option<flotilla::api::journal::AgentHandle>>,
 }
 
 impl Slot {
@@ -218,6 +220,7 @@ async fn boot(w: Arc<World>, i: usize) {
         Err(e) => slot.set_life(Life::Refused(e.to_string())),
         Ok(started) => {
             *slot.handle.lock().expect("slot lock") = Some(started.handle.clone());
+            *slot.agent.lock().expect("slot lock") = started.agent.clone();
             slot.set_life(Life::Up);
             let r = started.driver.run().await;
             *slot.handle.lock().expect("slot lock") = None;
@@ -584,6 +587,21 @@ async fn sched_liveness(w: &Arc<World>) {
     ));
 }
 
+/// The unit's state and last journal lines on machine `i`, as its agent has them.
+fn agent_says(w: &World, i: usize, unit: &str) -> String {
+    let Some(a) = w.slots[i].agent.lock().expect("slot lock").clone() else {
+        return "(no agent)".into();
+    };
+    let r = a.view.units.lock().expect("view lock").get(unit).cloned();
+    match r {
+        None => "(not loaded)".into(),
+        Some(r) => {
+            let tail: Vec<&String> = r.journal.iter().rev().take(6).collect();
+            format!("{}/{}; {tail:?}", r.reported.active, r.reported.sub)
+        }
+    }
+}
+
 /// A launched unit not running where the schedule says (or running where it does not),
 /// on a machine that is up.
 fn misplaced(
@@ -600,7 +618,10 @@ fn misplaced(
             };
             let here = by_machine.get(&i).is_some_and(|rs| rs.contains(u));
             if launched && by_machine.contains_key(&i) && !here {
-                return Some(format!("{u} is scheduled on {m} but does not run there"));
+                return Some(format!(
+                    "{u} is scheduled on {m} but does not run there; its agent says: {}",
+                    agent_says(w, i, u)
+                ));
             }
         }
     }
@@ -980,6 +1001,7 @@ async fn simulate(s: Scenario) -> Report {
                 procs: SimProcesses::new(),
                 files: MemFiles::new(),
                 paused: Mutex::new(0),
+                agent: Mutex::new(None),
             })
         })
         .collect();

@@ -17,6 +17,8 @@ use std::collections::VecDeque;
 /// systemd's defaults.
 pub const START_LIMIT_BURST: usize = 5;
 pub const START_LIMIT_INTERVAL_MS: u64 = 10_000;
+/// The failure a unit reports when its restarts hit the start limit.
+pub const START_LIMIT_HIT: &str = "start-limit-hit";
 pub const DEFAULT_RESTART_MS: u64 = 100;
 pub const DEFAULT_TIMEOUT_MS: u64 = 90_000;
 /// Journal lines kept per unit.
@@ -341,7 +343,7 @@ impl Unit {
         }
         if self.starts.len() >= START_LIMIT_BURST {
             self.log("start request repeated too quickly, refusing to start");
-            self.phase = Phase::Failed("start-limit-hit".into());
+            self.phase = Phase::Failed(START_LIMIT_HIT.into());
             return;
         }
         self.starts.push_back(now_ms);

@@ -624,14 +624,25 @@ impl Agent {
             return;
         };
         let cmds = m.unit.handle(ev, now);
-        let runtime_down = m
-            .unit
-            .failure()
-            .is_some_and(|f| f.contains("container runtime unavailable"));
-        if runtime_down && m.desired == Desired::Launched {
+        // Failures that are not the unit's own are retried, with bounded backoff: the
+        // container runtime was down, or restarts hit the start limit (as systemd allows a
+        // new start once its interval has passed).
+        let (runtime_down, limit_hit) = match m.unit.failure() {
+            Some(f) => (
+                f.contains("container runtime unavailable"),
+                f == lifecycle::START_LIMIT_HIT,
+            ),
+            None => (false, false),
+        };
+        if (runtime_down || limit_hit) && m.desired == Desired::Launched {
+            let first = if limit_hit {
+                lifecycle::START_LIMIT_INTERVAL_MS
+            } else {
+                RUNTIME_RETRY_MS
+            };
             let backoff = m
                 .runtime_retry
-                .map_or(RUNTIME_RETRY_MS, |(_, b)| (b * 2).min(RUNTIME_RETRY_MAX_MS));
+                .map_or(first, |(_, b)| (b * 2).clamp(first, RUNTIME_RETRY_MAX_MS));
             if m.runtime_retry.is_none_or(|(at, _)| at == u64::MAX) {
                 m.runtime_retry = Some((now + backoff, backoff));
             }
