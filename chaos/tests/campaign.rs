@@ -184,3 +184,21 @@ fn ignore_conflicts_bug_is_found_within_five_seeds() {
         "the ignore-conflicts bug survived 5 scheduling seeds"
     );
 }
+
+/// The agent's planted bug (no fencing on a lost lease) is caught by the lease-bound
+/// checker: a unit runs on two live machines for longer than fencing allows.
+#[test]
+fn no_fencing_bug_is_found_within_twenty_seeds() {
+    let found = (0..20).find_map(|seed| {
+        let mut s = Scenario::generate_sched(seed, 3, ALL_FAULTS);
+        s.bug_no_fencing = true;
+        run(&s)
+            .violations
+            .into_iter()
+            .find(|v| v.contains("at once for"))
+    });
+    assert!(
+        found.is_some(),
+        "the no-fencing bug survived 20 scheduling seeds"
+    );
+}
