@@ -36,10 +36,13 @@ impl Files for RealFiles {
     }
 }
 
+/// Path → (bytes, mode).
+type FileMap = std::collections::BTreeMap<String, (Vec<u8>, u32)>;
+
 /// [`Files`] in memory, for tests and the simulator.
 #[derive(Clone, Default)]
 pub struct MemFiles {
-    files: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, (Vec<u8>, u32)>>>,
+    files: std::sync::Arc<std::sync::Mutex<FileMap>>,
 }
 
 impl MemFiles {

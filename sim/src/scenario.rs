@@ -224,7 +224,7 @@ impl SchedLoad {
         }
         ops.sort_by_key(|o| o.at_ms);
         let rate = |rng: &mut dyn rand::RngCore| {
-            if rng.next_u32() % 2 == 0 {
+            if rng.next_u32().is_multiple_of(2) {
                 rng.next_u32() % 200
             } else {
                 0
