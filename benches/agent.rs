@@ -76,6 +76,31 @@ async fn until_running(e: &DockerEngine, name: &str, t0: Instant) -> Duration {
     t0.elapsed()
 }
 
+/// Milliseconds from `since` to the container's `Created` time, as the engine recorded it.
+fn created_after(name: &str, since: std::time::SystemTime) -> f64 {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", "{{.Created}}", name])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let created =
+        humantime::parse_rfc3339_weak(text.trim_end_matches('Z').split('.').next().unwrap_or(""))
+            .map(|t| {
+                let frac: f64 = text
+                    .split('.')
+                    .nth(1)
+                    .map(|f| f.trim_end_matches('Z'))
+                    .and_then(|f| format!("0.{f}").parse().ok())
+                    .unwrap_or(0.0);
+                t + Duration::from_secs_f64(frac)
+            })
+            .unwrap_or(since);
+    created
+        .duration_since(since)
+        .map(|d| d.as_secs_f64() * 1e3)
+        .unwrap_or(0.0)
+}
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[((v.len() - 1) as f64 * p).round() as usize]
@@ -118,14 +143,15 @@ async fn latency(runs: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let e = DockerEngine::new(None, "flotilla.machine", "bench-baseline");
-    let (mut fl, mut api, mut cli) = (vec![], vec![], vec![]);
+    let (mut fl, mut api, mut cli, mut to_create): (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) =
+        (vec![], vec![], vec![], vec![]);
     for i in 0..runs {
         // flotilla: one PUT, then the engine places it, the agent runs it.
         let unit = format!("lat{i}.service");
         let body = format!(
             r#"{{"desiredState":"launched","options":[{{"section":"Service","name":"ExecStart","value":"/usr/bin/docker run --name lat{i} coreos/apache /usr/sbin/httpd"}}]}}"#
         );
-        let t0 = Instant::now();
+        let (t0, wall0) = (Instant::now(), std::time::SystemTime::now());
         curl("PUT", &format!("{url}/fleet/v1/units/{unit}"), Some(&body));
         fl.push(
             until_running(&e, &format!("{prefix}lat{i}"), t0)
@@ -133,6 +159,8 @@ async fn latency(runs: usize) {
                 .as_secs_f64()
                 * 1e3,
         );
+        // flotilla's own share: from the request to the engine creating the container.
+        to_create.push(created_after(&format!("{prefix}lat{i}"), wall0));
         curl("DELETE", &format!("{url}/fleet/v1/units/{unit}"), None);
         // The engine's API directly: create + start.
         let name = format!("{prefix}api{i}");
@@ -177,6 +205,8 @@ async fn latency(runs: usize) {
         f50 - a50,
         f50 - c50
     );
+    let (o50, o90) = (pct(&mut to_create, 0.5), pct(&mut to_create, 0.9));
+    println!("from the PUT to the container's creation (API, engine, agent): {o50:.1} / {o90:.1}");
 }
 
 async fn memory() {
