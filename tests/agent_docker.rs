@@ -57,6 +57,18 @@ fn units(ep: &str, dir: &std::path::Path, args: &[&str]) -> (i32, String, String
     )
 }
 
+/// Waits until `ok()`; `false` if it never was within `within`.
+async fn wait_for_or<F: Fn() -> bool>(within: Duration, ok: F) -> bool {
+    let end = Instant::now() + within;
+    while !ok() {
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
+}
+
 async fn wait_for<F: Fn() -> bool>(what: &str, within: Duration, ok: F) {
     let end = Instant::now() + within;
     while !ok() {
@@ -117,7 +129,8 @@ async fn the_seed_apache_unit_runs_as_written() {
         &dir,
         &["start", "--block-attempts=15", "apache@1.service"],
     );
-    assert_eq!(code, 0, "{out}{err}\n{}", cl.logs());
+    let journal = || units(&ep, &dir, &["journal", "-n", "40", "apache@1.service"]).1;
+    assert_eq!(code, 0, "{out}{err}\njournal:\n{}", journal());
     assert!(out.contains("Unit apache@1.service launched on"), "{out}");
     // The page answers on the publish IP; the ExecStartPost key is there.
     let page = http_get("http://127.0.0.51:8081/").expect("apache answers on 127.0.0.51:8081");
@@ -440,28 +453,31 @@ async fn three_members_and_an_agent_share_one_engine() {
     let killed_at = Instant::now();
     cl.nodes[2].kill9();
     let ep01 = format!("{},{}", eps[0], eps[1]);
-    wait_for(
-        "m2's units running elsewhere",
-        Duration::from_secs(12),
-        || {
-            let (_, out, _) = units(
-                &ep01,
-                &dir,
-                &[
-                    "list-units",
-                    "--no-legend",
-                    "--fields",
-                    "unit,machine,active",
-                ],
-            );
-            names.iter().all(|u| {
-                out.lines().any(|l| {
-                    l.starts_with(u.as_str()) && !l.contains("m2...") && l.ends_with("active")
-                })
-            })
-        },
-    )
+    let last = std::sync::Mutex::new(String::new());
+    let watched = wait_for_or(Duration::from_secs(20), || {
+        let (_, out, _) = units(
+            &ep01,
+            &dir,
+            &[
+                "list-units",
+                "--no-legend",
+                "--fields",
+                "unit,machine,active",
+            ],
+        );
+        *last.lock().unwrap() = out.clone();
+        names.iter().all(|u| {
+            out.lines()
+                .any(|l| l.starts_with(u.as_str()) && !l.contains("m2...") && l.ends_with("active"))
+        })
+    })
     .await;
+    assert!(
+        watched,
+        "m2's units not running elsewhere within 20 s; last list-units:\n{}\n{}",
+        last.lock().unwrap(),
+        cl.logs()
+    );
     eprintln!(
         "re-placed and running {:?} after the kill",
         killed_at.elapsed()

@@ -43,7 +43,7 @@ fn error(r: &Resp) -> (u64, String) {
 }
 
 const UNIT: &str = r#"{"desiredState":"launched","options":[
-  {"section":"Service","name":"ExecStart","value":"/usr/bin/docker run --rm busybox sleep 1000"},
+  {"section":"Service","name":"ExecStart","value":"/bin/sleep 1000"},
   {"section":"X-Fleet","name":"Conflicts","value":"mycoolapp@*.service"}]}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,28 +241,53 @@ async fn fleet_api_v1_as_fleet_answers() {
     .await;
     assert_eq!(r.status, 201, "{}", r.text);
 
-    // GET one: fleet's fields; it gets placed on the only machine.
+    // GET one: fleet's fields. It is placed on the only machine, whose agent refuses the
+    // host command (no --allow-host-commands) and reports it failed: currentState is
+    // `loaded` (a state is published, the unit is not running).
     let end = Instant::now() + Duration::from_secs(10);
     let got = loop {
         let r = call(&c, "GET", &format!("{units}/mycoolapp@12.service"), None)
             .await
             .unwrap();
         assert_eq!(r.status, 200);
-        if r.body["machineID"] == "abcdef0123456789" || Instant::now() > end {
+        if r.body["currentState"] == "loaded" || Instant::now() > end {
             break r;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(got.body["machineID"], "abcdef0123456789", "{}", got.text);
     assert_eq!(got.body["desiredState"], "launched");
-    assert_eq!(
-        got.body["currentState"], "inactive",
-        "no agent has reported it"
-    );
+    assert_eq!(got.body["currentState"], "loaded", "{}", got.text);
     assert_eq!(
         got.body["options"][0],
-        json!({"name":"ExecStart","section":"Service","value":"/usr/bin/docker run --rm busybox sleep 2000"})
+        json!({"name":"ExecStart","section":"Service","value":"/bin/sleep 2000"})
     );
+    let st = call(
+        &c,
+        "GET",
+        &format!("{base}/fleet/v1/state?unitName=mycoolapp@12.service"),
+        None,
+    )
+    .await
+    .unwrap();
+    let s0 = &st.body["states"][0];
+    assert_eq!(
+        (
+            s0["machineID"].as_str(),
+            s0["systemdLoadState"].as_str(),
+            s0["systemdActiveState"].as_str(),
+            s0["systemdSubState"].as_str()
+        ),
+        (
+            Some("abcdef0123456789"),
+            Some("loaded"),
+            Some("failed"),
+            Some("failed")
+        ),
+        "{}",
+        st.text
+    );
+    assert_eq!(s0["hash"].as_str().map(str::len), Some(40));
     let r = call(&c, "GET", &format!("{units}/nope.service"), None)
         .await
         .unwrap();
@@ -404,10 +429,15 @@ async fn fleet_api_v1_as_fleet_answers() {
     .await;
     assert_eq!(r.status, 400);
 
-    // State: nothing published yet (no agent runs units in this test).
-    let r = call(&c, "GET", &format!("{base}/fleet/v1/state"), None)
-        .await
-        .unwrap();
+    // State: filters that match nothing give `{}`.
+    let r = call(
+        &c,
+        "GET",
+        &format!("{base}/fleet/v1/state?machineID=nobody"),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!((r.status, r.text.as_str()), (200, "{}"));
 
     // DELETE.
