@@ -358,6 +358,52 @@ async fn a_presence_sidekick_runs_beside_its_app_and_stops_with_it() {
         || running("nginx-presence-1"),
     )
     .await;
+    wait_for("both units active", Duration::from_secs(15), || {
+        state_of(&ep, &dir, "nginx-presence@1.service") == "active/running"
+            && state_of(&ep, &dir, "nginx-1.0.0@1.service") == "active/running"
+    })
+    .await;
+
+    // The node's process is killed and comes back: its agent adopts the running
+    // containers instead of restarting them.
+    let id = |n: &str| {
+        let out = Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{.Id}} {{.State.StartedAt}}",
+                &format!("{prefix}{n}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let before = (id("nginx-1"), id("nginx-presence-1"));
+    cl.nodes[0].kill9();
+    cl.nodes[0].start();
+    wait_healthy(&c, &ep).await;
+    wait_for(
+        "the adopted units reported active",
+        Duration::from_secs(15),
+        || {
+            state_of(&ep, &dir, "nginx-1.0.0@1.service") == "active/running"
+                && state_of(&ep, &dir, "nginx-presence@1.service") == "active/running"
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, journal, _) = units(&ep, &dir, &["journal", "-n", "30", "nginx-1.0.0@1.service"]);
+    assert_eq!(
+        (id("nginx-1"), id("nginx-presence-1")),
+        before,
+        "a restarted agent restarted healthy containers; journal:\n{journal}\n{}",
+        cl.logs()
+    );
+    let (_, journal, _) = units(&ep, &dir, &["journal", "nginx-1.0.0@1.service"]);
+    assert!(
+        journal.contains("adopted its running main process"),
+        "{journal}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,6 +160,7 @@ pub struct Agent {
     units: BTreeMap<String, Managed>,
     next_gen: u64,
     fenced: bool,
+    started_ms: u64,
 }
 
 fn now_ms(clock: &dyn Clock) -> u64 {
@@ -188,6 +189,7 @@ impl Agent {
             units: BTreeMap::new(),
             next_gen: 1,
             fenced: true,
+            started_ms: 0,
         }
     }
 
@@ -200,6 +202,8 @@ impl Agent {
     }
 
     pub async fn run(mut self) {
+        self.started_ms = now_ms(&*self.clock);
+        self.fenced = false;
         self.spawn_watchers();
         let mut next_reconcile = 0;
         loop {
@@ -307,9 +311,13 @@ impl Agent {
     /// Fences (kills every unit) once two thirds of the TTL passed without a renewal;
     /// lifts the fence when renewals resume.
     fn check_lease(&mut self, now: u64) {
-        let last = *self.renewed.borrow();
-        let ok =
-            last.is_some_and(|t| now.saturating_sub(t.as_millis() as u64) < self.ttl_ms() * 2 / 3);
+        // Before its first renewal the agent counts from its own start: a restarted agent
+        // keeps (adopts) its running units while it announces itself again.
+        let last = self
+            .renewed
+            .borrow()
+            .map_or(self.started_ms, |t| t.as_millis() as u64);
+        let ok = now.saturating_sub(last) < self.ttl_ms() * 2 / 3;
         if ok != self.fenced {
             return;
         }
@@ -350,7 +358,9 @@ impl Agent {
         let read = bounded(
             &*self.clock,
             self.store_bound(),
-            self.seams.kv.get(&dir, true, false),
+            // A linearizable read: a replica that restarted and has not applied its log
+            // yet must not make this machine stop (or remove) what it runs.
+            self.seams.kv.get(&dir, true, true),
         );
         let desired: BTreeMap<String, Entry> = match read
             .await
