@@ -711,17 +711,24 @@ fn sample_running(w: &World, doubled: &mut BTreeMap<String, Duration>) {
         }
     }
     let ttl = w.s.sched.as_ref().map_or(2, |l| l.agent_ttl_s);
+    // Leases are wall-clock TTLs: clocks that disagree stretch them by the disagreement.
+    let skew_ms = w
+        .slots
+        .iter()
+        .map(|s| s.clock.skew_ms.load(Ordering::Relaxed).unsigned_abs())
+        .max()
+        .unwrap_or(0);
+    let bound = lease_bound(ttl) + Duration::from_millis(2 * skew_ms);
     let mut still = BTreeMap::new();
     for (u, ms) in where_ {
         if crate::sched_check::requirements(u).global || ms.len() < 2 {
             continue;
         }
         let since = doubled.get(u).copied().unwrap_or(now);
-        if now.saturating_sub(since) > lease_bound(ttl) {
+        if now.saturating_sub(since) > bound {
             w.violation(format!(
-                "{u} has run on machines {ms:?} at once for {:?} (the lease bound is {:?})",
+                "{u} has run on machines {ms:?} at once for {:?} (the lease bound is {bound:?})",
                 now - since,
-                lease_bound(ttl)
             ));
         }
         still.insert(u.to_string(), since);

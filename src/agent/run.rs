@@ -334,6 +334,31 @@ impl Agent {
                 }
                 self.event(&n, Event::Fence, now);
             }
+            // Containers with this machine's label that no unit here manages (found at a
+            // restart, before the schedule could be read) go too.
+            let managed: Vec<String> = self
+                .units
+                .values()
+                .filter_map(|m| match &m.main {
+                    Main::Container { id, .. } => Some(id.clone()),
+                    _ => None,
+                })
+                .collect();
+            let (c, me) = (self.seams.containers.clone(), self.cfg.machine.id.clone());
+            self.spawn.spawn(
+                "agent-fence",
+                Box::pin(async move {
+                    for f in c
+                        .list_by_label(LABEL_MACHINE, &me)
+                        .await
+                        .unwrap_or_default()
+                    {
+                        if f.state == ContainerState::Running && !managed.contains(&f.id) {
+                            let _ = c.kill(&f.name, "KILL").await;
+                        }
+                    }
+                }),
+            );
         }
     }
 
