@@ -10,6 +10,7 @@
 //!   the store (in-process on a member).
 //! - [`agent`]: what runs on each machine (its presence key; the units placed on it).
 //! - [`sched`]: fleet — unit files, placement (a pure function), the leader's engine.
+//! - [`render`]: confd — template resources render store keys into config files.
 //! - [`node`]: wiring — config + environment + disk → a running node.
 //! - [`cli`]: the `flotilla` command line (thin; production wiring of the shims).
 //!
@@ -25,4 +26,5 @@ pub mod kv;
 pub mod metrics;
 pub mod node;
 pub mod raft;
+pub mod render;
 pub mod sched;

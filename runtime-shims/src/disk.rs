@@ -127,6 +127,30 @@ pub trait Files: Send + Sync + 'static {
         data: Vec<u8>,
         mode: u32,
     ) -> BoxFuture<'static, io::Result<()>>;
+    /// A file's permission bits and owner; `None` when it does not exist.
+    fn stat(&self, path: &str) -> BoxFuture<'static, io::Result<Option<FileMeta>>>;
+    /// Writes `data` to a fresh file `stage` with `meta`'s mode and owner (not yet synced:
+    /// [`Files::commit`] syncs it once it has passed its check).
+    fn stage(
+        &self,
+        stage: &str,
+        data: Vec<u8>,
+        meta: FileMeta,
+    ) -> BoxFuture<'static, io::Result<()>>;
+    /// Syncs `stage`, renames it over `dest` and syncs their directory.
+    fn commit(&self, stage: &str, dest: &str) -> BoxFuture<'static, io::Result<()>>;
+    /// Removes a file; a missing one is not an error.
+    fn remove(&self, path: &str) -> BoxFuture<'static, io::Result<()>>;
+    /// The names of the regular files in `dir`, sorted; `NotFound` if there is no `dir`.
+    fn list(&self, dir: &str) -> BoxFuture<'static, io::Result<Vec<String>>>;
+}
+
+/// A file's permission bits and owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMeta {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// Checksummed record encoding shared by the disk implementations: CRC32 (big-endian)

@@ -1,6 +1,6 @@
 //! [`Files`] on the real filesystem: small files (rendered configs) replaced atomically.
 
-use crate::disk::Files;
+use crate::disk::{FileMeta, Files};
 use crate::BoxFuture;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -34,10 +34,110 @@ impl Files for RealFiles {
                 .map_err(io::Error::other)?
         })
     }
+
+    fn stat(&self, path: &str) -> BoxFuture<'static, io::Result<Option<FileMeta>>> {
+        let path = PathBuf::from(path);
+        blocking(move || match std::fs::metadata(&path) {
+            Ok(m) => Ok(Some(meta_of(&m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+    }
+
+    fn stage(
+        &self,
+        stage: &str,
+        data: Vec<u8>,
+        meta: FileMeta,
+    ) -> BoxFuture<'static, io::Result<()>> {
+        let stage = PathBuf::from(stage);
+        blocking(move || stage_blocking(&stage, &data, meta))
+    }
+
+    fn commit(&self, stage: &str, dest: &str) -> BoxFuture<'static, io::Result<()>> {
+        let (stage, dest) = (PathBuf::from(stage), PathBuf::from(dest));
+        blocking(move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&stage)?
+                .sync_all()?;
+            std::fs::rename(&stage, &dest)?;
+            std::fs::File::open(dest.parent().unwrap_or(Path::new(".")))?.sync_all()
+        })
+    }
+
+    fn remove(&self, path: &str) -> BoxFuture<'static, io::Result<()>> {
+        let path = PathBuf::from(path);
+        blocking(move || match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+    }
+
+    fn list(&self, dir: &str) -> BoxFuture<'static, io::Result<Vec<String>>> {
+        let dir = PathBuf::from(dir);
+        blocking(move || {
+            let mut names = Vec::new();
+            for e in std::fs::read_dir(&dir)? {
+                let e = e?;
+                if std::fs::metadata(e.path())?.is_file() {
+                    names.push(e.file_name().to_string_lossy().into_owned());
+                }
+            }
+            names.sort();
+            Ok(names)
+        })
+    }
 }
 
-/// Path → (bytes, mode).
-type FileMap = std::collections::BTreeMap<String, (Vec<u8>, u32)>;
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> BoxFuture<'static, io::Result<T>> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(io::Error::other)?
+    })
+}
+
+fn meta_of(m: &std::fs::Metadata) -> FileMeta {
+    use std::os::unix::fs::MetadataExt;
+    FileMeta {
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+    }
+}
+
+/// A fresh stage file (any left by a crash is replaced) with the mode and owner asked for.
+fn stage_blocking(stage: &Path, data: &[u8], meta: FileMeta) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_file(stage) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(stage)?;
+    f.write_all(data)?;
+    f.set_permissions(std::fs::Permissions::from_mode(meta.mode))?;
+    let current = meta_of(&f.metadata()?);
+    if (current.uid, current.gid) != (meta.uid, meta.gid) {
+        std::os::unix::fs::fchown(&f, Some(meta.uid), Some(meta.gid))?;
+    }
+    Ok(())
+}
+
+/// One file held in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MemFile {
+    data: Vec<u8>,
+    meta: FileMeta,
+}
+
+type FileMap = std::collections::BTreeMap<String, MemFile>;
 
 /// [`Files`] in memory, for tests and the simulator.
 #[derive(Clone, Default)]
@@ -52,21 +152,36 @@ impl MemFiles {
 
     /// A file's bytes and mode, if it exists.
     pub fn get(&self, path: &str) -> Option<(Vec<u8>, u32)> {
-        self.files.lock().expect("files lock").get(path).cloned()
+        let files = self.files.lock().expect("files lock");
+        files.get(path).map(|f| (f.data.clone(), f.meta.mode))
     }
 
     pub fn put(&self, path: &str, data: &[u8], mode: u32) {
-        self.files
-            .lock()
-            .expect("files lock")
-            .insert(path.to_string(), (data.to_vec(), mode));
+        let meta = FileMeta {
+            mode,
+            uid: 0,
+            gid: 0,
+        };
+        self.insert(path, data.to_vec(), meta);
     }
+
+    fn insert(&self, path: &str, data: Vec<u8>, meta: FileMeta) {
+        let mut files = self.files.lock().expect("files lock");
+        files.insert(path.to_string(), MemFile { data, meta });
+    }
+}
+
+fn ready<T: Send + 'static>(v: io::Result<T>) -> BoxFuture<'static, io::Result<T>> {
+    Box::pin(async move { v })
+}
+
+fn not_found(path: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{path}: no such file"))
 }
 
 impl Files for MemFiles {
     fn read(&self, path: &str) -> BoxFuture<'static, io::Result<Option<Vec<u8>>>> {
-        let r = self.get(path).map(|(d, _)| d);
-        Box::pin(async move { Ok(r) })
+        ready(Ok(self.get(path).map(|(d, _)| d)))
     }
 
     fn write_atomic(
@@ -76,7 +191,51 @@ impl Files for MemFiles {
         mode: u32,
     ) -> BoxFuture<'static, io::Result<()>> {
         self.put(path, &data, mode);
-        Box::pin(async move { Ok(()) })
+        ready(Ok(()))
+    }
+
+    fn stat(&self, path: &str) -> BoxFuture<'static, io::Result<Option<FileMeta>>> {
+        let files = self.files.lock().expect("files lock");
+        ready(Ok(files.get(path).map(|f| f.meta)))
+    }
+
+    fn stage(
+        &self,
+        stage: &str,
+        data: Vec<u8>,
+        meta: FileMeta,
+    ) -> BoxFuture<'static, io::Result<()>> {
+        self.insert(stage, data, meta);
+        ready(Ok(()))
+    }
+
+    fn commit(&self, stage: &str, dest: &str) -> BoxFuture<'static, io::Result<()>> {
+        let mut files = self.files.lock().expect("files lock");
+        let r = match files.remove(stage) {
+            Some(f) => {
+                files.insert(dest.to_string(), f);
+                Ok(())
+            }
+            None => Err(not_found(stage)),
+        };
+        ready(r)
+    }
+
+    fn remove(&self, path: &str) -> BoxFuture<'static, io::Result<()>> {
+        self.files.lock().expect("files lock").remove(path);
+        ready(Ok(()))
+    }
+
+    fn list(&self, dir: &str) -> BoxFuture<'static, io::Result<Vec<String>>> {
+        let prefix = format!("{}/", dir.trim_end_matches('/'));
+        let files = self.files.lock().expect("files lock");
+        let names: Vec<String> = files
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .filter(|rest| !rest.contains('/'))
+            .map(String::from)
+            .collect();
+        ready(Ok(names))
     }
 }
 

@@ -10,6 +10,7 @@
 //!   is the production store (a write-ahead log of segment files), [`mem_disk`] the
 //!   in-memory one (durable + pending layers) that tests and the simulator crash;
 //!   [`files`] writes small files atomically.
+//! - [`host`]: what a config template may ask of its host (environment, files, DNS).
 //! - [`process`]: host processes ([`process::Processes`]), in their own process groups.
 //! - [`containers`]: the container-runtime trait and its types; [`docker`] implements it
 //!   on a Docker Engine (bollard).
@@ -22,6 +23,7 @@ pub mod containers;
 pub mod disk;
 pub mod docker;
 pub mod files;
+pub mod host;
 pub mod http;
 pub mod mem_disk;
 pub mod net;
@@ -32,7 +34,7 @@ pub mod wal_disk;
 pub mod wire;
 
 pub use clock::{Clock, TokioClock};
-pub use disk::{Blob, Disk, DiskError, Files, Loaded, Producer};
+pub use disk::{Blob, Disk, DiskError, FileMeta, Files, Loaded, Producer};
 pub use net::PeerNet;
 pub use task::{SeededRng, Spawn, TokioSpawn};
 

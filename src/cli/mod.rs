@@ -4,11 +4,13 @@
 //! - [`node`]: `flotilla node` (also the default with no subcommand), etcd's flag names.
 //! - [`kv`]: `flotilla kv …`, an etcdctl (v2) work-alike.
 //! - [`agent`]: `flotilla agent`, a machine that is not a member (through the client API).
+//! - [`confd`]: `flotilla confd`, a confd work-alike (template resources → config files).
 //! - [`machine`]: the flags that make a node or an agent a machine.
 //! - [`units`]: `flotilla units …`, a fleetctl work-alike over fleet's API v1
 //!   ([`table`] lays out its columns as fleetctl's tabwriter does).
 
 pub mod agent;
+pub mod confd;
 pub mod kv;
 pub mod machine;
 pub mod node;
@@ -40,24 +42,37 @@ enum Cmd {
     Units(units::UnitsArgs),
     /// Run a machine that is not a cluster member: its units, through the client API.
     Agent(Box<agent::AgentArgs>),
+    /// confd: render template resources (conf.d/*.toml) from the store into config files.
+    Confd(Box<confd::ConfdArgs>),
 }
 
 pub fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let cmd = cli
         .cmd
         .unwrap_or(Cmd::Node(Box::new(node::NodeArgs::default_args())));
+    let default_filter = match &cmd {
+        Cmd::Confd(a) => match confd::log_filter(&a.log_level) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("flotilla: error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => "info,raft=warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cmd {
         Cmd::Node(args) => node::run(*args),
         Cmd::Kv(args) => kv::run(args),
         Cmd::Units(args) => units::run(args),
         Cmd::Agent(args) => agent::run(*args),
+        Cmd::Confd(args) => confd::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
