@@ -481,9 +481,12 @@ fn atoi(_: &Ctx, a: &[Value]) -> Result<Value, String> {
 
 fn ips(c: &Ctx, a: &[Value], keep: fn(&str) -> bool) -> Result<Value, String> {
     arity(a, 1)?;
-    let mut v: Vec<String> = c
-        .host
-        .lookup_ip(s(a, 0)?)?
+    // As confd: a failed lookup is an empty list, not an error.
+    let found = c.host.lookup_ip(s(a, 0)?).unwrap_or_else(|e| {
+        tracing::warn!("{e}");
+        Vec::new()
+    });
+    let mut v: Vec<String> = found
         .into_iter()
         .map(|ip| ip.to_string())
         .filter(|ip| keep(ip))
@@ -509,7 +512,11 @@ fn lookup_ipv6(c: &Ctx, a: &[Value]) -> Result<Value, String> {
 /// target, port, priority, weight written one after another).
 fn lookup_srv(c: &Ctx, a: &[Value]) -> Result<Value, String> {
     arity(a, 3)?;
-    let mut recs: Vec<Srv> = c.host.lookup_srv(s(a, 0)?, s(a, 1)?, s(a, 2)?)?;
+    let found = c.host.lookup_srv(s(a, 0)?, s(a, 1)?, s(a, 2)?);
+    let mut recs: Vec<Srv> = found.unwrap_or_else(|e| {
+        tracing::warn!("{e}");
+        Vec::new()
+    });
     recs.sort_by_key(|r| format!("{}{}{}{}", r.target, r.port, r.priority, r.weight));
     let out: Vec<Value> = recs
         .into_iter()

@@ -83,16 +83,22 @@ fn render_go(name: &str, source: &str, ctx: Arc<Ctx>) -> Result<String, Template
             | gotmpl::TemplateError::Lex { line, message, .. } => {
                 fail(Some(*line), message.clone())
             }
-            other => fail(None, other.to_string()),
+            // An undefined function: gotmpl names it but not where it is.
+            other => {
+                let why = other.to_string();
+                let func = why.rsplit(": ").next().unwrap_or_default();
+                fail(line_of_call(source, func, &[]), why)
+            }
         })?;
     tmpl.execute_to_string(&Value::Nil).map_err(|e| {
         let call = last.lock().expect("last call").take();
-        let line = call
-            .as_ref()
-            .and_then(|(f, args)| line_of_call(source, f, args));
         let why = match e {
             gotmpl::TemplateError::Exec(m) => m,
             other => other.to_string(),
+        };
+        let line = match &call {
+            Some((f, args)) => line_of_call(source, f, args),
+            None => line_of_call(source, why.rsplit(": ").next().unwrap_or_default(), &[]),
         };
         fail(line, why)
     })
