@@ -23,6 +23,8 @@ pub struct Env {
     pub seed: u64,
     /// What the agent runs units with; `None`: this node runs no units.
     pub agent: Option<RunSeams>,
+    /// What an in-process renderer writes through; `None`: this node renders nothing.
+    pub render: Option<crate::render::commit::WriteSeams>,
 }
 
 /// The seams units run through: a container engine, host processes, files.
@@ -55,6 +57,8 @@ pub struct NodeConfig {
     pub machine: Option<crate::agent::presence::MachineConfig>,
     pub engine: crate::sched::engine::EngineConfig,
     pub agent: AgentOptions,
+    /// An in-process confd (`--confdir`), watching through the member's own client.
+    pub render: Option<crate::render::runner::RenderConfig>,
 }
 
 /// How this node's agent runs units (when it is a machine).
@@ -99,6 +103,10 @@ pub struct Started {
     pub handler: Handler,
     /// Run this to completion; an `Err` means the node must stop.
     pub driver: Driver,
+    /// The in-process renderer, for the shell to run beside the driver (its
+    /// [`Renderer::run_watch`](crate::render::runner::Renderer::run_watch) returns only
+    /// on a fatal write error, which stops the node too).
+    pub renderer: Option<Arc<crate::render::runner::Renderer>>,
 }
 
 /// Members named by `--initial-cluster`, grouping repeated names.
@@ -319,10 +327,23 @@ pub async fn start(
         value_bytes_max: cfg.value_bytes_max,
         agent: agent.clone(),
     };
+    let renderer = match (&cfg.render, &env.render) {
+        (Some(rc), Some(seams)) => Some(crate::render::runner::Renderer::new(
+            Arc::new(crate::client::inproc::InProc::new(
+                handle.clone(),
+                env.clock.clone(),
+            )),
+            seams.clone(),
+            env.spawn.clone(),
+            rc.clone(),
+        )),
+        _ => None,
+    };
     Ok(Started {
         id,
         handle,
         agent,
+        renderer,
         handler: api.into_handler(),
         driver,
     })

@@ -466,3 +466,33 @@ async fn onetime_failures_leave_destinations_untouched() {
     );
     assert!(!ok && err.contains("--backend \"consul\""), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_renders_in_process_with_confdir() {
+    let c = client();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("sweetapp.conf");
+    write(&dir.path().join("templates/nginx.tmpl"), SEED_TMPL);
+    write(
+        &dir.path().join("conf.d/sweetapp.toml"),
+        &format!(
+            "[template]\nsrc = \"nginx.tmpl\"\ndest = {:?}\nkeys = [\"/services/sweetapp\"]\n",
+            dest.display().to_string()
+        ),
+    );
+    let confdir = dir.path().display().to_string();
+    let mut cluster = Cluster::new(1, &["--confdir", &confdir]);
+    cluster.start_all();
+    let url = cluster.nodes[0].client_url.clone();
+    wait_healthy(&c, &url).await;
+    put(&c, &url, "/services/sweetapp/a", "10.253.156.164:8811").await;
+    put(&c, &url, "/services/sweetapp/b", "10.253.156.165:8810").await;
+    let want = squeeze(
+        "upstream sweetapp_pool {\n    server 10.253.156.164:8811;\n    server 10.253.156.165:8810;\n}",
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while squeeze(&std::fs::read_to_string(&dest).unwrap_or_default()) != want {
+        assert!(Instant::now() < end, "never rendered:\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -42,6 +42,7 @@ async fn one_member() -> InProc {
             ..Default::default()
         },
         agent: Default::default(),
+        render: None,
     };
     let clock = Arc::new(TokioClock::new());
     let env = Env {
@@ -49,6 +50,7 @@ async fn one_member() -> InProc {
         spawn: Arc::new(TokioSpawn),
         seed: 11,
         agent: None,
+        render: None,
     };
     let (_tx, peer_in) = mpsc::channel(16);
     std::mem::forget(_tx);

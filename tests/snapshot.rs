@@ -122,12 +122,14 @@ async fn writes_commit_while_a_snapshot_is_written_and_the_snapshot_is_of_its_in
         machine: None,
         engine: Default::default(),
         agent: Default::default(),
+        render: None,
     };
     let env = Env {
         clock: Arc::new(TokioClock::new()),
         spawn: Arc::new(TokioSpawn),
         seed: 7,
         agent: None,
+        render: None,
     };
     let mem = MemDiskHandle::new();
     let (gate, started, committed) = (

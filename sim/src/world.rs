@@ -189,6 +189,7 @@ fn node_config(s: &Scenario, i: usize) -> NodeConfig {
             },
             ..Default::default()
         },
+        render: None,
     }
 }
 
@@ -205,6 +206,7 @@ async fn boot(w: Arc<World>, i: usize) {
             procs: Arc::new(slot.procs.clone()),
             files: Arc::new(slot.files.clone()),
         }),
+        render: None,
     };
     let latency = Duration::from_millis(w.s.sync_latency_ms);
     let disk = slot.disk.open(Some((clock as Arc<dyn Clock>, latency)));

@@ -73,6 +73,7 @@ fn config(i: usize) -> NodeConfig {
         machine: None,
         engine: Default::default(),
         agent: Default::default(),
+        render: None,
     }
 }
 
@@ -105,6 +106,7 @@ async fn node(i: usize, disk: MemDiskHandle) -> turmoil::Result {
         spawn,
         seed: i as u64,
         agent: None,
+        render: None,
     };
     let started = start(&cfg, &env, Box::new(disk.open(None)), net, peer_rx).await?;
     let api = TcpListener::bind("0.0.0.0:2379").await?;

@@ -74,6 +74,10 @@ pub struct NodeArgs {
     /// engine_reconcile_interval); changes are scheduled at once.
     #[arg(long, default_value_t = 2.0)]
     pub engine_reconcile_interval: f64,
+    /// Run confd in this node: render the template resources in DIR (`conf.d/*.toml`,
+    /// `templates/`) in watch mode, through the member's own client.
+    #[arg(long)]
+    pub confdir: Option<String>,
     #[command(flatten)]
     pub machine: MachineArgs,
 }
@@ -156,6 +160,10 @@ fn config(a: &NodeArgs) -> Result<NodeConfig> {
         bail!("--engine-reconcile-interval must be between 0 and 3600 seconds");
     }
     Ok(NodeConfig {
+        render: a
+            .confdir
+            .as_deref()
+            .map(crate::render::runner::RenderConfig::new),
         agent: a.machine.options()?,
         machine,
         engine: crate::sched::engine::EngineConfig {
@@ -223,6 +231,10 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
         spawn: spawn.clone(),
         seed: SeededRng::from_entropy().next_u64(),
         agent,
+        render: cfg
+            .render
+            .as_ref()
+            .map(|_| super::confd::real_seams(clock.clone())),
     };
     let members = crate::node::initial_members(&cfg)?;
     let my_id = members
@@ -278,6 +290,13 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
         machine = cfg.machine.as_ref().map(|m| m.id.as_str()).unwrap_or("-"),
         "flotilla member serving"
     );
-    started.driver.run().await.context("member stopped")?;
+    let Some(renderer) = started.renderer else {
+        started.driver.run().await.context("member stopped")?;
+        return Ok(());
+    };
+    tokio::select! {
+        r = started.driver.run() => r.context("member stopped")?,
+        e = renderer.run_watch() => return Err(e).context("renderer stopped the member"),
+    }
     Ok(())
 }
