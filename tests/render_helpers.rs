@@ -63,7 +63,7 @@ fn ctx() -> Arc<Ctx> {
     // 2026-11-30 09:05:03.25 UTC
     let now_ms = 1_796_029_503_250;
     Arc::new(Ctx {
-        kv,
+        kv: Arc::new(kv),
         host: Arc::new(host),
         now_ms,
     })

@@ -46,8 +46,9 @@ enum Cmd {
         #[arg(long, value_parser = ["skip-sync", "ignore-conflicts", "no-fencing"])]
         bug: Option<String>,
         /// `kv`: clients on the key-value store; `sched`: the same, and members are
-        /// machines with units submitted, changed and destroyed throughout.
-        #[arg(long, default_value = "kv", value_parser = ["kv", "sched"])]
+        /// machines with units submitted, changed and destroyed throughout; `render`: the
+        /// KV clients, and every node renders their keys with an in-process confd.
+        #[arg(long, default_value = "kv", value_parser = ["kv", "sched", "render"])]
         scenario: String,
     },
     /// Deterministic throughput: writes per simulated second with a modelled disk and
@@ -79,7 +80,7 @@ enum Cmd {
         /// Output file.
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value = "kv", value_parser = ["kv", "sched"])]
+        #[arg(long, default_value = "kv", value_parser = ["kv", "sched", "render"])]
         scenario: String,
     },
     /// Run a seed file again and report what it does now.
@@ -171,6 +172,7 @@ fn real_main() -> Result<ExitCode> {
                 nodes,
                 kinds,
                 sched: scenario == "sched",
+                render: scenario == "render",
                 bug,
             };
             campaign(range, plan, &out, jobs)
@@ -227,6 +229,7 @@ fn real_main() -> Result<ExitCode> {
                 nodes,
                 kinds,
                 sched: scenario == "sched",
+                render: scenario == "render",
                 bug: None,
             };
             let s = plan.scenario(seed);
@@ -296,6 +299,7 @@ struct Plan {
     nodes: usize,
     kinds: Vec<&'static str>,
     sched: bool,
+    render: bool,
     bug: Option<String>,
 }
 
@@ -306,6 +310,7 @@ impl Plan {
         } else {
             Scenario::generate(seed, self.nodes, &self.kinds)
         };
+        s.render = self.render;
         s.bug_skip_sync = self.bug.as_deref() == Some("skip-sync");
         s.bug_ignore_conflicts = self.bug.as_deref() == Some("ignore-conflicts");
         s.bug_no_fencing = self.bug.as_deref() == Some("no-fencing");

@@ -9,7 +9,8 @@
 //! - [`sched_check`]: the scheduler's safety invariants on a replica's schedule.
 //! - `env`, `fabric`, `engine`, `world` (only with `--cfg madsim`): the runtime seam on
 //!   madsim — clock/tasks, the message fabric (latency, loss, duplication, reordering,
-//!   partitions), the container engine with seeded failures — and [`world::run`], which
+//!   partitions), the container engine with seeded failures, the renderer's checked
+//!   files and commands (`render`) — and [`world::run`], which
 //!   builds a cluster of real flotilla nodes on it, drives the workload and the fault
 //!   schedule, heals, and runs every checker.
 //!
@@ -29,5 +30,7 @@ pub mod env;
 pub mod fabric;
 #[cfg(madsim)]
 pub mod processes;
+#[cfg(madsim)]
+pub mod render;
 #[cfg(madsim)]
 pub mod world;

@@ -104,6 +104,10 @@ pub struct Scenario {
     /// Planted bug (test-only): agents do not stop their units when their lease is lost.
     #[serde(default)]
     pub bug_no_fencing: bool,
+    /// Renderer workload (`chaos run --scenario render`): every node runs confd over the
+    /// KV clients' keys, and its destinations are checked.
+    #[serde(default)]
+    pub render: bool,
 }
 
 /// Timed operations on units (each through a member's in-process client, as the fleet API
@@ -414,6 +418,7 @@ impl Scenario {
             sched: None,
             bug_ignore_conflicts: false,
             bug_no_fencing: false,
+            render: false,
         }
     }
 
@@ -454,6 +459,7 @@ impl Scenario {
             sched: None,
             bug_ignore_conflicts: false,
             bug_no_fencing: false,
+            render: false,
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::fabric::{Fabric, SimNet, CLIENT_BASE};
 use crate::history::{History, Op, Outcome, Record};
 use crate::linearizability;
 use crate::processes::SimProcesses;
+use crate::render::{RenderProcs, WatchedFiles};
 use crate::scenario::{Event, Fault, Net, Scenario, UnitAction, UnitOp};
 use crate::trace::Trace;
 use flotilla::agent::presence::MachineConfig;
@@ -78,6 +79,8 @@ struct Slot {
     engine: SimEngine,
     procs: SimProcesses,
     files: MemFiles,
+    /// The renderer's view of the node's files (render scenarios).
+    render: Option<WatchedFiles>,
     /// Pauses in force: a paused machine's agent cannot fence, so it does not count as
     /// live for the lease bound.
     paused: Mutex<u32>,
@@ -189,7 +192,14 @@ fn node_config(s: &Scenario, i: usize) -> NodeConfig {
             },
             ..Default::default()
         },
-        render: None,
+        render: s.render.then(|| {
+            let mut rc = flotilla::render::runner::RenderConfig::new(crate::render::CONFDIR);
+            rc.debounce_ms = 50;
+            rc.retry_ms = 200;
+            rc.write.cmd_timeout_ms = 5_000;
+            rc.out = Arc::new(|_| {});
+            rc
+        }),
     }
 }
 
@@ -206,7 +216,15 @@ async fn boot(w: Arc<World>, i: usize) {
             procs: Arc::new(slot.procs.clone()),
             files: Arc::new(slot.files.clone()),
         }),
-        render: None,
+        render: slot
+            .render
+            .as_ref()
+            .map(|f| flotilla::render::commit::WriteSeams {
+                files: Arc::new(f.clone()),
+                procs: Arc::new(RenderProcs::new(f.clone())),
+                clock: clock.clone(),
+                host: Arc::new(flotilla_shims::host::FixedHost::default()),
+            }),
     };
     let latency = Duration::from_millis(w.s.sync_latency_ms);
     let disk = slot.disk.open(Some((clock as Arc<dyn Clock>, latency)));
@@ -224,7 +242,13 @@ async fn boot(w: Arc<World>, i: usize) {
             *slot.handle.lock().expect("slot lock") = Some(started.handle.clone());
             *slot.agent.lock().expect("slot lock") = started.agent.clone();
             slot.set_life(Life::Up);
-            let r = started.driver.run().await;
+            let r = match started.renderer {
+                None => started.driver.run().await,
+                Some(renderer) => tokio::select! {
+                    r = started.driver.run() => r,
+                    e = renderer.run_watch() => Err(format!("renderer: {e}")),
+                },
+            };
             *slot.handle.lock().expect("slot lock") = None;
             match r {
                 Ok(()) => slot.set_life(Life::Down),
@@ -996,6 +1020,7 @@ async fn simulate(s: Scenario) -> Report {
                 .expect("member")
                 .id;
             fabric.map_id(raft_id, i as u64);
+            let files = MemFiles::new();
             Arc::new(Slot {
                 disk: MemDiskHandle::new(),
                 clock: SimClock::default(),
@@ -1008,7 +1033,8 @@ async fn simulate(s: Scenario) -> Report {
                     start_fail_permille: s.sched.as_ref().map_or(0, |l| l.start_fail_permille),
                 }),
                 procs: SimProcesses::new(),
-                files: MemFiles::new(),
+                files: files.clone(),
+                render: s.render.then(|| WatchedFiles::new(files)),
                 paused: Mutex::new(0),
                 agent: Mutex::new(None),
             })
@@ -1068,6 +1094,9 @@ async fn simulate(s: Scenario) -> Report {
         sample_schedules(&w);
     }
     final_reads(&w).await;
+    if w.s.render {
+        render_convergence(&w).await;
+    }
     sample_digests(&w);
     check(&w);
     let trace = w.trace.lock().expect("trace lock").clone();
@@ -1119,6 +1148,79 @@ async fn heal(w: &Arc<World>) {
             w.restart(i);
         }
     }
+}
+
+/// After the heal: values the check refuses are replaced (through a client, so the
+/// history has them), then within [`LIVENESS_BOUND`] every live node's destination must
+/// be the template over the final KV state; and what each renderer did must have been
+/// right all along (whole, checked writes; reloads only after changed writes).
+async fn render_convergence(w: &Arc<World>) {
+    let fixer = CLIENT_BASE + 997;
+    for (key, value) in store_keys(w) {
+        if crate::render::refused(&format!("{key}={value}")).is_some() {
+            for attempt in 0..w.s.nodes * 3 {
+                let op = Op::Set {
+                    value: "clean".into(),
+                    ttl: false,
+                };
+                if let Outcome::Ok(_) = observe(w, fixer, attempt % w.s.nodes, &key, op).await {
+                    break;
+                }
+            }
+        }
+    }
+    let deadline = elapsed() + LIVENESS_BOUND;
+    loop {
+        let want = crate::render::expected(&store_keys(w));
+        let wrong: Vec<String> = (0..w.s.nodes)
+            .filter(|i| w.slots[*i].life() == Life::Up)
+            .filter_map(|i| {
+                let got = w.slots[i].render.as_ref()?.dest();
+                (got.as_deref() != Some(want.as_str())).then(|| format!("n{i} has {got:?}"))
+            })
+            .collect();
+        if wrong.is_empty() {
+            w.trace(format!("rendered {} bytes everywhere", want.len()));
+            break;
+        }
+        if elapsed() > deadline {
+            w.violation(format!(
+                "render convergence: destinations differ from the final state {want:?}: {}",
+                wrong.join("; ")
+            ));
+            break;
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (i, slot) in w.slots.iter().enumerate() {
+        let Some(files) = &slot.render else { continue };
+        let log = std::mem::take(&mut *files.log.lock().expect("render log"));
+        for _ in 0..log.reloads {
+            w.count("render-reload");
+        }
+        for _ in 0..log.checks_refused {
+            w.count("render-check-refused");
+        }
+        for v in log.violations {
+            w.violation(format!("renderer n{i}: {v}"));
+        }
+    }
+}
+
+/// The KV clients' keys and values, from a node that is up (the replicas converged).
+fn store_keys(w: &World) -> BTreeMap<String, String> {
+    let Some((h, slot)) = w.slots.iter().find_map(|s| s.handle().map(|h| (h, s))) else {
+        return BTreeMap::new();
+    };
+    let kv = InProc::new(h, Arc::new(slot.clock.clone()));
+    let root = kv.read(|s| s.get("/", true));
+    let mut out = BTreeMap::new();
+    for n in root.ok().and_then(|e| e.node.nodes).unwrap_or_default() {
+        if let (Some(v), false) = (n.value, n.dir) {
+            out.insert(n.key, v);
+        }
+    }
+    out
 }
 
 /// One linearizable read of every key after everything settled.

@@ -11,7 +11,8 @@ use std::sync::Arc;
 /// What a render may look at: the resource's keys, and the host (environment, files,
 /// DNS, the time) through the seam.
 pub struct Ctx {
-    pub kv: MemKv,
+    /// Shared with the watch loop's copy (a render does not clone 10,000 keys).
+    pub kv: Arc<MemKv>,
     pub host: Arc<dyn HostInfo>,
     /// Wall-clock milliseconds at the render (for `datetime`).
     pub now_ms: u64,

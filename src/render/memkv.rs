@@ -70,6 +70,29 @@ impl MemKv {
         self.m.insert(key.to_string(), value.to_string());
     }
 
+    pub fn insert(&mut self, key: String, value: String) {
+        self.m.insert(key, value);
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        self.m.remove(key);
+    }
+
+    /// Removes `dir` and every key under it (a directory deleted or expired).
+    pub fn remove_tree(&mut self, dir: &str) {
+        self.m.remove(dir);
+        let prefix = format!("{}/", dir.trim_end_matches('/'));
+        let under: Vec<String> = self
+            .m
+            .range(prefix.clone()..)
+            .map(|(k, _)| k.clone())
+            .take_while(|k| k.starts_with(&prefix))
+            .collect();
+        for k in under {
+            self.m.remove(&k);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.m.len()
     }

@@ -3,6 +3,7 @@
 //! watch per resource from the index its last read saw, so no change is ever missed.
 
 use super::commit::{self, WriteError, WriteOpts, WriteSeams, Written};
+use super::feed::{self, Applied, Feed};
 use super::funcs::Ctx;
 use super::memkv::MemKv;
 use super::resource::{self, Resource, ResourceError};
@@ -13,6 +14,7 @@ use flotilla_shims::Spawn;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
+use tokio::sync::mpsc;
 
 /// Values one resource may read (a render holds them all in memory).
 pub const VALUES_MAX: usize = 1_000_000;
@@ -99,6 +101,26 @@ pub struct Pass {
     pub result: Result<Written, ProcessError>,
 }
 
+/// One resource's watch: its keys as last read and changed since, the feed of changes.
+#[derive(Default)]
+struct Watch {
+    keys: Option<Arc<MemKv>>,
+    /// The index `keys` reflect (queued events at or below it are skipped).
+    applied: u64,
+    feed: Option<mpsc::Receiver<Feed>>,
+    last_render_ms: Option<u64>,
+    last_reload_ms: Option<u64>,
+}
+
+impl Watch {
+    /// The feed ended (history cleared): read everything again, from a new feed.
+    fn restart(&mut self) {
+        self.keys = None;
+        self.feed = None;
+        self.applied = 0;
+    }
+}
+
 pub struct Renderer {
     kv: Arc<dyn KvClient>,
     seams: WriteSeams,
@@ -106,11 +128,11 @@ pub struct Renderer {
     cfg: RenderConfig,
 }
 
-fn flatten(node: &NodeView, out: &mut Vec<(String, String)>) {
-    if let Some(v) = &node.value {
-        out.push((node.key.clone(), v.clone()));
+fn flatten(node: NodeView, out: &mut Vec<(String, String)>) {
+    if let Some(v) = node.value {
+        out.push((node.key, v));
     }
-    for child in node.nodes.iter().flatten() {
+    for child in node.nodes.into_iter().flatten() {
         flatten(child, out);
     }
 }
@@ -192,7 +214,7 @@ impl Renderer {
                 }
             };
             index = Some(index.map_or(got.index, |i| i.min(got.index)));
-            flatten(&got.node, &mut pairs);
+            flatten(got.node, &mut pairs);
             if pairs.len() > VALUES_MAX {
                 let e = ProcessError::TooMany {
                     file: r.file.clone(),
@@ -202,7 +224,9 @@ impl Renderer {
             }
         }
         for (k, v) in pairs {
-            kv.set(&r.strip(&k), &v);
+            // Store keys are clean already: only a real prefix needs stripping.
+            let k = if r.prefix == "/" { k } else { r.strip(&k) };
+            kv.insert(k, v);
         }
         (index, Ok(kv))
     }
@@ -237,8 +261,9 @@ impl Renderer {
             }
         };
         let (index, kv) = self.fetch(r).await;
+        tracing::debug!(resource = %r.file, ?index, "keys read");
         let result = match kv {
-            Ok(kv) => self.render_and_write(r, &source, kv).await,
+            Ok(kv) => self.render_and_write(r, &source, Arc::new(kv)).await,
             Err(e) => Err(e),
         };
         Pass { index, result }
@@ -248,7 +273,7 @@ impl Renderer {
         &self,
         r: &Resource,
         source: &str,
-        kv: MemKv,
+        kv: Arc<MemKv>,
     ) -> Result<Written, ProcessError> {
         let ctx = Arc::new(Ctx {
             kv,
@@ -258,6 +283,7 @@ impl Renderer {
         let name = r.src.rsplit('/').next().unwrap_or(&r.src);
         let text = template::render(name, source, ctx)
             .map_err(|e| ProcessError::Template(e, r.file.clone()))?;
+        tracing::debug!(resource = %r.file, bytes = text.len(), "rendered");
         let written = commit::write(&self.seams, r, text.into_bytes(), &self.cfg.write).await?;
         match &written {
             Written::WouldChange(diff) => {
@@ -333,27 +359,101 @@ impl Renderer {
 
     /// Renders `r` whenever its keys change. Returns only on a fatal write error.
     pub async fn watch_resource(&self, r: &Resource) -> ProcessError {
-        let root = r.watch_root();
-        let mut last_render_ms: Option<u64> = None;
-        let mut last_reload_ms: Option<u64> = None;
+        let mut w = Watch::default();
         loop {
-            self.pace(last_render_ms, last_reload_ms, r).await;
-            let pass = self.process(r).await;
-            let now = self.now_ms();
-            last_render_ms = Some(now);
-            match pass.result {
-                Ok(Written::Changed { reloaded: true }) => last_reload_ms = Some(now),
-                Err(e) if e.is_fatal() => return e,
-                Err(ProcessError::Write(WriteError::Reload { .. })) => last_reload_ms = Some(now),
-                Err(e) => tracing::error!("{e}"),
-                Ok(_) => {}
+            self.pace(w.last_render_ms, w.last_reload_ms, r).await;
+            self.drain(&mut w, r);
+            if let Err(e) = self.pass(&mut w, r).await {
+                return e;
             }
-            match pass.index {
-                Some(index) => self.wait_change(&root, index).await,
-                // Nothing read (the store unreachable): try again later.
+            match w.feed.as_mut() {
+                Some(rx) => match rx.recv().await {
+                    Some(Feed::Event(ev)) => self.take(&mut w, r, &ev),
+                    Some(Feed::Reset) | None => w.restart(),
+                },
+                // Nothing read yet (the store unreachable): try again later.
                 None => self.sleep_ms(self.cfg.retry_ms).await,
             }
         }
+    }
+
+    /// Applies every queued event.
+    fn drain(&self, w: &mut Watch, r: &Resource) {
+        while let Some(rx) = w.feed.as_mut() {
+            match rx.try_recv() {
+                Ok(Feed::Event(ev)) => self.take(w, r, &ev),
+                Ok(Feed::Reset) => w.restart(),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn take(&self, w: &mut Watch, r: &Resource, ev: &crate::kv::Event) {
+        // Events the last read already reflects change nothing.
+        if ev.index <= w.applied {
+            return;
+        }
+        w.applied = ev.index;
+        let Some(kv) = w.keys.as_mut() else { return };
+        if feed::apply(Arc::make_mut(kv), r, ev) == Applied::Reread {
+            w.keys = None;
+        }
+    }
+
+    /// Reads the keys if they are not held, starts the feed if none runs, renders and
+    /// writes. `Err` only for a fatal write error.
+    async fn pass(&self, w: &mut Watch, r: &Resource) -> Result<(), ProcessError> {
+        let source = match self.source(r).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
+        };
+        if w.keys.is_none() {
+            let (index, kv) = self.fetch(r).await;
+            if let Some(i) = index {
+                w.applied = i;
+                if w.feed.is_none() {
+                    w.feed = Some(self.start_feed(r, i + 1));
+                }
+            }
+            match kv {
+                Ok(kv) => w.keys = Some(Arc::new(kv)),
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        let (Some(kv), Some(source)) = (&w.keys, source) else {
+            return Ok(());
+        };
+        let result = self.render_and_write(r, &source, kv.clone()).await;
+        let now = self.now_ms();
+        w.last_render_ms = Some(now);
+        match result {
+            Ok(Written::Changed { reloaded: true }) => w.last_reload_ms = Some(now),
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e @ ProcessError::Write(WriteError::Reload { .. })) => {
+                w.last_reload_ms = Some(now);
+                tracing::error!("{e}");
+            }
+            Err(e) => tracing::error!("{e}"),
+            Ok(_) => {}
+        }
+        Ok(())
+    }
+
+    fn start_feed(&self, r: &Resource, since: u64) -> mpsc::Receiver<Feed> {
+        let (tx, rx) = mpsc::channel(feed::FEED_EVENTS_MAX);
+        let fut = feed::run(
+            self.kv.clone(),
+            self.seams.clock.clone(),
+            r.watch_root(),
+            since,
+            tx,
+            self.cfg.retry_ms,
+        );
+        self.spawn.spawn("render-feed", Box::pin(fut));
+        rx
     }
 
     /// Waits out the debounce after the last render, and the minimum gap between reloads
@@ -366,24 +466,6 @@ impl Renderer {
         }
         if until > now {
             self.sleep_ms(until - now).await;
-        }
-    }
-
-    /// Returns once something under `root` changed after `index` (or the store's history
-    /// no longer reaches back to it: the caller re-reads everything).
-    async fn wait_change(&self, root: &str, index: u64) {
-        loop {
-            match self.kv.watch(root, true, index + 1).await {
-                Ok(_) => return,
-                Err(ClientError::Store(e)) if e.code == 401 => {
-                    tracing::info!("{root}: watch history cleared past {index}: reading again");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!("{root}: watch: {e}");
-                    self.sleep_ms(self.cfg.retry_ms).await;
-                }
-            }
         }
     }
 
