@@ -202,3 +202,37 @@ fn no_fencing_bug_is_found_within_twenty_seeds() {
         "the no-fencing bug survived 20 scheduling seeds"
     );
 }
+
+fn render_scenario(seed: u64, nodes: usize) -> Scenario {
+    let mut s = Scenario::generate(seed, nodes, ALL_FAULTS);
+    s.render = true;
+    s
+}
+
+/// Renderer seeds (every node runs confd over the clients' keys, under faults): writes are
+/// whole and checked, reloads follow changed writes, and every destination converges to
+/// the template over the final state after healing.
+#[test]
+fn sample_of_render_seeds_passes_every_checker() {
+    let mut reloads = 0;
+    for (seeds, nodes) in [(0..60, 3), (30_000..30_015, 5)] {
+        for seed in seeds {
+            let s = render_scenario(seed, nodes);
+            let r = run(&s);
+            assert!(r.violations.is_empty(), "{}", failure(&s, &r));
+            reloads += r.faults.get("render-reload").copied().unwrap_or(0);
+        }
+    }
+    assert!(
+        reloads > 0,
+        "no renderer ever reloaded: the workload did not reach it"
+    );
+}
+
+#[test]
+fn render_seeds_are_deterministic() {
+    let s = render_scenario(7, 3);
+    let alone = run(&s).trace_hash;
+    run(&render_scenario(6, 3));
+    assert_eq!(run(&s).trace_hash, alone, "seed 7 (render) after seed 6");
+}

@@ -243,9 +243,9 @@ async fn boot(w: Arc<World>, i: usize) {
             *slot.agent.lock().expect("slot lock") = started.agent.clone();
             slot.set_life(Life::Up);
             let r = match started.renderer {
-                None => started.driver.run().await,
+                None => started.driver.run().await.map_err(|e| e.to_string()),
                 Some(renderer) => tokio::select! {
-                    r = started.driver.run() => r,
+                    r = started.driver.run() => r.map_err(|e| e.to_string()),
                     e = renderer.run_watch() => Err(format!("renderer: {e}")),
                 },
             };
