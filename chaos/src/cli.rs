@@ -11,6 +11,17 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// The workloads `--scenario` can name.
+const SCENARIOS: [&str; 4] = ["kv", "sched", "render", "stack"];
+/// Every planted bug `--bug` can name (test-only), across the layers.
+pub const BUGS: [&str; 5] = [
+    "skip-sync",
+    "ignore-conflicts",
+    "no-fencing",
+    "render-skip-sync",
+    "presence-no-ttl",
+];
+
 #[derive(Parser)]
 #[command(
     name = "chaos",
@@ -42,13 +53,17 @@ enum Cmd {
         jobs: Option<usize>,
         /// Plant a bug (test-only): `skip-sync` (never fsync the Raft log),
         /// `ignore-conflicts` (the scheduler places units as if no Conflicts were declared),
-        /// `no-fencing` (agents keep their units running when their lease is lost).
-        #[arg(long, value_parser = ["skip-sync", "ignore-conflicts", "no-fencing"])]
+        /// `no-fencing` (agents keep their units running when their lease is lost),
+        /// `render-skip-sync` (the renderer renames its stage file into place unsynced),
+        /// `presence-no-ttl` (presence keys are written without a TTL).
+        #[arg(long, value_parser = BUGS)]
         bug: Option<String>,
         /// `kv`: clients on the key-value store; `sched`: the same, and members are
         /// machines with units submitted, changed and destroyed throughout; `render`: the
-        /// KV clients, and every node renders their keys with an in-process confd.
-        #[arg(long, default_value = "kv", value_parser = ["kv", "sched", "render"])]
+        /// KV clients, and every node renders their keys with an in-process confd;
+        /// `stack`: all of it at once — apps with presence sidekicks, and every node
+        /// rendering their upstream.
+        #[arg(long, default_value = "kv", value_parser = SCENARIOS)]
         scenario: String,
     },
     /// Deterministic throughput: writes per simulated second with a modelled disk and
@@ -80,7 +95,7 @@ enum Cmd {
         /// Output file.
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value = "kv", value_parser = ["kv", "sched", "render"])]
+        #[arg(long, default_value = "kv", value_parser = SCENARIOS)]
         scenario: String,
     },
     /// Run a seed file again and report what it does now.
@@ -171,8 +186,7 @@ fn real_main() -> Result<ExitCode> {
             let plan = Plan {
                 nodes,
                 kinds,
-                sched: scenario == "sched",
-                render: scenario == "render",
+                scenario,
                 bug,
             };
             campaign(range, plan, &out, jobs)
@@ -228,8 +242,7 @@ fn real_main() -> Result<ExitCode> {
             let plan = Plan {
                 nodes,
                 kinds,
-                sched: scenario == "sched",
-                render: scenario == "render",
+                scenario,
                 bug: None,
             };
             let s = plan.scenario(seed);
@@ -270,11 +283,15 @@ fn real_main() -> Result<ExitCode> {
             if first.violations.is_empty() {
                 bail!("{} passes now; nothing to shrink", file.display());
             }
-            let before = f.scenario.schedule.len();
+            let before = (
+                f.scenario.schedule.len(),
+                f.scenario.sched.as_ref().map_or(0, |l| l.ops.len()),
+            );
             let small = shrink(&f.scenario, |c, failed| {
                 eprintln!(
-                    "  try {} faults, {} ops/client: {}",
+                    "  try {} faults, {} unit ops, {} ops/client: {}",
                     c.schedule.len(),
+                    c.sched.as_ref().map_or(0, |l| l.ops.len()),
                     c.ops_per_client,
                     if failed { "still fails" } else { "passes" }
                 );
@@ -283,9 +300,11 @@ fn real_main() -> Result<ExitCode> {
             let r = run(&small);
             seed_file(&small, &r, &out).save(&out)?;
             println!(
-                "shrunk {} → {} fault events; written to {}",
-                before,
+                "shrunk {} → {} fault events, {} → {} unit operations; written to {}",
+                before.0,
                 small.schedule.len(),
+                before.1,
+                small.sched.as_ref().map_or(0, |l| l.ops.len()),
                 out.display()
             );
             Ok(ExitCode::SUCCESS)
@@ -298,22 +317,24 @@ fn real_main() -> Result<ExitCode> {
 struct Plan {
     nodes: usize,
     kinds: Vec<&'static str>,
-    sched: bool,
-    render: bool,
+    scenario: String,
     bug: Option<String>,
 }
 
 impl Plan {
     fn scenario(&self, seed: u64) -> Scenario {
-        let mut s = if self.sched {
-            Scenario::generate_sched(seed, self.nodes, &self.kinds)
-        } else {
-            Scenario::generate(seed, self.nodes, &self.kinds)
+        let mut s = match self.scenario.as_str() {
+            "sched" => Scenario::generate_sched(seed, self.nodes, &self.kinds),
+            "stack" => Scenario::generate_stack(seed, self.nodes, &self.kinds),
+            _ => Scenario::generate(seed, self.nodes, &self.kinds),
         };
-        s.render = self.render;
-        s.bug_skip_sync = self.bug.as_deref() == Some("skip-sync");
-        s.bug_ignore_conflicts = self.bug.as_deref() == Some("ignore-conflicts");
-        s.bug_no_fencing = self.bug.as_deref() == Some("no-fencing");
+        s.render |= self.scenario == "render";
+        let bug = self.bug.as_deref();
+        s.bug_skip_sync = bug == Some("skip-sync");
+        s.bug_ignore_conflicts = bug == Some("ignore-conflicts");
+        s.bug_no_fencing = bug == Some("no-fencing");
+        s.bug_render_skip_sync = bug == Some("render-skip-sync");
+        s.bug_presence_no_ttl = bug == Some("presence-no-ttl");
         s
     }
 }

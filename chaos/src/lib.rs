@@ -98,14 +98,50 @@ mod sim {
     pub fn shrink(s: &Scenario, mut progress: impl FnMut(&Scenario, bool)) -> Scenario {
         let fails = |c: &Scenario| !run(c).violations.is_empty();
         let mut best = s.clone();
-        let mut chunk = best.schedule.len().div_ceil(2).max(1);
-        while chunk >= 1 && !best.schedule.is_empty() {
+        // Fault events first, then the unit operations of sched and stack seeds.
+        best = ddmin(best, |c| &mut c.schedule, &fails, &mut progress);
+        if best.sched.is_some() {
+            best = ddmin(
+                best,
+                |c| &mut c.sched.as_mut().expect("sched load").ops,
+                &fails,
+                &mut progress,
+            );
+        }
+        for ops in [best.ops_per_client / 2, best.ops_per_client / 4, 20] {
+            if ops == 0 || ops >= best.ops_per_client {
+                continue;
+            }
+            let cand = Scenario {
+                ops_per_client: ops,
+                ..best.clone()
+            };
+            let f = fails(&cand);
+            progress(&cand, f);
+            if f {
+                best = cand;
+            }
+        }
+        best
+    }
+
+    /// Deletes chunks of the list `items` picks out of the scenario, halving the chunk
+    /// size, while the run still fails.
+    fn ddmin<T: Clone>(
+        mut best: Scenario,
+        items: impl Fn(&mut Scenario) -> &mut Vec<T>,
+        fails: &impl Fn(&Scenario) -> bool,
+        progress: &mut impl FnMut(&Scenario, bool),
+    ) -> Scenario {
+        let mut chunk = items(&mut best).len().div_ceil(2).max(1);
+        while !items(&mut best).is_empty() {
             let mut i = 0;
             let mut shrunk = false;
-            while i < best.schedule.len() {
+            while i < items(&mut best).len() {
                 let mut cand = best.clone();
-                let end = (i + chunk).min(cand.schedule.len());
-                cand.schedule.drain(i..end);
+                let list = items(&mut cand);
+                let end = (i + chunk).min(list.len());
+                list.drain(i..end);
                 let f = fails(&cand);
                 progress(&cand, f);
                 if f {
@@ -120,20 +156,6 @@ mod sim {
                     break;
                 }
                 chunk /= 2;
-            }
-        }
-        for ops in [best.ops_per_client / 2, best.ops_per_client / 4, 20] {
-            if ops == 0 || ops >= best.ops_per_client {
-                continue;
-            }
-            let cand = Scenario {
-                ops_per_client: ops,
-                ..best.clone()
-            };
-            let f = fails(&cand);
-            progress(&cand, f);
-            if f {
-                best = cand;
             }
         }
         best

@@ -236,3 +236,85 @@ fn render_seeds_are_deterministic() {
     run(&render_scenario(6, 3));
     assert_eq!(run(&s).trace_hash, alone, "seed 7 (render) after seed 6");
 }
+
+/// Whole-stack seeds (scheduler, agents, presence sidekicks, renderers, under every fault):
+/// every checker of every layer, and the leader-kill probe at the end of each seed.
+#[test]
+fn sample_of_stack_seeds_passes_every_checker() {
+    let (mut probes, mut reloads) = (0, 0);
+    for (seeds, nodes) in [(0..40, 3), (40_000..40_010, 5)] {
+        for seed in seeds {
+            let s = Scenario::generate_stack(seed, nodes, ALL_FAULTS);
+            let r = run(&s);
+            assert!(r.violations.is_empty(), "{}", failure(&s, &r));
+            probes += r.faults.get("stack-probe").copied().unwrap_or(0);
+            reloads += r.faults.get("render-reload").copied().unwrap_or(0);
+        }
+    }
+    // The probe needs a majority without the leader (a corrupted member stays down).
+    assert!(
+        probes >= 35,
+        "the leader-kill probe ran in only {probes} of 50 seeds"
+    );
+    assert!(reloads > 0, "no upstream was ever reloaded");
+}
+
+#[test]
+fn stack_seeds_are_deterministic() {
+    let s = Scenario::generate_stack(11, 3, ALL_FAULTS);
+    let alone = run(&s).trace_hash;
+    run(&Scenario::generate_stack(10, 3, ALL_FAULTS));
+    assert_eq!(run(&s).trace_hash, alone, "seed 11 (stack) after seed 10");
+}
+
+/// The first of `seeds` on which the planted bug is caught, with its violation.
+fn stack_bug_found(seeds: std::ops::Range<u64>, plant: impl Fn(&mut Scenario)) -> Option<String> {
+    seeds.into_iter().find_map(|seed| {
+        let mut s = Scenario::generate_stack(seed, 3, ALL_FAULTS);
+        plant(&mut s);
+        run(&s).violations.into_iter().next()
+    })
+}
+
+#[test]
+fn render_skip_sync_bug_is_found_within_five_seeds() {
+    let v = stack_bug_found(0..5, |s| s.bug_render_skip_sync = true);
+    let v = v.expect("a renderer renaming unsynced files survived 5 stack seeds");
+    assert!(v.contains("power loss"), "{v}");
+}
+
+#[test]
+fn presence_without_ttl_bug_is_found_within_five_seeds() {
+    let v = stack_bug_found(0..5, |s| s.bug_presence_no_ttl = true);
+    let v = v.expect("presence keys without a TTL survived 5 stack seeds");
+    assert!(
+        v.contains("outlived") || v.contains("no sidekick announces it"),
+        "{v}"
+    );
+}
+
+#[test]
+fn ignore_conflicts_bug_is_found_in_the_stack_within_five_seeds() {
+    let v = stack_bug_found(0..5, |s| s.bug_ignore_conflicts = true);
+    let v = v.expect("a scheduler ignoring Conflicts survived 5 stack seeds");
+    assert!(v.contains("conflict"), "{v}");
+}
+
+#[test]
+fn stack_seeds_shrink_their_unit_operations() {
+    let mut s = Scenario::generate_stack(1, 3, ALL_FAULTS);
+    s.bug_presence_no_ttl = true;
+    assert!(
+        !run(&s).violations.is_empty(),
+        "seed 1 must fail with the bug"
+    );
+    let ops = |s: &Scenario| s.sched.as_ref().map_or(0, |l| l.ops.len());
+    let small = shrink(&s, |_, _| {});
+    assert!(!run(&small).violations.is_empty(), "the shrunk seed passes");
+    assert!(
+        ops(&small) < ops(&s) && small.schedule.len() <= s.schedule.len(),
+        "nothing shrunk: {} → {} unit ops",
+        ops(&s),
+        ops(&small)
+    );
+}

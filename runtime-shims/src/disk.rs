@@ -130,15 +130,20 @@ pub trait Files: Send + Sync + 'static {
     /// A file's permission bits and owner; `None` when it does not exist.
     fn stat(&self, path: &str) -> BoxFuture<'static, io::Result<Option<FileMeta>>>;
     /// Writes `data` to a fresh file `stage` with `meta`'s mode and owner (not yet synced:
-    /// [`Files::commit`] syncs it once it has passed its check).
+    /// the caller syncs it once it has passed its check).
     fn stage(
         &self,
         stage: &str,
         data: Vec<u8>,
         meta: FileMeta,
     ) -> BoxFuture<'static, io::Result<()>>;
-    /// Syncs `stage`, renames it over `dest` and syncs their directory.
-    fn commit(&self, stage: &str, dest: &str) -> BoxFuture<'static, io::Result<()>>;
+    /// fsyncs a file's data. A file renamed into place before this may be empty after a
+    /// power loss: that is why the steps are separate seams the simulator can crash between.
+    fn sync(&self, path: &str) -> BoxFuture<'static, io::Result<()>>;
+    /// Renames `from` over `to` (atomic on one filesystem).
+    fn rename(&self, from: &str, to: &str) -> BoxFuture<'static, io::Result<()>>;
+    /// fsyncs a directory, making the renames in it durable.
+    fn sync_dir(&self, dir: &str) -> BoxFuture<'static, io::Result<()>>;
     /// Removes a file; a missing one is not an error.
     fn remove(&self, path: &str) -> BoxFuture<'static, io::Result<()>>;
     /// The names of the regular files in `dir`, sorted; `NotFound` if there is no `dir`.

@@ -54,16 +54,24 @@ impl Files for RealFiles {
         blocking(move || stage_blocking(&stage, &data, meta))
     }
 
-    fn commit(&self, stage: &str, dest: &str) -> BoxFuture<'static, io::Result<()>> {
-        let (stage, dest) = (PathBuf::from(stage), PathBuf::from(dest));
+    fn sync(&self, path: &str) -> BoxFuture<'static, io::Result<()>> {
+        let path = PathBuf::from(path);
         blocking(move || {
             std::fs::OpenOptions::new()
                 .write(true)
-                .open(&stage)?
-                .sync_all()?;
-            std::fs::rename(&stage, &dest)?;
-            std::fs::File::open(dest.parent().unwrap_or(Path::new(".")))?.sync_all()
+                .open(&path)?
+                .sync_all()
         })
+    }
+
+    fn rename(&self, from: &str, to: &str) -> BoxFuture<'static, io::Result<()>> {
+        let (from, to) = (PathBuf::from(from), PathBuf::from(to));
+        blocking(move || std::fs::rename(&from, &to))
+    }
+
+    fn sync_dir(&self, dir: &str) -> BoxFuture<'static, io::Result<()>> {
+        let dir = PathBuf::from(if dir.is_empty() { "." } else { dir });
+        blocking(move || std::fs::File::open(&dir)?.sync_all())
     }
 
     fn remove(&self, path: &str) -> BoxFuture<'static, io::Result<()>> {
@@ -135,6 +143,8 @@ fn stage_blocking(stage: &Path, data: &[u8], meta: FileMeta) -> io::Result<()> {
 struct MemFile {
     data: Vec<u8>,
     meta: FileMeta,
+    /// Whether its data would survive a power loss.
+    synced: bool,
 }
 
 type FileMap = std::collections::BTreeMap<String, MemFile>;
@@ -162,12 +172,29 @@ impl MemFiles {
             uid: 0,
             gid: 0,
         };
-        self.insert(path, data.to_vec(), meta);
+        self.insert(path, data.to_vec(), meta, true);
     }
 
-    fn insert(&self, path: &str, data: Vec<u8>, meta: FileMeta) {
+    fn insert(&self, path: &str, data: Vec<u8>, meta: FileMeta, synced: bool) {
         let mut files = self.files.lock().expect("files lock");
-        files.insert(path.to_string(), MemFile { data, meta });
+        let f = MemFile { data, meta, synced };
+        files.insert(path.to_string(), f);
+    }
+
+    /// A power loss: every file whose data was never synced is left empty, as a journaling
+    /// filesystem can leave a file renamed into place before its data reached the disk.
+    /// Returns the paths that lost their data.
+    pub fn power_loss(&self) -> Vec<String> {
+        let mut files = self.files.lock().expect("files lock");
+        let mut lost = vec![];
+        for (path, f) in files.iter_mut().filter(|(_, f)| !f.synced) {
+            if !f.data.is_empty() {
+                lost.push(path.clone());
+            }
+            f.data.clear();
+            f.synced = true;
+        }
+        lost
     }
 }
 
@@ -205,20 +232,36 @@ impl Files for MemFiles {
         data: Vec<u8>,
         meta: FileMeta,
     ) -> BoxFuture<'static, io::Result<()>> {
-        self.insert(stage, data, meta);
+        self.insert(stage, data, meta, false);
         ready(Ok(()))
     }
 
-    fn commit(&self, stage: &str, dest: &str) -> BoxFuture<'static, io::Result<()>> {
+    fn sync(&self, path: &str) -> BoxFuture<'static, io::Result<()>> {
         let mut files = self.files.lock().expect("files lock");
-        let r = match files.remove(stage) {
+        let r = match files.get_mut(path) {
             Some(f) => {
-                files.insert(dest.to_string(), f);
+                f.synced = true;
                 Ok(())
             }
-            None => Err(not_found(stage)),
+            None => Err(not_found(path)),
         };
         ready(r)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> BoxFuture<'static, io::Result<()>> {
+        let mut files = self.files.lock().expect("files lock");
+        let r = match files.remove(from) {
+            Some(f) => {
+                files.insert(to.to_string(), f);
+                Ok(())
+            }
+            None => Err(not_found(from)),
+        };
+        ready(r)
+    }
+
+    fn sync_dir(&self, _dir: &str) -> BoxFuture<'static, io::Result<()>> {
+        ready(Ok(()))
     }
 
     fn remove(&self, path: &str) -> BoxFuture<'static, io::Result<()>> {

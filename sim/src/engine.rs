@@ -21,6 +21,8 @@ struct State {
     containers: BTreeMap<String, ContainerInfo>,
     /// Containers created with `--rm`: removed when they exit.
     auto_remove: BTreeSet<String>,
+    /// Each container's environment (the presence image reads its key from it).
+    env: BTreeMap<String, BTreeMap<String, String>>,
     next_id: u64,
     daemon_up: bool,
     faults: EngineFaults,
@@ -31,6 +33,18 @@ pub struct SimEngine {
     st: Arc<Mutex<State>>,
     exits_tx: mpsc::Sender<ExitEvent>,
     exits_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<ExitEvent>>>,
+}
+
+pub use crate::scenario::PRESENCE_IMAGE;
+
+/// One running presence container's announcement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub unit: String,
+    pub key: String,
+    pub value: String,
+    /// `None`: written without a TTL.
+    pub ttl_s: Option<u64>,
 }
 
 /// Exit events buffered at most; older ones are dropped when the agent lags.
@@ -48,6 +62,7 @@ impl SimEngine {
                 images: BTreeSet::new(),
                 containers: BTreeMap::new(),
                 auto_remove: BTreeSet::new(),
+                env: BTreeMap::new(),
                 next_id: 1,
                 daemon_up: true,
                 faults,
@@ -78,6 +93,7 @@ impl SimEngine {
                 if auto_remove {
                     st.containers.remove(name);
                     st.auto_remove.remove(name);
+                    st.env.remove(name);
                 }
             }
         }
@@ -114,6 +130,36 @@ impl SimEngine {
             .values()
             .filter(|c| c.state == ContainerState::Running)
             .filter_map(|c| c.labels.get("flotilla.unit").cloned())
+            .collect()
+    }
+
+    /// Each running container's unit and id: a restart shows as a new id.
+    pub fn running_ids(&self) -> BTreeMap<String, String> {
+        self.lock()
+            .containers
+            .values()
+            .filter(|c| c.state == ContainerState::Running)
+            .filter_map(|c| Some((c.labels.get("flotilla.unit")?.clone(), c.id.clone())))
+            .collect()
+    }
+
+    /// What the running presence containers (image [`PRESENCE_IMAGE`]) announce: their
+    /// `PRESENCE_KEY`, `PRESENCE_VALUE` and `PRESENCE_TTL` (seconds), as the real image
+    /// reads them from its environment.
+    pub fn presences(&self) -> Vec<Presence> {
+        let st = self.lock();
+        st.containers
+            .values()
+            .filter(|c| c.state == ContainerState::Running && c.image == PRESENCE_IMAGE)
+            .filter_map(|c| {
+                let env = st.env.get(&c.name)?;
+                Some(Presence {
+                    unit: c.labels.get("flotilla.unit")?.clone(),
+                    key: env.get("PRESENCE_KEY")?.clone(),
+                    value: env.get("PRESENCE_VALUE").cloned().unwrap_or_default(),
+                    ttl_s: env.get("PRESENCE_TTL").and_then(|t| t.parse().ok()),
+                })
+            })
             .collect()
     }
 
@@ -185,6 +231,8 @@ impl Containers for SimEngine {
             if spec.auto_remove {
                 st.auto_remove.insert(spec.name.clone());
             }
+            st.env
+                .insert(spec.name.clone(), spec.env.iter().cloned().collect());
             st.containers.insert(
                 spec.name.clone(),
                 ContainerInfo {
@@ -241,6 +289,7 @@ impl Containers for SimEngine {
             }
             st.containers.remove(&name);
             st.auto_remove.remove(&name);
+            st.env.remove(&name);
             Ok(())
         })
     }

@@ -23,6 +23,24 @@ pub const RESOURCE: &str =
     "[template]\nsrc = \"app.tmpl\"\ndest = \"/etc/app/app.conf\"\nkeys = [\"/\"]\n\
     check_cmd = \"sim-check {{.src}}\"\nreload_cmd = \"sim-reload\"\n";
 
+/// The stack scenario's upstream: the seed's nginx template over the presence keys.
+pub const STACK_TEMPLATE: &str = "upstream app_pool {\n\
+    {{ range getvs \"/services/app/*\" }}    server {{ . }};\n{{ end }}}\n# end\n";
+pub const STACK_RESOURCE: &str =
+    "[template]\nsrc = \"app.tmpl\"\ndest = \"/etc/app/app.conf\"\nkeys = [\"/services/app\"]\n\
+    check_cmd = \"sim-check {{.src}}\"\nreload_cmd = \"sim-reload\"\n";
+
+/// What the stack's upstream should hold for these presence values (`getvs` sorts them).
+pub fn stack_expected(values: &[String]) -> String {
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    let servers: String = sorted
+        .iter()
+        .map(|v| format!("    server {v};\n"))
+        .collect();
+    format!("upstream app_pool {{\n{servers}}}\n# end\n")
+}
+
 /// The check refuses a render holding a value that ends in `3` (one value in ten).
 pub fn refused(content: &str) -> Option<String> {
     content
@@ -61,15 +79,22 @@ pub struct WatchedFiles {
 }
 
 impl WatchedFiles {
-    pub fn new(inner: MemFiles) -> Self {
+    /// The node's files with the resource and template in place: the KV keys' listing,
+    /// or with `stack` the upstream over the presence keys.
+    pub fn new(inner: MemFiles, stack: bool) -> Self {
+        let (resource, template) = if stack {
+            (STACK_RESOURCE, STACK_TEMPLATE)
+        } else {
+            (RESOURCE, TEMPLATE)
+        };
         inner.put(
             &format!("{CONFDIR}/conf.d/app.toml"),
-            RESOURCE.as_bytes(),
+            resource.as_bytes(),
             0o644,
         );
         inner.put(
             &format!("{CONFDIR}/templates/app.tmpl"),
-            TEMPLATE.as_bytes(),
+            template.as_bytes(),
             0o644,
         );
         Self {
@@ -82,6 +107,22 @@ impl WatchedFiles {
         self.inner
             .get(DEST)
             .map(|(d, _)| String::from_utf8_lossy(&d).into_owned())
+    }
+
+    /// A power loss on the machine: unsynced files lose their data. A destination must
+    /// come through whole (or as it was): anything else is a violation.
+    pub fn power_loss(&self) {
+        self.inner.power_loss();
+        if let Some(d) = self.dest().filter(|d| !d.ends_with("# end\n")) {
+            self.log
+                .lock()
+                .expect("render log")
+                .violations
+                .push(format!(
+                    "after a power loss the destination is not a whole render ({d:?}): \
+                 it was renamed into place before its data was synced"
+                ));
+        }
     }
 
     fn committed(&self, content: String) {
@@ -130,12 +171,20 @@ impl Files for WatchedFiles {
         self.inner.stage(stage, data, meta)
     }
 
-    fn commit(&self, stage: &str, dest: &str) -> BoxFuture<'static, io::Result<()>> {
-        let r = self.inner.commit(stage, dest);
-        if dest == DEST {
+    fn sync(&self, path: &str) -> BoxFuture<'static, io::Result<()>> {
+        self.inner.sync(path)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> BoxFuture<'static, io::Result<()>> {
+        let r = self.inner.rename(from, to);
+        if to == DEST {
             self.committed(self.dest().unwrap_or_default());
         }
         r
+    }
+
+    fn sync_dir(&self, dir: &str) -> BoxFuture<'static, io::Result<()>> {
+        self.inner.sync_dir(dir)
     }
 
     fn remove(&self, path: &str) -> BoxFuture<'static, io::Result<()>> {

@@ -108,6 +108,17 @@ pub struct Scenario {
     /// KV clients' keys, and its destinations are checked.
     #[serde(default)]
     pub render: bool,
+    /// The whole stack (`chaos run --scenario stack`): the scheduling workload's sidekicks
+    /// are presence containers keeping `/services/app/<instance>` TTL keys, and every
+    /// node's renderer turns them into an upstream file.
+    #[serde(default)]
+    pub stack: bool,
+    /// Planted bug (test-only): the renderer renames its stage file into place unsynced.
+    #[serde(default)]
+    pub bug_render_skip_sync: bool,
+    /// Planted bug (test-only): presence containers write their keys without a TTL.
+    #[serde(default)]
+    pub bug_presence_no_ttl: bool,
 }
 
 /// Timed operations on units (each through a member's in-process client, as the fleet API
@@ -268,31 +279,84 @@ impl SchedLoad {
     }
 }
 
-/// A unit's file in the workload: a container (pulled first), restarted when it ends,
-/// and its `[X-Fleet]` lines.
-pub fn unit_options(unit: &str) -> Vec<(String, String, String)> {
-    let stem = unit.trim_end_matches(".service");
-    let container = stem.replace('@', "-");
-    let mut o: Vec<(String, String, String)> = [
+/// The image that keeps a presence key while it runs (as `scripts/build-test-images`'
+/// does on real Docker); the simulated engine runs it as such.
+pub const PRESENCE_IMAGE: &str = "jpweb/nginx-presence";
+
+/// How long a presence key lives without a refresh, in the stack scenario.
+pub const PRESENCE_TTL_S: u64 = 3;
+
+/// A sidekick of the stack scenario: bound to its app, beside it, a presence container
+/// announcing `/services/app/<i>` = `<machine>:80` with a TTL (the seed's
+/// `nginx-presence@.service`, with the key and value it should have been given).
+fn presence_sidekick(i: &str) -> Vec<(String, String, String)> {
+    let c = format!("side-{i}");
+    let image = PRESENCE_IMAGE;
+    [
+        ("Unit", "BindsTo", format!("app@{i}.service")),
+        ("Unit", "After", format!("app@{i}.service")),
         (
+            "Service",
             "ExecStartPre",
-            format!("-/usr/bin/docker rm -f {container}"),
+            format!("-/usr/bin/docker rm -f {c}"),
         ),
         (
+            "Service",
             "ExecStartPre",
-            "/usr/bin/docker pull flotilla/busybox".to_string(),
+            format!("/usr/bin/docker pull {image}"),
         ),
         (
+            "Service",
             "ExecStart",
-            format!("/usr/bin/docker run --name {container} flotilla/busybox"),
+            format!(
+                "/usr/bin/docker run --name {c} -e PRESENCE_KEY=/services/app/{i} \
+                 -e PRESENCE_VALUE=%m:80 -e PRESENCE_TTL={PRESENCE_TTL_S} {image}"
+            ),
         ),
-        ("ExecStop", format!("/usr/bin/docker stop {container}")),
-        ("Restart", "always".to_string()),
-        ("RestartSec", "2".to_string()),
+        ("Service", "ExecStop", format!("/usr/bin/docker stop {c}")),
+        (
+            "Service",
+            "ExecStopPost",
+            format!("-/usr/bin/etcdctl rm /services/app/{i}"),
+        ),
+        ("Service", "Restart", "always".into()),
+        ("Service", "RestartSec", "1".into()),
     ]
     .into_iter()
-    .map(|(k, v)| ("Service".to_string(), k.to_string(), v))
-    .collect();
+    .map(|(s, k, v)| (s.to_string(), k.to_string(), v))
+    .collect()
+}
+
+/// A unit's file in the workload: a container (pulled first), restarted when it ends,
+/// and its `[X-Fleet]` lines. In the stack scenario the sidekicks announce their apps.
+pub fn unit_options(unit: &str, stack: bool) -> Vec<(String, String, String)> {
+    let stem = unit.trim_end_matches(".service");
+    let container = stem.replace('@', "-");
+    let sidekick = stem.strip_prefix("side@").filter(|_| stack);
+    let mut o: Vec<(String, String, String)> = if let Some(i) = sidekick {
+        presence_sidekick(i)
+    } else {
+        [
+            (
+                "ExecStartPre",
+                format!("-/usr/bin/docker rm -f {container}"),
+            ),
+            (
+                "ExecStartPre",
+                "/usr/bin/docker pull flotilla/busybox".to_string(),
+            ),
+            (
+                "ExecStart",
+                format!("/usr/bin/docker run --name {container} flotilla/busybox"),
+            ),
+            ("ExecStop", format!("/usr/bin/docker stop {container}")),
+            ("Restart", "always".to_string()),
+            ("RestartSec", "2".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| ("Service".to_string(), k.to_string(), v))
+        .collect()
+    };
     for l in xfleet_of(unit) {
         if let Some((k, v)) = l.split_once('=') {
             o.push(("X-Fleet".into(), k.into(), v.into()));
@@ -419,6 +483,9 @@ impl Scenario {
             bug_ignore_conflicts: false,
             bug_no_fencing: false,
             render: false,
+            stack: false,
+            bug_render_skip_sync: false,
+            bug_presence_no_ttl: false,
         }
     }
 
@@ -431,6 +498,46 @@ impl Scenario {
         s.schedule
             .extend(SchedLoad::engine_faults(&mut rng, nodes, s.fault_phase_ms));
         s.schedule.sort_by_key(|e| e.at_ms);
+        s
+    }
+
+    /// The whole stack: [`Scenario::generate_sched`]'s units and faults, a renderer on
+    /// every node, sidekicks that announce their apps; every operation on an app instance
+    /// is applied to its sidekick too, as `fleetctl start app@1 side@1` would.
+    pub fn generate_stack(seed: u64, nodes: usize, allowed: &[&str]) -> Self {
+        let mut s = Self::generate_sched(seed, nodes, allowed);
+        s.render = true;
+        s.stack = true;
+        if let Some(load) = s.sched.as_mut() {
+            // An agent renews at half the TTL and fences at two thirds, so a change of
+            // leader (an election: 1-2 s) must fit in a sixth of it, as it does in fleet's
+            // 30 s: no machine may lose its lease to one.
+            load.agent_ttl_s = 18;
+            let paired: Vec<UnitOp> = load
+                .ops
+                .iter()
+                .filter(|o| o.at_ms >= 2_000)
+                .filter_map(|o| {
+                    let i = o.unit.strip_prefix("app@")?;
+                    let unit = format!("side@{i}");
+                    let action = match &o.action {
+                        UnitAction::Submit { desired, .. } => UnitAction::Submit {
+                            xfleet: xfleet_of(&unit),
+                            desired: desired.clone(),
+                        },
+                        a => a.clone(),
+                    };
+                    Some(UnitOp {
+                        at_ms: o.at_ms + 1,
+                        node: o.node,
+                        unit,
+                        action,
+                    })
+                })
+                .collect();
+            load.ops.extend(paired);
+            load.ops.sort_by_key(|o| o.at_ms);
+        }
         s
     }
 
@@ -460,6 +567,9 @@ impl Scenario {
             bug_ignore_conflicts: false,
             bug_no_fencing: false,
             render: false,
+            stack: false,
+            bug_render_skip_sync: false,
+            bug_presence_no_ttl: false,
         }
     }
 }

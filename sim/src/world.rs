@@ -33,6 +33,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+mod stack;
+
 /// How long a client waits for an answer.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_millis(1_500);
 /// After healing, writes must commit and replicas converge within this much simulated time.
@@ -197,6 +199,7 @@ fn node_config(s: &Scenario, i: usize) -> NodeConfig {
             rc.debounce_ms = 50;
             rc.retry_ms = 200;
             rc.write.cmd_timeout_ms = 5_000;
+            rc.write.bug_skip_sync = s.bug_render_skip_sync;
             rc.out = Arc::new(|_| {});
             rc
         }),
@@ -305,6 +308,20 @@ impl World {
         *c
     }
 
+    /// The whole machine goes down with its node: its containers and processes, and its
+    /// files lose what was never synced.
+    fn machine_down(&self, i: usize) {
+        let slot = &self.slots[i];
+        slot.engine.set_daemon(false);
+        slot.procs.kill_all();
+        match &slot.render {
+            Some(watched) => watched.power_loss(),
+            None => {
+                slot.files.power_loss();
+            }
+        }
+    }
+
     fn restart(&self, i: usize) {
         if matches!(self.slots[i].life(), Life::Refused(_)) {
             return;
@@ -339,9 +356,7 @@ async fn inject(w: Arc<World>, ev: Event) {
                 return;
             }
             let n = w.crash(node, keep_permille);
-            // The whole machine goes down: its containers and processes with it.
-            w.slots[node].engine.set_daemon(false);
-            w.slots[node].procs.kill_all();
+            w.machine_down(node);
             madsim::time::sleep(Duration::from_millis(down_ms)).await;
             if *w.slots[node].crashes.lock().expect("slot lock") == n {
                 w.slots[node].engine.set_daemon(true);
@@ -486,7 +501,7 @@ async fn unit_op(w: Arc<World>, op: UnitOp) {
         let outcome = match slot.handle() {
             Some(h) => {
                 let kv = InProc::new(h, Arc::new(slot.clock.clone()));
-                let r = apply_unit_op(&kv, &op).await;
+                let r = apply_unit_op(&kv, &op, w.s.stack).await;
                 w.trace(format!(
                     "unit op {} {:?} on n{n}: {r:?}",
                     op.unit, op.action
@@ -502,13 +517,13 @@ async fn unit_op(w: Arc<World>, op: UnitOp) {
     }
 }
 
-async fn apply_unit_op(kv: &InProc, op: &UnitOp) -> Result<(), ClientError> {
+async fn apply_unit_op(kv: &InProc, op: &UnitOp, stack: bool) -> Result<(), ClientError> {
     let key = registry::unit_key(&op.unit);
     match &op.action {
         UnitAction::Submit { xfleet, desired } => {
-            let mut options: Vec<UnitOption> = crate::scenario::unit_options(&op.unit)
+            let mut options: Vec<UnitOption> = crate::scenario::unit_options(&op.unit, stack)
                 .iter()
-                .filter(|(sec, ..)| sec == "Service")
+                .filter(|(sec, ..)| sec != "X-Fleet")
                 .map(|(sec, k, v)| UnitOption::new(sec, k, v))
                 .collect();
             options.extend(
@@ -555,11 +570,11 @@ async fn apply_unit_op(kv: &InProc, op: &UnitOp) -> Result<(), ClientError> {
     }
 }
 
-/// After healing: within [`LIVENESS_BOUND`], the leader's next pass would decide nothing
+/// After healing: within `bound`, the leader's next pass would decide nothing
 /// (every placeable unit is placed, none on a dead machine), and every launched unit runs
 /// exactly where the schedule says.
-async fn sched_liveness(w: &Arc<World>) {
-    let deadline = elapsed() + LIVENESS_BOUND;
+async fn sched_liveness(w: &Arc<World>, bound: Duration) {
+    let deadline = elapsed() + bound;
     let mut last = String::new();
     while elapsed() <= deadline {
         let leader = w
@@ -609,7 +624,7 @@ async fn sched_liveness(w: &Arc<World>) {
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
     w.violation(format!(
-        "scheduler liveness: the schedule did not converge within {LIVENESS_BOUND:?} after healing; still to do: {last}"
+        "scheduler liveness: the schedule did not converge within {bound:?} after healing; still to do: {last}"
     ));
 }
 
@@ -636,8 +651,12 @@ fn misplaced(
     schedule: &flotilla::sched::place::Schedule,
 ) -> Option<String> {
     let by_machine = running(w);
+    let launched = |u: &str| units.get(u).is_some_and(|x| x.desired == Desired::Launched);
     for (u, on) in schedule {
-        let launched = units.get(u).is_some_and(|x| x.desired == Desired::Launched);
+        // A stack sidekick is bound to its app (`BindsTo`): it runs only while the app
+        // is launched too, as systemd and fleet would leave it.
+        let bound = w.s.stack.then(|| u.strip_prefix("side@")).flatten();
+        let launched = launched(u) && bound.is_none_or(|i| launched(&format!("app@{i}")));
         for m in on.keys() {
             let Some(i) = m.strip_prefix('m').and_then(|i| i.parse::<usize>().ok()) else {
                 continue;
@@ -656,8 +675,7 @@ fn misplaced(
             let scheduled_here = schedule
                 .get(u)
                 .is_some_and(|on| on.contains_key(&format!("m{i}")));
-            let launched = units.get(u).is_some_and(|x| x.desired == Desired::Launched);
-            if !(scheduled_here && launched) {
+            if !(scheduled_here && launched(u)) {
                 return Some(format!("{u} runs on m{i}, where it is not scheduled to"));
             }
         }
@@ -1034,7 +1052,7 @@ async fn simulate(s: Scenario) -> Report {
                 }),
                 procs: SimProcesses::new(),
                 files: files.clone(),
-                render: s.render.then(|| WatchedFiles::new(files)),
+                render: s.render.then(|| WatchedFiles::new(files, s.stack)),
                 paused: Mutex::new(0),
                 agent: Mutex::new(None),
             })
@@ -1075,6 +1093,9 @@ async fn simulate(s: Scenario) -> Report {
     for op in s.sched.iter().flat_map(|l| l.ops.clone()) {
         helpers.spawn(unit_op(w.clone(), op));
     }
+    if s.stack {
+        helpers.spawn(stack::presence_keeper(w.clone()));
+    }
     for ev in s.schedule.clone() {
         let w2 = w.clone();
         helpers.spawn(async move {
@@ -1090,13 +1111,18 @@ async fn simulate(s: Scenario) -> Report {
     madsim::time::sleep(Duration::from_millis(s.heal_ms)).await;
     liveness(&w).await;
     if w.s.sched.is_some() {
-        sched_liveness(&w).await;
+        sched_liveness(&w, LIVENESS_BOUND).await;
         sample_schedules(&w);
     }
     final_reads(&w).await;
-    if w.s.render {
+    if w.s.stack {
+        if stack::converged(&w).await {
+            stack::leader_change_probe(&w).await;
+        }
+    } else if w.s.render {
         render_convergence(&w).await;
     }
+    drain_render_logs(&w);
     sample_digests(&w);
     check(&w);
     let trace = w.trace.lock().expect("trace lock").clone();
@@ -1141,6 +1167,12 @@ async fn heal(w: &Arc<World>) {
         dup_permille: 0,
     });
     for i in 0..w.s.nodes {
+        // The stack's presence keys are TTLs stamped by the member that took the write and
+        // expired on the leader's clock (as etcd v2 does): they only mean something while
+        // clocks agree within the TTL, so the heal steps every clock back into agreement.
+        if w.s.stack {
+            w.slots[i].clock.skew_ms.store(0, Ordering::Relaxed);
+        }
         w.rt.resume(w.node_id(i));
         w.slots[i].engine.set_faults(EngineFaults::default());
         w.slots[i].engine.set_daemon(true);
@@ -1152,8 +1184,7 @@ async fn heal(w: &Arc<World>) {
 
 /// After the heal: values the check refuses are replaced (through a client, so the
 /// history has them), then within [`LIVENESS_BOUND`] every live node's destination must
-/// be the template over the final KV state; and what each renderer did must have been
-/// right all along (whole, checked writes; reloads only after changed writes).
+/// be the template over the final KV state.
 async fn render_convergence(w: &Arc<World>) {
     let fixer = CLIENT_BASE + 997;
     for (key, value) in store_keys(w) {
@@ -1192,6 +1223,10 @@ async fn render_convergence(w: &Arc<World>) {
         }
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What each renderer did wrong along the way, and how much it did.
+fn drain_render_logs(w: &World) {
     for (i, slot) in w.slots.iter().enumerate() {
         let Some(files) = &slot.render else { continue };
         let log = std::mem::take(&mut *files.log.lock().expect("render log"));

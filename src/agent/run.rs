@@ -477,7 +477,7 @@ impl Agent {
             return;
         };
         let mut files = BTreeMap::new();
-        for (path, _) in env_files(&rec.record.options) {
+        for (path, _) in env_files(name, &rec.record.options, &self.cfg.host) {
             let text = self.seams.files.read(&path).await.ok().flatten();
             files.insert(path, text.map(|t| String::from_utf8_lossy(&t).into_owned()));
         }

@@ -38,13 +38,15 @@ pub struct Prepared {
     pub env: BTreeMap<String, String>,
 }
 
-/// `EnvironmentFile=` paths, and whether each may be missing (`-` prefix).
-pub fn env_files(options: &[UnitOption]) -> Vec<(String, bool)> {
+/// `EnvironmentFile=` paths of `unit`, specifiers expanded (as systemd does: a machine's
+/// own file can be `/etc/env.%m`), and whether each may be missing (`-` prefix).
+pub fn env_files(unit: &str, options: &[UnitOption], host: &Host) -> Vec<(String, bool)> {
+    let name = NameInfo::new(unit);
     values(options, "Service", "EnvironmentFile")
         .into_iter()
         .map(|v| match v.strip_prefix('-') {
-            Some(p) => (p.trim().to_string(), true),
-            None => (v.trim().to_string(), false),
+            Some(p) => (expand_exec(p.trim(), &name, host), true),
+            None => (expand_exec(v.trim(), &name, host), false),
         })
         .collect()
 }
@@ -98,7 +100,7 @@ pub fn prepare(
     let name = NameInfo::new(unit);
     let expand = |v: &str| expand_exec(v, &name, host);
     let mut env = BTreeMap::new();
-    for (path, optional) in env_files(options) {
+    for (path, optional) in env_files(unit, options, host) {
         match files.get(&path).cloned().flatten() {
             Some(text) => env.extend(parse_env_file(&text)),
             None if optional => {}
@@ -223,8 +225,13 @@ MachineOf=nginx-1.0.0-secure@%i.service
     fn the_seed_presence_sidekick() {
         let opts = parse(PRESENCE).unwrap();
         assert_eq!(
-            env_files(&opts),
+            env_files("nginx-presence@7.service", &opts, &host()),
             vec![("/etc/environment".to_string(), false)]
+        );
+        let per_machine = parse("[Service]\nEnvironmentFile=-/run/env.%m.%i\n").unwrap();
+        assert_eq!(
+            env_files("a@3.service", &per_machine, &host()),
+            vec![("/run/env.m.3".to_string(), true)]
         );
         let files = [(
             "/etc/environment".to_string(),

@@ -110,6 +110,7 @@ impl ConfdArgs {
             sync_only: self.sync_only,
             keep_stage_file: self.keep_stage_file,
             cmd_timeout_ms: parse_duration_ms("--cmd-timeout", &self.cmd_timeout)?.max(1),
+            bug_skip_sync: false,
         };
         cfg.debounce_ms = self.debounce_ms.min(60_000);
         cfg.min_reload_interval_ms =

@@ -33,6 +33,8 @@ pub struct WriteOpts {
     pub keep_stage_file: bool,
     /// How long `check_cmd` or `reload_cmd` may run before it is killed.
     pub cmd_timeout_ms: u64,
+    /// Planted bug (test-only): rename the stage file into place without syncing it.
+    pub bug_skip_sync: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +68,7 @@ impl WriteError {
         matches!(
             self,
             WriteError::Io {
-                op: "sync and rename",
+                op: "sync" | "rename" | "sync the directory of",
                 ..
             }
         )
@@ -77,6 +79,15 @@ impl WriteError {
 pub fn stage_path(dest: &str) -> String {
     let (dir, name) = dest.rsplit_once('/').unwrap_or((".", dest));
     format!("{dir}/.{name}.flotilla-stage")
+}
+
+/// The directory holding `path` (`.` for a bare name, `/` for a file at the root).
+fn parent_dir(path: &str) -> &str {
+    match path.rsplit_once('/') {
+        Some(("", _)) => "/",
+        Some((dir, _)) => dir,
+        None => ".",
+    }
 }
 
 /// The mode and owner the destination should have.
@@ -130,10 +141,17 @@ pub async fn write(
             });
         }
     }
+    if !opts.bug_skip_sync {
+        s.files.sync(&stage).await.map_err(|e| io(r, "sync", e))?;
+    }
     s.files
-        .commit(&stage, &r.dest)
+        .rename(&stage, &r.dest)
         .await
-        .map_err(|e| io(r, "sync and rename", e))?;
+        .map_err(|e| io(r, "rename", e))?;
+    s.files
+        .sync_dir(parent_dir(&r.dest))
+        .await
+        .map_err(|e| io(r, "sync the directory of", e))?;
     let Some(reload) = r.reload_cmd.as_ref().filter(|_| !opts.sync_only) else {
         return Ok(Written::Changed { reloaded: false });
     };

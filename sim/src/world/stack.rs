@@ -1,0 +1,255 @@
+//! The whole stack in one world: the sidekicks' presence containers keep their TTL keys
+//! (as the seed's `jpweb/nginx-presence` does over HTTP to its machine's member), and the
+//! checks that tie the layers together after the heal:
+//!
+//! - every running sidekick's key exists and names its machine, and no other key does;
+//! - every live node's rendered upstream lists exactly those instances;
+//! - the leader's machine dies: its instances' keys are gone within their TTL (plus an
+//!   election), the schedule and the upstream converge again, and nothing that was
+//!   correctly placed and running on another machine was restarted.
+
+use super::*;
+use crate::engine::Presence;
+use crate::scenario::PRESENCE_TTL_S;
+
+/// How often a presence container writes its key (the real image: every 45 s for a 60 s
+/// TTL; here 1 s for 3 s).
+const PRESENCE_PERIOD: Duration = Duration::from_millis(1_000);
+/// The directory the presence keys live in (made once at the start, as an operator would,
+/// so the renderer has something to render before the first instance announces itself).
+const APP_DIR: &str = "/services/app";
+/// A dead machine's keys must be gone within their TTL plus this (a new leader to expire
+/// them, an expiry pass).
+const EXPIRY_SLACK: Duration = Duration::from_secs(5);
+
+/// Every live machine's presence containers write their keys, each write on its own task
+/// (a member that does not answer delays only its own containers).
+pub(super) async fn presence_keeper(w: Arc<World>) {
+    make_app_dir(&w).await;
+    loop {
+        madsim::time::sleep(PRESENCE_PERIOD).await;
+        for i in 0..w.s.nodes {
+            let slot = &w.slots[i];
+            if slot.life() != Life::Up {
+                continue;
+            }
+            let Some(h) = slot.handle() else { continue };
+            for p in slot.engine.presences() {
+                let kv = InProc::new(h.clone(), Arc::new(slot.clock.clone()));
+                let ttl_s = if w.s.bug_presence_no_ttl {
+                    None
+                } else {
+                    p.ttl_s
+                };
+                let w2 = w.clone();
+                madsim::task::spawn(async move {
+                    let opts = SetOpts {
+                        ttl_s,
+                        ..Default::default()
+                    };
+                    if let Err(e) = kv.set(&p.key, &p.value, opts).await {
+                        w2.trace(format!("presence {} on n{i}: {e}", p.key));
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn make_app_dir(w: &Arc<World>) {
+    for attempt in 0..200 {
+        let slot = &w.slots[attempt % w.s.nodes];
+        if let Some(h) = slot.handle() {
+            let kv = InProc::new(h, Arc::new(slot.clock.clone()));
+            let opts = SetOpts {
+                dir: true,
+                ..Default::default()
+            };
+            match kv.set(APP_DIR, "", opts).await {
+                Err(ClientError::Unavailable(_)) => {}
+                r => {
+                    w.trace(format!("mkdir {APP_DIR}: {r:?}"));
+                    return;
+                }
+            }
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the running presence containers of live machines announce, by key.
+fn announced(w: &World) -> BTreeMap<String, (usize, Presence)> {
+    let mut out = BTreeMap::new();
+    for i in running(w).keys() {
+        for p in w.slots[*i].engine.presences() {
+            out.insert(p.key.clone(), (*i, p));
+        }
+    }
+    out
+}
+
+/// The presence keys in the leader's store (`None` while there is no leader).
+fn app_keys(w: &World) -> Option<BTreeMap<String, String>> {
+    let h = w
+        .slots
+        .iter()
+        .filter_map(|s| s.handle())
+        .find(|h| h.shared.status().is_leader)?;
+    let m = h.shared.machine();
+    let dir = m.store.get(APP_DIR, false).ok().and_then(|e| e.node.nodes);
+    let keys = dir
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| !n.dir)
+        .map(|n| (n.key, n.value.unwrap_or_default()))
+        .collect();
+    Some(keys)
+}
+
+/// A sidekick runs only beside its running app (`BindsTo` and `MachineOf`).
+fn unbound_sidekick(w: &World) -> Option<String> {
+    for (i, units) in running(w) {
+        for u in units.iter().filter(|u| u.starts_with("side@")) {
+            let app = u.replacen("side@", "app@", 1);
+            if !units.contains(&app) {
+                return Some(format!("{u} runs on m{i} without {app}"));
+            }
+        }
+    }
+    None
+}
+
+/// Within the liveness bound: the keys are exactly what the live sidekicks announce, and
+/// every live node's upstream lists exactly them. False (with a violation) if not.
+pub(super) async fn converged(w: &Arc<World>) -> bool {
+    let deadline = elapsed() + LIVENESS_BOUND;
+    loop {
+        let said = announced(w);
+        let keys = app_keys(w).unwrap_or_default();
+        let want = crate::render::stack_expected(&keys.values().cloned().collect::<Vec<_>>());
+        let mut wrong = vec![];
+        for (k, (i, p)) in &said {
+            // The agent expanded `%m` to the sidekick's own machine.
+            if p.value != format!("m{i}:80") {
+                wrong.push(format!("{} on m{i} announces {:?}", p.unit, p.value));
+            }
+            if keys.get(k) != Some(&p.value) {
+                wrong.push(format!(
+                    "{} runs on m{i} but {k} is {:?}",
+                    p.unit,
+                    keys.get(k)
+                ));
+            }
+        }
+        for (k, v) in &keys {
+            if !said.contains_key(k) {
+                wrong.push(format!(
+                    "{k}={v} is in the store but no sidekick announces it"
+                ));
+            }
+        }
+        for i in (0..w.s.nodes).filter(|i| w.slots[*i].life() == Life::Up) {
+            let got = w.slots[i].render.as_ref().and_then(|f| f.dest());
+            if got.as_deref() != Some(want.as_str()) {
+                wrong.push(format!("n{i}'s upstream is {got:?}, not {want:?}"));
+            }
+        }
+        wrong.extend(unbound_sidekick(w));
+        if wrong.is_empty() {
+            w.trace(format!(
+                "stack converged: {} instances announced",
+                keys.len()
+            ));
+            return true;
+        }
+        if elapsed() > deadline {
+            w.violation(format!(
+                "stack convergence: not within {LIVENESS_BOUND:?} after healing: {}",
+                wrong.join("; ")
+            ));
+            return false;
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Kills the leader's machine once everything has converged. Its instances' keys must go
+/// within their TTL, the rest must converge again, and no container on another machine
+/// may have been restarted by the change of leader.
+pub(super) async fn leader_change_probe(w: &Arc<World>) {
+    let Some(leader) = (0..w.s.nodes).find(|i| {
+        w.slots[*i]
+            .handle()
+            .is_some_and(|h| h.shared.status().is_leader)
+    }) else {
+        return w.violation("stack probe: no leader after convergence".into());
+    };
+    // A member that refused its corrupt disk stays down: the probe needs a majority
+    // without the leader.
+    let up = (0..w.s.nodes)
+        .filter(|i| w.slots[*i].life() == Life::Up)
+        .count();
+    if up - 1 <= w.s.nodes / 2 {
+        return w.trace(format!("stack probe skipped: {up} members up"));
+    }
+    let before: BTreeMap<usize, BTreeMap<String, String>> = running(w)
+        .keys()
+        .filter(|i| **i != leader)
+        .map(|i| (*i, w.slots[*i].engine.running_ids()))
+        .collect();
+    let gone: Vec<String> = announced(w)
+        .into_iter()
+        .filter(|(_, (i, _))| *i == leader)
+        .map(|(k, _)| k)
+        .collect();
+    w.trace(format!("stack probe: killing leader n{leader}"));
+    w.count("stack-probe");
+    w.crash(leader, 1000);
+    w.machine_down(leader);
+    let killed = elapsed();
+    // Expiry runs on the leader's wall clock: clocks that disagree stretch a TTL.
+    let skew_ms = w
+        .slots
+        .iter()
+        .map(|s| s.clock.skew_ms.load(Ordering::Relaxed).unsigned_abs())
+        .max()
+        .unwrap_or(0);
+    let bound =
+        Duration::from_secs(PRESENCE_TTL_S) + EXPIRY_SLACK + Duration::from_millis(2 * skew_ms);
+    loop {
+        let left: Vec<&String> = match app_keys(w) {
+            Some(keys) => gone.iter().filter(|k| keys.contains_key(*k)).collect(),
+            None => gone.iter().collect(),
+        };
+        if left.is_empty() {
+            w.trace(format!(
+                "stack probe: the dead machine's keys went in {:?}",
+                elapsed() - killed
+            ));
+            break;
+        }
+        if elapsed() - killed > bound {
+            w.violation(format!(
+                "presence keys {left:?} outlived their machine n{leader} by more than {bound:?} (TTL {PRESENCE_TTL_S} s)"
+            ));
+            break;
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The dead machine's units move once its key expires.
+    let ttl = Duration::from_secs(w.s.sched.as_ref().map_or(0, |l| l.agent_ttl_s));
+    sched_liveness(w, LIVENESS_BOUND + ttl).await;
+    converged(w).await;
+    for (i, ids) in before {
+        let now = w.slots[i].engine.running_ids();
+        for (u, id) in ids {
+            if now.get(&u) != Some(&id) {
+                w.violation(format!(
+                    "the leader change restarted {u} on m{i} (container {id}, now {:?}); its agent says: {}",
+                    now.get(&u),
+                    agent_says(w, i, &u)
+                ));
+            }
+        }
+    }
+}
