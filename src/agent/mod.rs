@@ -1,7 +1,7 @@
 //! The agent: what runs on every machine.
 //!
 //! # Layout
-//! - [`presence`]: the machine's TTL key — announced at start, refreshed at half the TTL,
+//! - [`presence`]: the machine's TTL key — announced at start, refreshed every third of the TTL,
 //!   and the lease the agent fences its units by (it knows when it last renewed).
 //! - [`exec`]: Exec lines interpreted — systemd's splitting and expansion, then `docker`
 //!   and `etcdctl` commands as operations (pure).

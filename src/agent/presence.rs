@@ -3,8 +3,15 @@
 //! The key is written whole once (id, IP, metadata), then kept alive with TTL refreshes,
 //! which wake no watcher — a thousand machines heartbeating do not wake the engine. If a
 //! refresh finds the key gone (it expired while this machine was cut off), the machine
-//! announces itself afresh. Attempts are bounded in time (a third of the TTL) and retried
-//! every twelfth of it, as fleet does.
+//! announces itself afresh.
+//!
+//! Cadence: the agent fences its units once two thirds of the TTL pass without a renewal,
+//! so renewals must get through within that. fleet renews at half the TTL, which leaves a
+//! sixth of it — less than an election takes with a short TTL, so a change of leader
+//! stopped every unit in the cluster (the whole-stack demo showed it). Renewals here come
+//! every third of the TTL, each attempt is cut off after a sixth of it (a request stuck
+//! on a dead leader must not use up the margin) and a failed one is retried after a
+//! thirtieth: a third of the TTL is left for an election.
 
 use crate::client::{ClientError, KvClient, SetOpts};
 use crate::kv::Precondition;
@@ -64,13 +71,13 @@ pub async fn run(
         let result = tokio::select! {
             biased;
             r = attempt => r,
-            _ = clock.sleep(ttl / 3) => Err(ClientError::Unavailable("timed out".into())),
+            _ = clock.sleep(ttl / 6) => Err(ClientError::Unavailable("timed out".into())),
         };
         let wait = match result {
             Ok(()) => {
                 announced = true;
                 renewed.send_replace(Some(started));
-                ttl / 2
+                ttl / 3
             }
             Err(ClientError::Store(e)) if e.code == crate::kv::error::KEY_NOT_FOUND => {
                 tracing::warn!(machine = %cfg.id, "machine key expired; announcing again");
@@ -79,10 +86,10 @@ pub async fn run(
             }
             Err(e) => {
                 tracing::debug!(machine = %cfg.id, error = %e, "machine heartbeat failed");
-                ttl / 12
+                ttl / 30
             }
         };
-        clock.sleep(wait.max(Duration::from_millis(10))).await;
+        clock.sleep(wait.max(Duration::from_millis(50))).await;
     }
 }
 
