@@ -509,10 +509,10 @@ impl Scenario {
         s.render = true;
         s.stack = true;
         if let Some(load) = s.sched.as_mut() {
-            // An agent renews at half the TTL and fences at two thirds, so a change of
-            // leader (an election: 1-2 s) must fit in a sixth of it, as it does in fleet's
-            // 30 s: no machine may lose its lease to one.
-            load.agent_ttl_s = 18;
+            // An agent renews every third of the TTL and fences at two thirds, so a
+            // change of leader (an election: 1-2 s) must fit in a third of it: no machine
+            // may lose its lease to one.
+            load.agent_ttl_s = 8;
             let paired: Vec<UnitOp> = load
                 .ops
                 .iter()
