@@ -510,9 +510,9 @@ impl Scenario {
         s.stack = true;
         if let Some(load) = s.sched.as_mut() {
             // An agent renews every third of the TTL and fences at two thirds, so a
-            // change of leader (an election: 1-2 s) must fit in a third of it: no machine
+            // change of leader (an election: 1-3 s) must fit in a third of it: no machine
             // may lose its lease to one.
-            load.agent_ttl_s = 8;
+            load.agent_ttl_s = 12;
             let paired: Vec<UnitOp> = load
                 .ops
                 .iter()

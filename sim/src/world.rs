@@ -118,6 +118,8 @@ struct World {
     faults: Mutex<BTreeMap<String, u64>>,
     /// applied index → (digest, node) first seen there.
     digests: Mutex<BTreeMap<u64, (u64, usize)>>,
+    /// Set by the heal: faults still running stop there.
+    healed: std::sync::atomic::AtomicBool,
 }
 
 /// Runs `s` on a fresh OS thread (so thread-locals such as rand's `ThreadRng` start from
@@ -408,6 +410,10 @@ async fn inject(w: Arc<World>, ev: Event) {
             times,
         } => {
             for _ in 0..times {
+                // A flap still going when the heal comes must not cut the link again.
+                if w.healed.load(Ordering::Relaxed) {
+                    break;
+                }
                 w.cut_both(a, b, true);
                 madsim::time::sleep(Duration::from_millis(period_ms)).await;
                 w.cut_both(a, b, false);
@@ -639,7 +645,7 @@ fn agent_says(w: &World, i: usize, unit: &str) -> String {
     match r {
         None => "(not loaded)".into(),
         Some(r) => {
-            let tail: Vec<&String> = r.journal.iter().rev().take(6).collect();
+            let tail: Vec<&String> = r.journal.iter().rev().take(12).collect();
             format!("{}/{}; {tail:?}", r.reported.active, r.reported.sub)
         }
     }
@@ -1098,6 +1104,7 @@ async fn simulate(s: Scenario) -> Report {
         violations: Mutex::new(vec![]),
         faults: Mutex::new(BTreeMap::new()),
         digests: Mutex::new(BTreeMap::new()),
+        healed: Default::default(),
     });
     // Building a node starts it (madsim runs its init at once).
     for i in 0..s.nodes {
@@ -1188,6 +1195,7 @@ async fn simulate(s: Scenario) -> Report {
 /// nodes restarted (a node that refused a corrupt disk stays down).
 async fn heal(w: &Arc<World>) {
     w.trace("heal".into());
+    w.healed.store(true, Ordering::Relaxed);
     w.fabric.heal();
     w.fabric.set_net(Net {
         latency_min_ms: 1,
