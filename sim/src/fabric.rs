@@ -25,6 +25,8 @@ struct State {
     inboxes: BTreeMap<u64, mpsc::Sender<Bytes>>,
     /// Cut links (from, to), each with a count of faults holding it cut.
     cut: BTreeMap<(u64, u64), u32>,
+    /// Slow machines: extra milliseconds on every message to or from the endpoint.
+    slow: BTreeMap<u64, u64>,
     net: Net,
     stats: Stats,
 }
@@ -41,6 +43,7 @@ impl Fabric {
             st: Mutex::new(State {
                 inboxes: BTreeMap::new(),
                 cut: BTreeMap::new(),
+                slow: BTreeMap::new(),
                 net,
                 stats: Stats::default(),
             }),
@@ -87,7 +90,19 @@ impl Fabric {
     }
 
     pub fn heal(&self) {
-        self.lock().cut.clear();
+        let mut st = self.lock();
+        st.cut.clear();
+        st.slow.clear();
+    }
+
+    /// Makes every message to or from `endpoint` take `extra_ms` longer (0: normal again).
+    pub fn set_slow(&self, endpoint: u64, extra_ms: u64) {
+        let mut st = self.lock();
+        if extra_ms == 0 {
+            st.slow.remove(&endpoint);
+        } else {
+            st.slow.insert(endpoint, extra_ms);
+        }
     }
 
     pub fn is_cut(&self, from: u64, to: u64) -> bool {
@@ -108,7 +123,9 @@ impl Fabric {
             st.stats.dropped += 1;
             return None;
         }
-        let ms = rng.gen_range(st.net.latency_min_ms..=st.net.latency_max_ms);
+        let slow = |e: u64| st.slow.get(&e).copied().unwrap_or(0);
+        let ms =
+            rng.gen_range(st.net.latency_min_ms..=st.net.latency_max_ms) + slow(from) + slow(to);
         Some(Duration::from_micros(ms * 1000 + rng.gen_range(0..1000)))
     }
 

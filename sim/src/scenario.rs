@@ -40,6 +40,10 @@ pub enum Fault {
     ContainerDeath { node: usize, pick: u64, oom: bool },
     /// The node's container engine restarts: every container exits; back after `ms`.
     EngineRestart { node: usize, ms: u64 },
+    /// Whichever node leads when this fires crashes (as [`Fault::Crash`]).
+    LeaderKill { keep_permille: u32, down_ms: u64 },
+    /// A slow machine: every message to or from the node takes `extra_ms` longer, for `ms`.
+    Slow { node: usize, extra_ms: u64, ms: u64 },
 }
 
 impl Fault {
@@ -56,6 +60,8 @@ impl Fault {
             Fault::ClientCut { .. } => "client_cut",
             Fault::ContainerDeath { .. } => "container_death",
             Fault::EngineRestart { .. } => "engine_restart",
+            Fault::LeaderKill { .. } => "leader_kill",
+            Fault::Slow { .. } => "slow",
         }
     }
 }
@@ -365,6 +371,39 @@ pub fn unit_options(unit: &str, stack: bool) -> Vec<(String, String, String)> {
     o
 }
 
+/// The stack's own faults on top of the others: leader kills and slow machines (each kind
+/// on or off per seed, as the swarm draws the rest).
+fn stack_faults(rng: &mut impl Rng, nodes: usize, fault_phase_ms: u64) -> Vec<Event> {
+    let mut out = vec![];
+    let at = |rng: &mut dyn rand::RngCore| 1_000 + rng.next_u64() % (fault_phase_ms - 3_000);
+    if rng.gen_bool(0.6) {
+        for _ in 0..rng.gen_range(1..=3) {
+            let fault = Fault::LeaderKill {
+                keep_permille: rng.gen_range(0..=1000),
+                down_ms: rng.gen_range(100..4_000),
+            };
+            out.push(Event {
+                at_ms: at(rng),
+                fault,
+            });
+        }
+    }
+    if rng.gen_bool(0.6) {
+        for _ in 0..rng.gen_range(1..=3) {
+            let fault = Fault::Slow {
+                node: rng.gen_range(0..nodes),
+                extra_ms: rng.gen_range(20..300),
+                ms: rng.gen_range(500..5_000),
+            };
+            out.push(Event {
+                at_ms: at(rng),
+                fault,
+            });
+        }
+    }
+    out
+}
+
 /// Which fault kinds a campaign may draw from.
 pub const ALL_FAULTS: &[&str] = &[
     "crash",
@@ -508,6 +547,10 @@ impl Scenario {
         let mut s = Self::generate_sched(seed, nodes, allowed);
         s.render = true;
         s.stack = true;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x57ac_c0de);
+        s.schedule
+            .extend(stack_faults(&mut rng, nodes, s.fault_phase_ms));
+        s.schedule.sort_by_key(|e| e.at_ms);
         if let Some(load) = s.sched.as_mut() {
             // An agent renews every third of the TTL and fences at two thirds, so a
             // change of leader (an election: 1-3 s) must fit in a third of it: no machine

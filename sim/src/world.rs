@@ -351,6 +351,39 @@ async fn inject(w: Arc<World>, ev: Event) {
     w.count(f.kind());
     w.trace(format!("fault {f:?}"));
     match f {
+        Fault::LeaderKill {
+            keep_permille,
+            down_ms,
+        } => {
+            let leader = (0..w.s.nodes).find(|i| {
+                w.slots[*i]
+                    .handle()
+                    .is_some_and(|h| h.shared.status().is_leader)
+            });
+            if let Some(node) = leader {
+                w.trace(format!("leader kill: n{node}"));
+                let crash = Fault::Crash {
+                    node,
+                    keep_permille,
+                    down_ms,
+                };
+                Box::pin(inject(
+                    w,
+                    Event {
+                        at_ms: 0,
+                        fault: crash,
+                    },
+                ))
+                .await;
+            }
+        }
+        Fault::Slow { node, extra_ms, ms } => {
+            w.fabric.set_slow(node as u64, extra_ms);
+            madsim::time::sleep(Duration::from_millis(ms)).await;
+            if !w.healed.load(Ordering::Relaxed) {
+                w.fabric.set_slow(node as u64, 0);
+            }
+        }
         Fault::Crash {
             node,
             keep_permille,
