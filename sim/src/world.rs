@@ -270,6 +270,15 @@ impl World {
         self.nodes.lock().expect("nodes lock")[i].id()
     }
 
+    /// The largest clock jump in force on any node.
+    fn max_skew_ms(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| s.clock.skew_ms.load(Ordering::Relaxed).unsigned_abs())
+            .max()
+            .unwrap_or(0)
+    }
+
     fn now_ns(&self) -> u64 {
         elapsed().as_nanos() as u64
     }
@@ -823,13 +832,7 @@ fn sample_running(w: &World, doubled: &mut BTreeMap<String, Duration>) {
     }
     let ttl = w.s.sched.as_ref().map_or(2, |l| l.agent_ttl_s);
     // Leases are wall-clock TTLs: clocks that disagree stretch them by the disagreement.
-    let skew_ms = w
-        .slots
-        .iter()
-        .map(|s| s.clock.skew_ms.load(Ordering::Relaxed).unsigned_abs())
-        .max()
-        .unwrap_or(0);
-    let bound = lease_bound(ttl) + Duration::from_millis(2 * skew_ms);
+    let bound = lease_bound(ttl) + Duration::from_millis(2 * w.max_skew_ms());
     let mut still = BTreeMap::new();
     for (u, ms) in where_ {
         if crate::sched_check::requirements(u).global || ms.len() < 2 {

@@ -208,14 +208,9 @@ pub(super) async fn leader_change_probe(w: &Arc<World>) {
     w.machine_down(leader);
     let killed = elapsed();
     // Expiry runs on the leader's wall clock: clocks that disagree stretch a TTL.
-    let skew_ms = w
-        .slots
-        .iter()
-        .map(|s| s.clock.skew_ms.load(Ordering::Relaxed).unsigned_abs())
-        .max()
-        .unwrap_or(0);
-    let bound =
-        Duration::from_secs(PRESENCE_TTL_S) + EXPIRY_SLACK + Duration::from_millis(2 * skew_ms);
+    let bound = Duration::from_secs(PRESENCE_TTL_S)
+        + EXPIRY_SLACK
+        + Duration::from_millis(2 * w.max_skew_ms());
     loop {
         let left: Vec<&String> = match app_keys(w) {
             Some(keys) => gone.iter().filter(|k| keys.contains_key(*k)).collect(),
