@@ -60,12 +60,14 @@ fn too_large_or_bad(e: Box<dyn std::error::Error + Send + Sync>, max: usize) -> 
 /// closes (long-poll watches hold theirs).
 pub const CONNECTIONS_MAX: usize = 16_384;
 
-/// Accepts connections on a Tokio listener forever, at most [`CONNECTIONS_MAX`] at once.
+/// Accepts connections on a Tokio listener forever, at most [`CONNECTIONS_MAX`] at once;
+/// with `tls`, each connection is a TLS one.
 pub async fn accept_tokio(
     listener: tokio::net::TcpListener,
     handler: Handler,
     spawn: Arc<dyn Spawn>,
     body_bytes_max: usize,
+    tls: Option<Arc<crate::tls::Listener>>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     loop {
@@ -76,10 +78,14 @@ pub async fn accept_tokio(
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
                 let h = handler.clone();
+                let tls = tls.clone();
                 spawn.spawn(
                     "http-conn",
                     Box::pin(async move {
-                        serve_conn(stream, h, body_bytes_max).await;
+                        match tls {
+                            None => serve_conn(stream, h, body_bytes_max).await,
+                            Some(tls) => serve_tls(stream, &tls, h, body_bytes_max).await,
+                        }
                         drop(permit);
                     }),
                 );
@@ -89,6 +95,38 @@ pub async fn accept_tokio(
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// One connection to a TLS listener. Plain HTTP gets Go's answer (etcd's): a 400 saying
+/// so; a failed handshake is logged once, naming the peer and why.
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    tls: &crate::tls::Listener,
+    handler: Handler,
+    body_bytes_max: usize,
+) {
+    use tokio::io::AsyncWriteExt;
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
+    if !matches!(peeked, Ok(Ok(1))) {
+        return;
+    }
+    if first[0] != crate::tls::HANDSHAKE_RECORD {
+        tracing::info!(%peer, "plain HTTP on a TLS port: refused");
+        let mut stream = stream;
+        let _ = stream
+            .write_all(b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+            .await;
+        return;
+    }
+    match tls.accept(stream).await {
+        Ok(s) => serve_conn(s, handler, body_bytes_max).await,
+        Err(e) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
     }
 }
 
@@ -111,6 +149,20 @@ pub async fn request(
     request_body(method, url, body, timeout).await
 }
 
+/// An HTTP/1.1 client connection over `stream`, its driver spawned.
+async fn handshake<S>(
+    stream: S,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
 /// [`request`] with any body: `(content type, bytes)`.
 pub async fn request_body(
     method: &str,
@@ -123,15 +175,20 @@ pub async fn request_body(
         .host()
         .ok_or_else(|| format!("{url}: no host"))?
         .to_string();
-    let port = uri.port_u16().unwrap_or(80);
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let fut = async {
         let stream = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| format!("{host}:{port}: {e}"))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
+        let mut send = if https {
+            let tls = crate::tls::connect(&host, stream)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            handshake(tls).await?
+        } else {
+            handshake(stream).await?
+        };
         let mut b = http::Request::builder()
             .method(method)
             .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))

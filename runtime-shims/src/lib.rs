@@ -30,6 +30,7 @@ pub mod net;
 pub mod process;
 pub mod task;
 pub mod tcp;
+pub mod tls;
 pub mod wal_disk;
 pub mod wire;
 

@@ -40,6 +40,28 @@ impl Connect for TokioConnect {
     }
 }
 
+/// Tokio TCP, then TLS with this configuration (the peer's certificate as the client's,
+/// the peers' CA as the roots): `--peer-cert-file` and friends.
+pub struct TlsConnect(pub Arc<rustls::ClientConfig>);
+
+impl Connect for TlsConnect {
+    type Stream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+    fn connect(&self, addr: String) -> BoxFuture<'static, io::Result<Self::Stream>> {
+        let cfg = self.0.clone();
+        Box::pin(async move {
+            let host = addr
+                .rsplit_once(':')
+                .map_or(addr.as_str(), |(h, _)| h)
+                .to_string();
+            let s = tokio::net::TcpStream::connect(&addr).await?;
+            s.set_nodelay(true)?;
+            crate::tls::connect_with(cfg, &host, s)
+                .await
+                .map_err(io::Error::other)
+        })
+    }
+}
+
 struct Peer {
     addr: Arc<Mutex<String>>,
     tx: mpsc::Sender<Bytes>,
@@ -177,19 +199,34 @@ pub async fn serve_inbound<S: AsyncRead + Unpin>(stream: S, inbound: mpsc::Sende
     }
 }
 
-/// Accepts peer connections on a Tokio listener forever.
+/// Accepts peer connections on a Tokio listener forever; with `tls`, only peers that
+/// complete its handshake (with `--peer-client-cert-auth`: show a certificate signed by
+/// the peers' CA) get their frames read.
 pub async fn accept_tokio(
     listener: tokio::net::TcpListener,
     inbound: mpsc::Sender<Bytes>,
     spawn: Arc<dyn Spawn>,
+    tls: Option<Arc<crate::tls::Listener>>,
 ) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, from)) => {
                 let _ = stream.set_nodelay(true);
+                let inbound = inbound.clone();
+                let Some(tls) = tls.clone() else {
+                    spawn.spawn("peer-inbound", Box::pin(serve_inbound(stream, inbound)));
+                    continue;
+                };
                 spawn.spawn(
                     "peer-inbound",
-                    Box::pin(serve_inbound(stream, inbound.clone())),
+                    Box::pin(async move {
+                        match tls.accept(stream).await {
+                            Ok(s) => serve_inbound(s, inbound).await,
+                            Err(e) => {
+                                tracing::warn!(%from, error = %e, "peer TLS handshake refused")
+                            }
+                        }
+                    }),
                 );
             }
             Err(e) => {

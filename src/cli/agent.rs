@@ -34,6 +34,8 @@ pub struct AgentArgs {
     pub request_timeout_ms: u64,
     #[command(flatten)]
     pub machine: MachineArgs,
+    #[command(flatten)]
+    pub tls: super::tls::ClientTlsArgs,
 }
 
 pub fn run(a: AgentArgs) -> Result<()> {
@@ -55,10 +57,11 @@ async fn serve(a: AgentArgs) -> Result<()> {
         bail!("--endpoints: no URL given");
     }
     for e in &endpoints {
-        if !e.starts_with("http://") {
-            bail!("--endpoints: {e:?} must be an http:// URL");
+        if !e.starts_with("http://") && !e.starts_with("https://") {
+            bail!("--endpoints: {e:?} must be an http:// or https:// URL");
         }
     }
+    a.tls.install(&endpoints)?;
     let listen = a
         .listen
         .strip_prefix("http://")
@@ -129,6 +132,7 @@ async fn serve(a: AgentArgs) -> Result<()> {
             agent_handler(handle),
             spawn.clone(),
             64 << 10,
+            None,
         )),
     );
     tracing::info!(machine = %machine.id, listen = %a.listen, "flotilla agent running");

@@ -26,6 +26,8 @@ pub struct ConfdArgs {
     /// Store URLs, comma-separated (joined to any `--node`).
     #[arg(long, env = "FLOTILLA_ENDPOINTS")]
     pub endpoints: Option<String>,
+    #[command(flatten)]
+    pub tls: super::tls::ClientTlsArgs,
     /// Replaces every resource's key prefix.
     #[arg(long)]
     pub prefix: Option<String>,
@@ -85,8 +87,8 @@ impl ConfdArgs {
             eps.push("http://127.0.0.1:2379".into());
         }
         for e in &eps {
-            if !e.starts_with("http://") {
-                bail!("--node {e:?}: must be an http:// URL");
+            if !e.starts_with("http://") && !e.starts_with("https://") {
+                bail!("--node {e:?}: must be an http:// or https:// URL");
             }
         }
         Ok(eps)
@@ -144,6 +146,7 @@ pub fn real_seams(clock: Arc<TokioClock>) -> WriteSeams {
 pub fn run(a: ConfdArgs) -> Result<()> {
     let cfg = a.render_config()?;
     let endpoints = a.endpoints()?;
+    a.tls.install(&endpoints)?;
     if !(1..=600_000).contains(&a.request_timeout_ms) {
         bail!("--request-timeout-ms must be between 1 and 600000");
     }

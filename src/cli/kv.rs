@@ -17,6 +17,8 @@ pub struct KvArgs {
         env = "FLOTILLA_ENDPOINTS"
     )]
     endpoints: String,
+    #[command(flatten)]
+    tls: super::tls::ClientTlsArgs,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "simple")]
     output: Output,
@@ -341,6 +343,7 @@ async fn exec(a: KvArgs) -> Result<()> {
             .collect(),
         timeout: Duration::from_secs(a.timeout_s),
     };
+    a.tls.install(&c.endpoints)?;
     let out = a.output;
     match a.cmd {
         KvCmd::Get { key, quorum } => {

@@ -6,6 +6,7 @@
 //! - [`agent`]: `flotilla agent`, a machine that is not a member (through the client API).
 //! - [`confd`]: `flotilla confd`, a confd work-alike (template resources → config files).
 //! - [`machine`]: the flags that make a node or an agent a machine.
+//! - [`tls`]: TLS flags — etcdctl's for clients, etcd's for a member's listeners.
 //! - [`units`]: `flotilla units …`, a fleetctl work-alike over fleet's API v1
 //!   ([`table`] lays out its columns as fleetctl's tabwriter does).
 
@@ -15,6 +16,7 @@ pub mod kv;
 pub mod machine;
 pub mod node;
 pub mod table;
+pub mod tls;
 pub mod units;
 
 use clap::{Parser, Subcommand};

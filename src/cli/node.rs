@@ -5,7 +5,7 @@ use crate::node::{start, ClusterState, Env, NodeConfig};
 use crate::raft::{peer_addr, RaftConfig};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser};
-use flotilla_shims::tcp::{StreamTransport, TokioConnect, INBOUND_QUEUE_FRAMES_MAX};
+use flotilla_shims::tcp::{StreamTransport, TlsConnect, TokioConnect, INBOUND_QUEUE_FRAMES_MAX};
 use flotilla_shims::wal_disk::WalDisk;
 use flotilla_shims::{SeededRng, Spawn, TokioClock, TokioSpawn};
 use std::path::PathBuf;
@@ -80,6 +80,8 @@ pub struct NodeArgs {
     pub confdir: Option<String>,
     #[command(flatten)]
     pub machine: MachineArgs,
+    #[command(flatten)]
+    pub tls: super::tls::ServerTlsArgs,
 }
 
 impl NodeArgs {
@@ -102,8 +104,8 @@ fn split_urls(s: &str) -> Vec<String> {
 }
 
 fn host_port(flag: &str, url: &str) -> Result<String> {
-    if !url.starts_with("http://") {
-        bail!("{flag}: {url:?} must be an http:// URL");
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        bail!("{flag}: {url:?} must be an http:// or https:// URL");
     }
     match peer_addr(url) {
         Some(a) if a.contains(':') => Ok(a),
@@ -242,12 +244,23 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
         .find(|m| m.name == cfg.name)
         .map(|m| m.id)
         .unwrap_or(0);
-    let net = Arc::new(StreamTransport::new(
-        my_id,
-        TokioConnect,
-        clock.clone(),
-        spawn.clone(),
-    ));
+    let peer_tls = a.tls.peer(&split_urls(&a.listen_peer_urls))?;
+    let client_tls = a.tls.client_listener(&split_urls(&a.listen_client_urls))?;
+    a.tls.install_client()?;
+    let net: Arc<dyn flotilla_shims::PeerNet> = match &peer_tls {
+        Some((_, connect)) => Arc::new(StreamTransport::new(
+            my_id,
+            TlsConnect(connect.clone()),
+            clock.clone(),
+            spawn.clone(),
+        )),
+        None => Arc::new(StreamTransport::new(
+            my_id,
+            TokioConnect,
+            clock.clone(),
+            spawn.clone(),
+        )),
+    };
     let (peer_tx, peer_rx) = mpsc::channel(INBOUND_QUEUE_FRAMES_MAX);
     let peer_listen = host_port("--listen-peer-urls", &a.listen_peer_urls)?;
     let peer_listener = flotilla_shims::tcp::bind(&peer_listen)
@@ -270,6 +283,7 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
             peer_listener,
             peer_tx,
             spawn.clone(),
+            peer_tls.map(|(listener, _)| listener),
         )),
     );
     for l in client_listeners {
@@ -281,6 +295,7 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
                 h,
                 spawn.clone(),
                 a.max_request_bytes + 4096,
+                client_tls.clone(),
             )),
         );
     }

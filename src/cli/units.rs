@@ -27,6 +27,8 @@ pub struct UnitsArgs {
         env = "FLEETCTL_ENDPOINT"
     )]
     endpoint: String,
+    #[command(flatten)]
+    tls: super::tls::ClientTlsArgs,
     /// Seconds to wait for each API request.
     #[arg(
         long,
@@ -265,6 +267,7 @@ async fn exec(a: UnitsArgs) -> Result<()> {
             .collect(),
         timeout: Duration::from_secs_f64(a.request_timeout),
     };
+    a.tls.install(&c.endpoints)?;
     let wait = Wait {
         block: !a.no_block,
         attempts: a.block_attempts,
