@@ -1,0 +1,421 @@
+//! TLS on real processes, with certificates made here (rcgen): a three-member cluster with
+//! peer and client TLS and client-certificate authentication, used by `flotilla kv` and
+//! Debian's `etcdctl`; clients without a certificate, with an expired one or one from
+//! another CA refused; plain HTTP to a TLS port answered with a 400; a member with a
+//! foreign certificate kept out; a certificate rotated without a restart; unusable TLS
+//! flags named at start.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod common;
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A certificate authority whose certificate is written to `dir/<name>-ca.pem`.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    path: PathBuf,
+}
+
+fn make_ca(dir: &Path, name: &str) -> Ca {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(DnType::CommonName, format!("{name} CA"));
+    let key = KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    let path = dir.join(format!("{name}-ca.pem"));
+    std::fs::write(&path, cert.pem()).unwrap();
+    Ca { cert, key, path }
+}
+
+/// A certificate for 127.0.0.1 signed by `ca`, written as `dir/<name>.pem` (and `.der`)
+/// and `dir/<name>-key.pem`; `expired` makes one that ran out in 2021.
+fn leaf(dir: &Path, ca: &Ca, name: &str, expired: bool) -> (PathBuf, PathBuf) {
+    let mut p = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, name);
+    if expired {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}.der")), cert.der()).unwrap();
+    (c, k)
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Members on https URLs; each member's flags come from `tls_of(i)`.
+fn tls_cluster(dir: &Path, n: usize, tls_of: impl Fn(usize) -> Vec<String>) -> Vec<NodeProc> {
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    let cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("n{i}=https://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, (c, p))| {
+            let mut extra = vec!["--no-agent".to_string()];
+            extra.extend(tls_of(i));
+            NodeProc {
+                name: format!("n{i}"),
+                client_url: format!("https://127.0.0.1:{c}"),
+                peer_url: format!("https://127.0.0.1:{p}"),
+                data_dir: dir.join(format!("n{i}")),
+                log_path: dir.join(format!("n{i}.log")),
+                extra,
+                cluster: cluster.clone(),
+                child: None,
+            }
+        })
+        .collect()
+}
+
+/// The full set of a member's TLS flags: its certificate for both listeners, clients and
+/// peers required to show one signed by `ca`.
+fn member_flags(ca: &Path, cert: &Path, key: &Path) -> Vec<String> {
+    [
+        ("--cert-file", cert),
+        ("--key-file", key),
+        ("--trusted-ca-file", ca),
+        ("--peer-cert-file", cert),
+        ("--peer-key-file", key),
+        ("--peer-trusted-ca-file", ca),
+    ]
+    .iter()
+    .map(|(f, p)| format!("{f}={}", s(p)))
+    .chain([
+        "--client-cert-auth".into(),
+        "--peer-client-cert-auth".into(),
+    ])
+    .collect()
+}
+
+/// `flotilla kv` with the given TLS flags: (success, stdout, stderr).
+fn kv(endpoint: &str, tls: &[String], args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .arg("kv")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(tls)
+        .args(args)
+        .output()
+        .expect("run flotilla kv");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn etcdctl(endpoint: &str, tls: &[String], args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "2")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(tls)
+        .args(args)
+        .output()
+        .expect("etcdctl must be installed (scripts/test-all installs etcd-client)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn client_flags(ca: &Path, cert: Option<&(PathBuf, PathBuf)>) -> Vec<String> {
+    let mut f = vec![format!("--ca-file={}", s(ca))];
+    if let Some((c, k)) = cert {
+        f.push(format!("--cert-file={}", s(c)));
+        f.push(format!("--key-file={}", s(k)));
+    }
+    f
+}
+
+fn eventually(
+    what: &str,
+    within: Duration,
+    mut ok: impl FnMut() -> bool,
+    log: impl Fn() -> String,
+) {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{what}: not within {within:?}\n{}", log());
+}
+
+fn logs(nodes: &[NodeProc]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("--- {}:\n{}", n.name, n.log()))
+        .collect()
+}
+
+#[test]
+fn three_members_over_tls_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = make_ca(d, "cluster");
+    let members: Vec<_> = (0..3)
+        .map(|i| leaf(d, &ca, &format!("n{i}"), false))
+        .collect();
+    let mut nodes = tls_cluster(d, 3, |i| {
+        member_flags(&ca.path, &members[i].0, &members[i].1)
+    });
+    for n in &mut nodes {
+        n.start();
+    }
+    let client = leaf(d, &ca, "client", false);
+    let good = client_flags(&ca.path, Some(&client));
+    let (ep0, ep2) = (nodes[0].client_url.clone(), nodes[2].client_url.clone());
+    eventually(
+        "a write over TLS",
+        Duration::from_secs(30),
+        || kv(&ep0, &good, &["set", "/tls/a", "one"]).0,
+        || logs(&nodes),
+    );
+    // Replicated over the peers' TLS: member 2 serves it from its own replica.
+    eventually(
+        "the write on member 2",
+        Duration::from_secs(10),
+        || kv(&ep2, &good, &["get", "/tls/a"]).1 == "one",
+        || logs(&nodes),
+    );
+
+    // Debian's etcdctl (v2) with etcdctl's flag names.
+    let etcd_flags: Vec<String> = vec![
+        format!("--ca-file={}", s(&ca.path)),
+        format!("--cert-file={}", s(&client.0)),
+        format!("--key-file={}", s(&client.1)),
+    ];
+    let (ok, _, err) = etcdctl(&ep2, &etcd_flags, &["set", "/tls/b", "two"]);
+    assert!(ok, "etcdctl set over TLS: {err}");
+    let (ok, out, err) = etcdctl(&ep0, &etcd_flags, &["get", "/tls/b"]);
+    assert!(ok && out == "two", "etcdctl get over TLS: {out} {err}");
+
+    // No client certificate, an expired one, one from another CA: refused in the handshake.
+    let (ok, _, err) = etcdctl(&ep0, &etcd_flags[..1], &["get", "/tls/a"]);
+    assert!(!ok, "etcdctl without a certificate got in: {err}");
+    let (ok, _, err) = kv(&ep0, &client_flags(&ca.path, None), &["get", "/tls/a"]);
+    assert!(!ok, "flotilla kv without a certificate got in: {err}");
+    let expired = leaf(d, &ca, "expired", true);
+    let (ok, _, err) = kv(
+        &ep0,
+        &client_flags(&ca.path, Some(&expired)),
+        &["get", "/tls/a"],
+    );
+    assert!(!ok, "an expired certificate got in: {err}");
+    let other = make_ca(d, "other");
+    let foreign = leaf(d, &other, "foreign", false);
+    let (ok, _, err) = kv(
+        &ep0,
+        &client_flags(&ca.path, Some(&foreign)),
+        &["get", "/tls/a"],
+    );
+    assert!(!ok, "a certificate from another CA got in: {err}");
+    // A client that does not trust the cluster's CA refuses the server.
+    let (ok, _, err) = kv(
+        &ep0,
+        &client_flags(&other.path, Some(&client)),
+        &["get", "/tls/a"],
+    );
+    assert!(!ok && err.contains("certificate"), "{err}");
+
+    // Plain HTTP to a TLS port gets a 400 saying so; the member is unaffected.
+    let port = ep0.rsplit(':').next().unwrap();
+    let mut raw = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    use std::io::{Read, Write};
+    raw.write_all(b"GET /v2/keys/tls/a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = raw.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.0 400") && answer.contains("HTTPS server"),
+        "{answer}"
+    );
+    // TLS to a plain port is the client's error, named.
+    let plain = format!("https://127.0.0.1:{}", free_port());
+    let (ok, _, err) = kv(&plain, &good, &["get", "/tls/a"]);
+    assert!(!ok && !err.is_empty(), "{err}");
+    let (ok, out, err) = kv(&ep0, &good, &["get", "/tls/a"]);
+    assert!(
+        ok && out == "one",
+        "the member after bad clients: {out} {err}"
+    );
+    assert!(
+        nodes[0].log().contains("TLS handshake refused"),
+        "refused handshakes are logged:\n{}",
+        nodes[0].log()
+    );
+}
+
+#[test]
+fn a_member_with_a_foreign_certificate_cannot_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = make_ca(d, "cluster");
+    let other = make_ca(d, "intruder");
+    let certs = [
+        leaf(d, &ca, "n0", false),
+        leaf(d, &ca, "n1", false),
+        leaf(d, &other, "n2", false),
+    ];
+    // n2 trusts the cluster's CA but shows a certificate the cluster did not sign.
+    let mut nodes = tls_cluster(d, 3, |i| member_flags(&ca.path, &certs[i].0, &certs[i].1));
+    for n in &mut nodes {
+        n.start();
+    }
+    let client = leaf(d, &ca, "client", false);
+    let good = client_flags(&ca.path, Some(&client));
+    let ep0 = nodes[0].client_url.clone();
+    eventually(
+        "a write with two members of three",
+        Duration::from_secs(30),
+        || kv(&ep0, &good, &["set", "/tls/kept-out", "yes"]).0,
+        || logs(&nodes),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // n2's own replica never saw it: it never got a Raft message in. (Its client port
+    // answers a cluster client that trusts n2's certificate: the key is not there.)
+    let n2_flags = client_flags(&other.path, Some(&client));
+    let (ok, out, err) = kv(&nodes[2].client_url, &n2_flags, &["get", "/tls/kept-out"]);
+    assert!(
+        !ok && out.is_empty() && err.contains("Key not found"),
+        "the intruder answered {out:?} {err}"
+    );
+    eventually(
+        "the members' logs name the refused peer handshakes",
+        Duration::from_secs(5),
+        || nodes[0].log().contains("peer TLS handshake refused"),
+        || logs(&nodes),
+    );
+}
+
+#[test]
+fn a_rotated_certificate_is_served_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = make_ca(d, "cluster");
+    let (cert, key) = leaf(d, &ca, "n0", false);
+    let mut nodes = tls_cluster(d, 1, |_| {
+        vec![
+            format!("--cert-file={}", s(&cert)),
+            format!("--key-file={}", s(&key)),
+            format!("--peer-cert-file={}", s(&cert)),
+            format!("--peer-key-file={}", s(&key)),
+            format!("--peer-trusted-ca-file={}", s(&ca.path)),
+        ]
+    });
+    nodes[0].start();
+    let ep = nodes[0].client_url.clone();
+    let flags = client_flags(&ca.path, None);
+    eventually(
+        "the member answering",
+        Duration::from_secs(20),
+        || kv(&ep, &flags, &["set", "/r", "1"]).0,
+        || logs(&nodes),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let served = || -> Vec<u8> {
+        rt.block_on(async {
+            let cfg = flotilla_shims::tls::ClientTls {
+                ca_file: Some(ca.path.clone()),
+                ..Default::default()
+            }
+            .config()
+            .unwrap();
+            let addr = ep.trim_start_matches("https://").to_string();
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let tls = flotilla_shims::tls::connect_with(Arc::clone(&cfg), "127.0.0.1", tcp)
+                .await
+                .unwrap();
+            tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+        })
+    };
+    let before = served();
+    // The same paths, a new pair (as a certificate manager rotates them).
+    std::thread::sleep(Duration::from_millis(1100));
+    let fresh = leaf(d, &ca, "n0-next", false);
+    std::fs::copy(&fresh.1, &key).unwrap();
+    std::fs::copy(&fresh.0, &cert).unwrap();
+    let want = std::fs::read(d.join("n0-next.der")).unwrap();
+    assert_ne!(before, want);
+    eventually(
+        "the new certificate served",
+        Duration::from_secs(10),
+        || served() == want,
+        || logs(&nodes),
+    );
+    assert!(kv(&ep, &flags, &["get", "/r"]).0, "{}", logs(&nodes));
+}
+
+#[test]
+fn unusable_tls_flags_are_named_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = make_ca(d, "cluster");
+    let (cert, _) = leaf(d, &ca, "a", false);
+    let (_, other_key) = leaf(d, &ca, "b", false);
+    let garbage = d.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let start = |flags: Vec<String>| -> String {
+        let port = free_port();
+        let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args([
+                "node",
+                &format!("--data-dir={}", s(&d.join(format!("d{port}")))),
+                &format!("--listen-client-urls=https://127.0.0.1:{port}"),
+                &format!("--listen-peer-urls=http://127.0.0.1:{}", free_port()),
+                "--no-agent",
+            ])
+            .args(flags)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "started with unusable TLS flags");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = start(vec![]);
+    assert!(
+        err.contains("--cert-file") && err.contains("--key-file"),
+        "{err}"
+    );
+    let err = start(vec![
+        format!("--cert-file={}", s(&cert)),
+        format!("--key-file={}", s(&other_key)),
+    ]);
+    assert!(
+        err.contains("does not match") && err.contains(&s(&other_key)),
+        "{err}"
+    );
+    let err = start(vec![
+        format!("--cert-file={}", s(&garbage)),
+        format!("--key-file={}", s(&other_key)),
+    ]);
+    assert!(err.contains(&s(&garbage)), "{err}");
+    let err = start(vec![
+        format!("--cert-file={}", s(&cert)),
+        format!("--key-file={}", s(&other_key)),
+        "--client-cert-auth".into(),
+    ]);
+    assert!(err.contains("trusted CA"), "{err}");
+}
