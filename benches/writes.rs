@@ -8,6 +8,12 @@
 //!     BENCH_SECONDS=3 BENCH_CONNS=1,8,64,256 cargo bench --bench writes
 //!     BENCH_SVG=bench.svg cargo bench --bench writes   # also draw the plot
 //!     BENCH_ETCD=0 cargo bench --bench writes           # flotilla only
+//!     BENCH_TLS=1 cargo bench --bench writes            # writes over TLS (below)
+//!
+//! With `BENCH_TLS=1`: writes at `BENCH_CONNS` (default 64) keep-alive connections to
+//! flotilla over plain HTTP, flotilla over TLS and etcd over TLS (peer and client TLS,
+//! client certificates required; certificates made here with rcgen), in one run; then
+//! the cost of a handshake alone (fresh connections, one after another).
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use bytes::Bytes;
@@ -42,27 +48,85 @@ fn port() -> u16 {
         .port()
 }
 
+/// Certificates for a TLS run: a CA, one certificate for 127.0.0.1 that every member
+/// uses, and a client certificate.
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: String,
+    cert: String,
+    key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, "bench CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = p.self_signed(&ca_key).unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let leaf = |name: &str| {
+        let mut p = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+        (
+            write(&format!("{name}.pem"), cert.pem()),
+            write(&format!("{name}-key.pem"), key.serialize_pem()),
+        )
+    };
+    let (cert, key) = leaf("member");
+    let (ccert, ckey) = leaf("client");
+    let ca_path = write("ca.pem", ca.pem());
+    Pki {
+        _dir: dir,
+        ca: ca_path,
+        cert,
+        key,
+        client_cert: ccert,
+        client_key: ckey,
+    }
+}
+
+/// The process's TLS client configuration for https:// URLs (set by a TLS run).
+static CLIENT_TLS: std::sync::OnceLock<Arc<flotilla_shims::tls::ClientConfig>> =
+    std::sync::OnceLock::new();
+
 fn start(kind: &'static str) -> Cluster {
+    start_with(kind, None)
+}
+
+/// A 3-member cluster; with `tls`, on https URLs with etcd's TLS flags (flotilla and
+/// etcd take the same ones), client certificates required.
+fn start_with(kind: &'static str, tls: Option<&Pki>) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (port(), port())).collect();
     let prefix = if kind == "etcd" { "e" } else { "n" };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let cluster = ports
         .iter()
         .enumerate()
-        .map(|(i, (_, p))| format!("{prefix}{i}=http://127.0.0.1:{p}"))
+        .map(|(i, (_, p))| format!("{prefix}{i}={scheme}://127.0.0.1:{p}"))
         .collect::<Vec<_>>()
         .join(",");
     let mut children = vec![];
     let mut client_urls = vec![];
     for (i, (c, p)) in ports.iter().enumerate() {
-        let url = format!("http://127.0.0.1:{c}");
+        let url = format!("{scheme}://127.0.0.1:{c}");
         let data = dir.path().join(format!("{prefix}{i}"));
         let mut cmd = if kind == "etcd" {
             let mut cmd = Command::new("etcd");
             cmd.args([
                 "--enable-v2=true",
                 &format!("--advertise-client-urls={url}"),
-                &format!("--initial-advertise-peer-urls=http://127.0.0.1:{p}"),
+                &format!("--initial-advertise-peer-urls={scheme}://127.0.0.1:{p}"),
             ]);
             cmd
         } else {
@@ -78,9 +142,21 @@ fn start(kind: &'static str) -> Cluster {
             format!("--name={prefix}{i}"),
             format!("--data-dir={}", data.display()),
             format!("--listen-client-urls={url}"),
-            format!("--listen-peer-urls=http://127.0.0.1:{p}"),
+            format!("--listen-peer-urls={scheme}://127.0.0.1:{p}"),
             format!("--initial-cluster={cluster}"),
         ]);
+        if let Some(t) = tls {
+            cmd.args([
+                format!("--cert-file={}", t.cert),
+                format!("--key-file={}", t.key),
+                format!("--trusted-ca-file={}", t.ca),
+                "--client-cert-auth".into(),
+                format!("--peer-cert-file={}", t.cert),
+                format!("--peer-key-file={}", t.key),
+                format!("--peer-trusted-ca-file={}", t.ca),
+                "--peer-client-cert-auth".into(),
+            ]);
+        }
         children.push(
             cmd.stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -100,9 +176,29 @@ fn start(kind: &'static str) -> Cluster {
 type Conn = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 async fn connect(url: &str) -> Conn {
-    let addr = url.trim_start_matches("http://").to_string();
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .to_string();
     let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
+    if url.starts_with("https://") {
+        let cfg = CLIENT_TLS
+            .get()
+            .expect("a TLS run sets the client config")
+            .clone();
+        let tls = flotilla_shims::tls::connect_with(cfg, "127.0.0.1", stream)
+            .await
+            .unwrap();
+        return handshake(tls).await;
+    }
+    handshake(stream).await
+}
+
+async fn handshake<S>(stream: S) -> Conn
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
@@ -140,9 +236,8 @@ async fn wait_ready(c: &Cluster) {
     let end = Instant::now() + Duration::from_secs(30);
     'outer: while Instant::now() < end {
         for url in &c.client_urls {
-            let Ok(stream) =
-                tokio::net::TcpStream::connect(url.trim_start_matches("http://")).await
-            else {
+            let addr = url.split_once("://").map_or(url.as_str(), |(_, a)| a);
+            let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue 'outer;
             };
@@ -502,7 +597,91 @@ fn svg(reports: &[Report]) -> String {
     s + "</svg>\n"
 }
 
+/// Writes over TLS beside plain HTTP and beside etcd over TLS, then handshakes alone.
+fn tls_main(rt: &tokio::runtime::Runtime, conns: &[usize], secs: f64) {
+    let pki = pki();
+    let cfg = flotilla_shims::tls::ClientTls {
+        ca_file: Some(pki.ca.clone().into()),
+        cert_file: Some(pki.client_cert.clone().into()),
+        key_file: Some(pki.client_key.clone().into()),
+    }
+    .config()
+    .unwrap();
+    let _ = CLIENT_TLS.set(cfg);
+    let mut runs: Vec<(&str, Vec<(usize, Run)>, f64)> = vec![];
+    let setups: [(&'static str, &'static str, bool); 3] = [
+        ("flotilla", "flotilla http", false),
+        ("flotilla", "flotilla TLS", true),
+        ("etcd", "etcd TLS", true),
+    ];
+    for (kind, label, tls) in setups {
+        if kind == "etcd" && Command::new("etcd").arg("--version").output().is_err() {
+            println!("(etcd not on PATH: no etcd TLS run)");
+            continue;
+        }
+        let r = rt.block_on(async {
+            let c = start_with(kind, tls.then_some(&pki));
+            wait_ready(&c).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut out = vec![];
+            for &n in conns {
+                let r = load(&c, n, secs, true, &format!("t{n}")).await;
+                println!(
+                    "{label:>14} writes conns={n:<4} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+                    r.ops_per_s, r.p50_ms, r.p99_ms, r.errors
+                );
+                out.push((n, r));
+            }
+            // Handshakes alone: fresh connections, one after another, then one request.
+            let url = c.client_urls[0].clone();
+            let t0 = Instant::now();
+            let rounds = 200;
+            for _ in 0..rounds {
+                let mut conn = connect(&url).await;
+                let _ = request(&mut conn, "GET", "/version", None).await;
+            }
+            let per_conn_ms = t0.elapsed().as_secs_f64() * 1000.0 / rounds as f64;
+            println!("{label:>14} a fresh connection and one GET: {per_conn_ms:.3} ms");
+            (out, per_conn_ms)
+        });
+        runs.push((label, r.0, r.1));
+    }
+    if let [plain, ours, etcd] = runs.as_slice() {
+        for (i, (n, r)) in ours.1.iter().enumerate() {
+            println!(
+                "conns={n}: flotilla TLS / flotilla http {:.2}x, flotilla TLS / etcd TLS {:.2}x",
+                r.ops_per_s / plain.1[i].1.ops_per_s,
+                r.ops_per_s / etcd.1[i].1.ops_per_s
+            );
+        }
+        println!(
+            "a fresh connection + one GET: flotilla TLS {:.3} ms, etcd TLS {:.3} ms, flotilla http {:.3} ms (flotilla's handshake ≈ {:.3} ms)",
+            ours.2,
+            etcd.2,
+            plain.2,
+            ours.2 - plain.2
+        );
+    }
+}
+
 fn main() {
+    if std::env::var("BENCH_TLS").is_ok_and(|v| v == "1") {
+        let secs: f64 = std::env::var("BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5.0);
+        let conns: Vec<usize> = std::env::var("BENCH_CONNS")
+            .unwrap_or_else(|_| "64".into())
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tls_main(&rt, &conns, secs);
+        return;
+    }
     let secs: f64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
