@@ -597,6 +597,12 @@ fn svg(reports: &[Report]) -> String {
     s + "</svg>\n"
 }
 
+/// One system's writes over its connections, and a fresh connection's cost in ms.
+struct TlsRun {
+    writes: Vec<(usize, Run)>,
+    conn_ms: f64,
+}
+
 /// Writes over TLS beside plain HTTP and beside etcd over TLS, then handshakes alone.
 fn tls_main(rt: &tokio::runtime::Runtime, conns: &[usize], secs: f64) {
     let pki = pki();
@@ -608,7 +614,7 @@ fn tls_main(rt: &tokio::runtime::Runtime, conns: &[usize], secs: f64) {
     .config()
     .unwrap();
     let _ = CLIENT_TLS.set(cfg);
-    let mut runs: Vec<(&str, Vec<(usize, Run)>, f64)> = vec![];
+    let mut runs: Vec<TlsRun> = vec![];
     let setups: [(&'static str, &'static str, bool); 3] = [
         ("flotilla", "flotilla http", false),
         ("flotilla", "flotilla TLS", true),
@@ -644,22 +650,25 @@ fn tls_main(rt: &tokio::runtime::Runtime, conns: &[usize], secs: f64) {
             println!("{label:>14} a fresh connection and one GET: {per_conn_ms:.3} ms");
             (out, per_conn_ms)
         });
-        runs.push((label, r.0, r.1));
+        runs.push(TlsRun {
+            writes: r.0,
+            conn_ms: r.1,
+        });
     }
     if let [plain, ours, etcd] = runs.as_slice() {
-        for (i, (n, r)) in ours.1.iter().enumerate() {
+        for (i, (n, r)) in ours.writes.iter().enumerate() {
             println!(
                 "conns={n}: flotilla TLS / flotilla http {:.2}x, flotilla TLS / etcd TLS {:.2}x",
-                r.ops_per_s / plain.1[i].1.ops_per_s,
-                r.ops_per_s / etcd.1[i].1.ops_per_s
+                r.ops_per_s / plain.writes[i].1.ops_per_s,
+                r.ops_per_s / etcd.writes[i].1.ops_per_s
             );
         }
         println!(
             "a fresh connection + one GET: flotilla TLS {:.3} ms, etcd TLS {:.3} ms, flotilla http {:.3} ms (flotilla's handshake ≈ {:.3} ms)",
-            ours.2,
-            etcd.2,
-            plain.2,
-            ours.2 - plain.2
+            ours.conn_ms,
+            etcd.conn_ms,
+            plain.conn_ms,
+            ours.conn_ms - plain.conn_ms
         );
     }
 }
