@@ -202,14 +202,62 @@ fn three_members_over_tls_with_client_certificates() {
         || logs(&nodes),
     );
 
+    // The other clients over TLS: confd renders from it, fleetctl's verbs answer.
+    let confdir = d.join("confd");
+    std::fs::create_dir_all(confdir.join("conf.d")).unwrap();
+    std::fs::create_dir_all(confdir.join("templates")).unwrap();
+    std::fs::write(confdir.join("templates/a.tmpl"), "a={{getv \"/tls/a\"}}\n").unwrap();
+    let dest = d.join("a.conf");
+    std::fs::write(
+        confdir.join("conf.d/a.toml"),
+        format!(
+            "[template]\nsrc = \"a.tmpl\"\ndest = \"{}\"\nkeys = [\"/tls\"]\n",
+            s(&dest)
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["confd", "--onetime", &format!("--confdir={}", s(&confdir))])
+        .arg(format!("--node={ep2}"))
+        .args(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), "a=one\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["units", &format!("--endpoint={ep0}"), "list-unit-files"])
+        .args(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Debian's etcdctl (v2) with etcdctl's flag names.
     let etcd_flags: Vec<String> = vec![
         format!("--ca-file={}", s(&ca.path)),
         format!("--cert-file={}", s(&client.0)),
         format!("--key-file={}", s(&client.1)),
     ];
-    let (ok, _, err) = etcdctl(&ep2, &etcd_flags, &["set", "/tls/b", "two"]);
-    assert!(ok, "etcdctl set over TLS: {err}");
+    // etcdctl first syncs the member list: wait until every member has published its
+    // client URLs (members publish them through Raft once they start).
+    let last = std::cell::RefCell::new(String::new());
+    eventually(
+        "etcdctl set over TLS",
+        Duration::from_secs(15),
+        || {
+            let (ok, _, err) = etcdctl(&ep2, &etcd_flags, &["set", "/tls/b", "two"]);
+            *last.borrow_mut() = err;
+            ok
+        },
+        || format!("{}\n{}", last.borrow(), logs(&nodes)),
+    );
     let (ok, out, err) = etcdctl(&ep0, &etcd_flags, &["get", "/tls/b"]);
     assert!(ok && out == "two", "etcdctl get over TLS: {out} {err}");
 
