@@ -6,6 +6,7 @@
 //!   [`flotilla_shims::Disk`]; snapshots, compaction, recovery, membership.
 //! - [`api`]: the etcd-compatible HTTP API and fleet's API v1 (handlers only; the server
 //!   is in the shims).
+//! - [`auth`]: etcd's v2 auth (users, roles, key permissions) as a pure model.
 //! - [`client`]: [`client::KvClient`], how the scheduler, agent, renderer and CLIs reach
 //!   the store (in-process on a member).
 //! - [`agent`]: what runs on each machine (its presence key; the units placed on it).
@@ -20,6 +21,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod kv;

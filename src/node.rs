@@ -326,6 +326,8 @@ pub async fn start(
         cluster_id: rec.identity.cluster_id,
         value_bytes_max: cfg.value_bytes_max,
         agent: agent.clone(),
+        rng: std::sync::Mutex::new(flotilla_shims::SeededRng::new(rng.next_u64())),
+        verified: Default::default(),
     };
     let renderer = match (&cfg.render, &env.render) {
         (Some(rc), Some(seams)) => Some(crate::render::runner::Renderer::new(

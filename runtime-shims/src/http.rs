@@ -149,6 +149,16 @@ pub async fn request(
     request_body(method, url, body, timeout).await
 }
 
+static BASIC_AUTH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sends `Authorization: Basic …` with these credentials on every request this process
+/// makes (etcdctl's `--username user:password`). Set once, at start.
+pub fn set_basic_auth(user: &str, password: &str) {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let _ = BASIC_AUTH.set(format!("Basic {token}"));
+}
+
 /// An HTTP/1.1 client connection over `stream`, its driver spawned.
 async fn handshake<S>(
     stream: S,
@@ -193,6 +203,9 @@ pub async fn request_body(
             .method(method)
             .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
             .header(http::header::HOST, format!("{host}:{port}"));
+        if let Some(auth) = BASIC_AUTH.get() {
+            b = b.header(http::header::AUTHORIZATION, auth.as_str());
+        }
         let bytes = match body {
             Some((ct, bytes)) => {
                 b = b.header(http::header::CONTENT_TYPE, ct);

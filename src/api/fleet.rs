@@ -243,6 +243,12 @@ impl Api {
     }
 
     async fn fleet_route(&self, req: &Request<Bytes>, rest: &str) -> Reply {
+        if !self.fleet_access(req, rest) {
+            return fleet_error(
+                StatusCode::UNAUTHORIZED,
+                "the request requires user authentication: the caller's roles do not reach this resource",
+            );
+        }
         let m = req.method();
         let q = req.uri().query();
         let item = |base: &str| -> Option<String> {
@@ -646,6 +652,26 @@ fn fleet_empty(status: StatusCode) -> Reply {
 }
 
 /// fleet's error body: `{"error":{"code":N,"message":"…"}}`.
+impl Api {
+    /// With auth enabled, fleet's resources are checked as the keys that hold them: a
+    /// unit as `/_flotilla/units/<name>` (writing it is submitting, starting or destroying
+    /// it), lists as their whole directory, machines' metadata as `/_flotilla/metadata`.
+    /// So a role may be allowed to read the schedule but not to submit units.
+    fn fleet_access(&self, req: &Request<Bytes>, rest: &str) -> bool {
+        let (key, recursive) = match rest.split('/').nth(1).unwrap_or("") {
+            "units" => match rest.strip_prefix("/units/") {
+                Some(name) => (registry::unit_key(name), false),
+                None => (registry::UNITS.to_string(), true),
+            },
+            "state" => (registry::STATES.to_string(), true),
+            "machines" if req.method() == Method::PATCH => (registry::METADATA.to_string(), true),
+            "machines" => (registry::MACHINES.to_string(), true),
+            _ => return true,
+        };
+        self.key_access(req, &key, recursive)
+    }
+}
+
 pub fn fleet_error(status: StatusCode, message: &str) -> Reply {
     let body = serde_json::json!({"error": {"code": status.as_u16(), "message": message}});
     fleet_json(status, &body)

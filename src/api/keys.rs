@@ -24,6 +24,9 @@ impl Api {
         let body = matches!(method, Method::PUT | Method::POST).then(|| req.body().as_ref());
         let params = Params::parse(req.uri().query(), body);
         let r = match KeyRequest::parse(&params, &method) {
+            Ok(kr) if !self.may_touch(req, key, kr.recursive) => {
+                Err(StoreError::new(UNAUTHORIZED, "Insufficient credentials", 0))
+            }
             Ok(kr) => match method {
                 Method::PUT => self.put(key, &kr).await,
                 Method::POST => self.post(key, &kr).await,
@@ -36,6 +39,15 @@ impl Api {
             Ok(reply) => reply,
             Err(e) => self.error_reply(&e),
         }
+    }
+
+    /// Auth records are never keys; with auth enabled, the caller's roles must reach `key`.
+    fn may_touch(&self, req: &Request<Bytes>, key: &str, recursive: bool) -> bool {
+        let clean = crate::kv::path::clean(key);
+        let auth_dir = crate::auth::PREFIX;
+        let inside = clean == auth_dir || clean.starts_with(&format!("{auth_dir}/"));
+        let above = recursive && auth_dir.starts_with(&clean);
+        !inside && !above && self.key_access(req, key, recursive)
     }
 
     async fn get(&self, key: &str, kr: &KeyRequest) -> Result<Reply, StoreError> {

@@ -5,6 +5,7 @@
 //! - [`render`]: etcd's JSON shapes, `ttl` from the reader's clock.
 //! - [`keys`]: `/v2/keys` — reads from the local store (or after a ReadIndex barrier with
 //!   `quorum=true`), writes through Raft, watches from the store's history.
+//! - [`auth`]: `/v2/auth` (etcd's v2 users and roles) and the checks on keys and units.
 //! - [`fleet`]: fleet's API v1 (`/fleet/v1`): units, states, machines.
 //! - [`journal`]: `/flotilla/v1/journal/<unit>`, from the unit's machine's agent.
 //! - this file: routing, `/health`, `/version`, `/v2/members`, common headers.
@@ -12,6 +13,7 @@
 //! Handlers take whole requests and return whole responses; the server that moves the
 //! bytes lives in `flotilla_shims::http`.
 
+pub mod auth;
 pub mod fleet;
 pub mod journal;
 pub mod keys;
@@ -42,6 +44,11 @@ pub struct Api {
     pub value_bytes_max: usize,
     /// This member's agent, when it is a machine (for unit journals).
     pub agent: Option<journal::AgentHandle>,
+    /// Salts for password hashes (seeded: node logic draws randomness only from here).
+    pub rng: std::sync::Mutex<flotilla_shims::SeededRng>,
+    /// (user, SHA-1 of a password) → the hash it was verified against; bounded by
+    /// [`auth::VERIFIED_MAX`].
+    pub verified: std::sync::Mutex<std::collections::BTreeMap<(String, [u8; 20]), String>>,
 }
 
 impl Api {
@@ -82,6 +89,11 @@ impl Api {
         let path = percent_encoding::percent_decode_str(&raw_path)
             .decode_utf8_lossy()
             .into_owned();
+        if let Some(rest) = path.strip_prefix("/v2/auth") {
+            if rest.starts_with('/') {
+                return self.auth_api(&req, rest).await;
+            }
+        }
         if let Some(key) = path.strip_prefix("/v2/keys") {
             if key.is_empty() || key.starts_with('/') {
                 let key = if key.is_empty() { "/" } else { key };

@@ -9,7 +9,7 @@ use flotilla_shims::tls::{ClientTls, Listener, ServerTls};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// What a client shows and trusts over https.
+/// What a client shows and trusts over https, and who it says it is.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ClientTlsArgs {
     /// The CA that signs the servers' certificates (for https:// endpoints).
@@ -21,12 +21,21 @@ pub struct ClientTlsArgs {
     /// The key of --cert-file.
     #[arg(long, global = true, env = "FLOTILLA_KEY_FILE")]
     pub key_file: Option<PathBuf>,
+    /// `user:password` for a cluster with auth enabled (etcdctl's flag), sent as basic auth.
+    #[arg(long, global = true, env = "FLOTILLA_USERNAME")]
+    pub username: Option<String>,
 }
 
 impl ClientTlsArgs {
     /// Makes these the process's client TLS. `endpoints` are checked: an https one needs
     /// `--ca-file`.
     pub fn install(&self, endpoints: &[String]) -> Result<()> {
+        if let Some(u) = &self.username {
+            let Some((user, password)) = u.split_once(':') else {
+                bail!("--username {u:?}: give it as user:password");
+            };
+            flotilla_shims::http::set_basic_auth(user, password);
+        }
         let tls = ClientTls {
             ca_file: self.ca_file.clone(),
             cert_file: self.cert_file.clone(),

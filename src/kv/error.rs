@@ -9,6 +9,7 @@ pub const NOT_FILE: u32 = 102;
 pub const NOT_DIR: u32 = 104;
 pub const NODE_EXIST: u32 = 105;
 pub const ROOT_READ_ONLY: u32 = 107;
+pub const UNAUTHORIZED: u32 = 110;
 pub const DIR_NOT_EMPTY: u32 = 108;
 pub const VALUE_TOO_LARGE: u32 = 413;
 pub const PREV_VALUE_REQUIRED: u32 = 201;
@@ -49,6 +50,7 @@ impl StoreError {
             KEY_NOT_FOUND => 404,
             TEST_FAILED | NODE_EXIST => 412,
             NOT_FILE | DIR_NOT_EMPTY => 403,
+            UNAUTHORIZED => 401,
             RAFT_INTERNAL | LEADER_ELECT => 500,
             VALUE_TOO_LARGE => 413,
             _ => 400,
@@ -64,6 +66,7 @@ pub fn message(code: u32) -> &'static str {
         NOT_DIR => "Not a directory",
         NODE_EXIST => "Key already exists",
         ROOT_READ_ONLY => "Root is read only",
+        UNAUTHORIZED => "The request requires user authentication",
         DIR_NOT_EMPTY => "Directory not empty",
         PREV_VALUE_REQUIRED => "PrevValue is Required in POST form",
         TTL_NAN => "The given TTL in POST form is not a number",

@@ -1,0 +1,434 @@
+//! etcd's v2 auth API, request by request against a real etcd 3.4 (`--enable-v2`) and a
+//! flotilla node: users, roles, grants, revokes, enable/disable, denied reads and writes,
+//! guest access — the same status and the same bytes. Then what etcd has no counterpart
+//! for: Debian's `etcdctl user|role|auth` against flotilla, and a unit submission refused
+//! for a user whose role does not reach the units.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use std::process::Command;
+use std::time::Duration;
+
+/// One request: method, path, body, credentials (`user:password`).
+struct Step {
+    method: &'static str,
+    path: String,
+    body: Option<String>,
+    auth: Option<&'static str>,
+    /// Compare the whole body (auth endpoints, key errors) or only the status (key
+    /// successes carry indexes that differ between the two stores).
+    whole: bool,
+}
+
+fn step(method: &'static str, path: &str, body: Option<&str>, auth: Option<&'static str>) -> Step {
+    Step {
+        method,
+        path: path.to_string(),
+        body: body.map(String::from),
+        auth,
+        whole: true,
+    }
+}
+
+fn key_step(
+    method: &'static str,
+    path: &str,
+    body: Option<&str>,
+    auth: Option<&'static str>,
+) -> Step {
+    Step {
+        whole: false,
+        ..step(method, path, body, auth)
+    }
+}
+
+async fn send(c: &Http, base: &str, s: &Step) -> (u16, String) {
+    use base64::Engine;
+    let mut b = http::Request::builder()
+        .method(s.method)
+        .uri(format!("{base}{}", s.path));
+    if let Some(a) = s.auth {
+        let token = base64::engine::general_purpose::STANDARD.encode(a);
+        b = b.header("authorization", format!("Basic {token}"));
+    }
+    if s.path.starts_with("/v2/keys") && s.body.is_some() {
+        b = b.header("content-type", "application/x-www-form-urlencoded");
+    }
+    let req = b
+        .body(Full::new(Bytes::from(s.body.clone().unwrap_or_default())))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), c.request(req))
+        .await
+        .expect("answer within 20 s")
+        .expect("request");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+const ROOT: Option<&str> = Some("root:rootpw");
+const ALICE: Option<&str> = Some("alice:alicepw");
+const BAD: Option<&str> = Some("alice:wrong");
+
+fn script() -> Vec<Step> {
+    let user =
+        |name: &str, pw: &str| format!(r#"{{"user":"{name}","password":"{pw}","roles":null}}"#);
+    let grant_read = |p: &str| {
+        format!(
+            r#"{{"role":"reader","permissions":{{"kv":{{"read":null,"write":null}}}},"grant":{{"kv":{{"read":["{p}"],"write":null}}}}}}"#
+        )
+    };
+    vec![
+        step("GET", "/v2/auth/enable", None, None),
+        step("GET", "/v2/auth/users", None, None),
+        step("GET", "/v2/auth/roles", None, None),
+        step("PUT", "/v2/auth/enable", None, None),
+        step("POST", "/v2/auth/users", None, None),
+        step("GET", "/v2/auth/users/a/b", None, None),
+        step(
+            "PUT",
+            "/v2/auth/users/root",
+            Some(&user("root", "rootpw")),
+            None,
+        ),
+        step(
+            "PUT",
+            "/v2/auth/users/alice",
+            Some(&user("alice", "first")),
+            None,
+        ),
+        step(
+            "PUT",
+            "/v2/auth/users/alice",
+            Some(&user("alice", "alicepw")),
+            None,
+        ),
+        step("PUT", "/v2/auth/users/alice", Some(&user("bob", "x")), None),
+        step("PUT", "/v2/auth/users/alice", Some("{not json"), None),
+        step(
+            "PUT",
+            "/v2/auth/users/carol",
+            Some(&user("carol", "")),
+            None,
+        ),
+        step("GET", "/v2/auth/users/nobody", None, None),
+        step(
+            "PUT",
+            "/v2/auth/roles/reader",
+            Some(r#"{"role":"reader","permissions":{"kv":{"read":null,"write":null}}}"#),
+            None,
+        ),
+        step(
+            "PUT",
+            "/v2/auth/roles/reader",
+            Some(r#"{"role":"reader"}"#),
+            None,
+        ),
+        step(
+            "PUT",
+            "/v2/auth/roles/reader",
+            Some(&grant_read("/pub/*")),
+            None,
+        ),
+        step(
+            "PUT",
+            "/v2/auth/roles/reader",
+            Some(&grant_read("/pub/*")),
+            None,
+        ),
+        step(
+            "PUT",
+            "/v2/auth/roles/reader",
+            Some(&grant_read("/exact")),
+            None,
+        ),
+        step(
+            "PUT",
+            "/v2/auth/roles/reader",
+            Some(
+                r#"{"role":"reader","permissions":{"kv":{"read":null,"write":null}},"revoke":{"kv":{"read":["/nope"],"write":null}}}"#,
+            ),
+            None,
+        ),
+        step(
+            "PUT",
+            "/v2/auth/roles/root",
+            Some(r#"{"role":"root"}"#),
+            None,
+        ),
+        step(
+            "PUT",
+            "/v2/auth/roles/reader",
+            Some(
+                r#"{"role":"reader","permissions":{"kv":{"read":["/x"],"write":null}},"grant":{"kv":{"read":["/y"],"write":null}}}"#,
+            ),
+            None,
+        ),
+        step("GET", "/v2/auth/roles/reader", None, None),
+        step("GET", "/v2/auth/roles/nobody", None, None),
+        step("GET", "/v2/auth/roles/root", None, None),
+        step(
+            "PUT",
+            "/v2/auth/users/alice",
+            Some(r#"{"user":"alice","roles":null,"grant":["reader"]}"#),
+            None,
+        ),
+        step(
+            "PUT",
+            "/v2/auth/users/alice",
+            Some(r#"{"user":"alice","roles":null,"grant":["reader"]}"#),
+            None,
+        ),
+        step(
+            "PUT",
+            "/v2/auth/users/alice",
+            Some(r#"{"user":"alice","roles":null,"revoke":["writer"]}"#),
+            None,
+        ),
+        step(
+            "PUT",
+            "/v2/auth/users/alice",
+            Some(r#"{"user":"alice","roles":["x"],"grant":["y"]}"#),
+            None,
+        ),
+        step(
+            "PUT",
+            "/v2/auth/users/nobody",
+            Some(r#"{"user":"nobody","roles":null,"grant":["reader"]}"#),
+            None,
+        ),
+        step("GET", "/v2/auth/users/alice", None, None),
+        step("GET", "/v2/auth/users", None, None),
+        step("GET", "/v2/auth/roles", None, None),
+        step("DELETE", "/v2/auth/users/nobody", None, None),
+        step("DELETE", "/v2/auth/roles/nobody", None, None),
+        step("DELETE", "/v2/auth/roles/root", None, None),
+        key_step("PUT", "/v2/keys/pub/a", Some("value=1"), None),
+        key_step("PUT", "/v2/keys/secret", Some("value=s"), None),
+        // Enabled: guest (all keys) for the anonymous, roles for users, root for admin.
+        step("PUT", "/v2/auth/enable", None, None),
+        step("GET", "/v2/auth/enable", None, None),
+        step("GET", "/v2/auth/users", None, None),
+        step("GET", "/v2/auth/users", None, ALICE),
+        step("GET", "/v2/auth/users", None, BAD),
+        step("GET", "/v2/auth/users", None, ROOT),
+        step("GET", "/v2/auth/roles", None, ROOT),
+        step("PUT", "/v2/auth/enable", None, ROOT),
+        key_step("GET", "/v2/keys/secret", None, None),
+        key_step("PUT", "/v2/keys/pub/b", Some("value=2"), None),
+        step(
+            "PUT",
+            "/v2/auth/roles/guest",
+            Some(
+                r#"{"role":"guest","permissions":{"kv":{"read":null,"write":null}},"revoke":{"kv":{"read":["/*"],"write":["/*"]}}}"#,
+            ),
+            ROOT,
+        ),
+        step(
+            "PUT",
+            "/v2/auth/roles/guest",
+            Some(
+                r#"{"role":"guest","permissions":{"kv":{"read":null,"write":null}},"grant":{"kv":{"read":["/pub/*"],"write":null}}}"#,
+            ),
+            ROOT,
+        ),
+        step("GET", "/v2/keys/secret", None, None),
+        step("PUT", "/v2/keys/pub/c", Some("value=3"), None),
+        key_step("GET", "/v2/keys/pub/a", None, None),
+        key_step("GET", "/v2/keys/pub/a", None, ALICE),
+        step("GET", "/v2/keys/pub/a", None, BAD),
+        step("PUT", "/v2/keys/pub/a", Some("value=9"), ALICE),
+        step("GET", "/v2/keys/secret", None, ALICE),
+        key_step("GET", "/v2/keys/exact", None, ALICE),
+        step("GET", "/v2/keys/pub?recursive=true", None, ALICE),
+        key_step("GET", "/v2/keys/pub/?recursive=true", None, ALICE),
+        key_step("GET", "/v2/keys/secret", None, ROOT),
+        key_step("PUT", "/v2/keys/secret", Some("value=t"), ROOT),
+        step("DELETE", "/v2/auth/users/root", None, ROOT),
+        step("DELETE", "/v2/auth/enable", None, ALICE),
+        step("DELETE", "/v2/auth/enable", None, ROOT),
+        step("DELETE", "/v2/auth/enable", None, None),
+        step("GET", "/v2/auth/enable", None, None),
+        step("DELETE", "/v2/auth/users/alice", None, None),
+        step("DELETE", "/v2/auth/roles/reader", None, None),
+        step("GET", "/v2/auth/users", None, None),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_auth_matches_etcd_request_by_request() {
+    let c = client();
+    let etcd = start_etcd(&c).await;
+    let mut cl = Cluster::new(1, &[]);
+    cl.start_all();
+    let ours = cl.nodes[0].client_url.clone();
+    wait_healthy(&c, &ours).await;
+    let mut diffs = vec![];
+    for (i, s) in script().iter().enumerate() {
+        let theirs = send(&c, &etcd.url, s).await;
+        let mine = send(&c, &ours, s).await;
+        let same = if s.whole {
+            theirs == mine
+        } else {
+            theirs.0 == mine.0
+        };
+        if !same {
+            diffs.push(format!(
+                "#{i} {} {} (as {:?}):\n  etcd:     {} {:?}\n  flotilla: {} {:?}",
+                s.method, s.path, s.auth, theirs.0, theirs.1, mine.0, mine.1
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+}
+
+fn etcdctl(url: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "2")
+        .arg(format!("--endpoints={url}"))
+        .args(args)
+        .output()
+        .expect("etcdctl must be installed (scripts/test-all installs etcd-client)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_manages_auth_and_units_are_guarded() {
+    let c = client();
+    let mut cl = Cluster::new(1, &[]);
+    cl.start_all();
+    let url = cl.nodes[0].client_url.clone();
+    wait_healthy(&c, &url).await;
+    // Members publish their client URLs through Raft; etcdctl needs them.
+    let mut ready = false;
+    for _ in 0..50 {
+        if etcdctl(&url, &["user", "list"]).0 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ready, "etcdctl never got an answer");
+    let root = ["--username", "root:rootpw"];
+    let ok = |args: &[&str]| {
+        let (ok, text) = etcdctl(&url, args);
+        assert!(ok, "etcdctl {args:?}: {text}");
+        text
+    };
+    ok(&["user", "add", "root:rootpw"]);
+    ok(&["auth", "enable"]);
+    let with = |who: &[&'static str], rest: &[&'static str]| -> Vec<&'static str> {
+        who.iter().chain(rest).copied().collect()
+    };
+    ok(&with(&root, &["role", "add", "viewer"]));
+    ok(&with(
+        &root,
+        &[
+            "role",
+            "grant",
+            "viewer",
+            "--path",
+            "/_flotilla/*",
+            "--read",
+        ],
+    ));
+    ok(&with(&root, &["role", "add", "deployer"]));
+    ok(&with(
+        &root,
+        &[
+            "role",
+            "grant",
+            "deployer",
+            "--path",
+            "/_flotilla/*",
+            "--readwrite",
+        ],
+    ));
+    ok(&with(
+        &root,
+        &["role", "revoke", "guest", "--path", "/*", "--readwrite"],
+    ));
+    ok(&with(&root, &["user", "add", "vera:verapw"]));
+    ok(&with(
+        &root,
+        &["user", "grant", "vera", "--roles", "viewer"],
+    ));
+    ok(&with(&root, &["user", "add", "dan:danpw"]));
+    ok(&with(
+        &root,
+        &["user", "grant", "dan", "--roles", "deployer"],
+    ));
+    let text = ok(&with(&root, &["role", "get", "viewer"]));
+    assert!(text.contains("/_flotilla/*"), "{text}");
+    let text = ok(&with(&root, &["user", "get", "vera"]));
+    assert!(text.contains("viewer"), "{text}");
+    // Without credentials, etcdctl is refused now.
+    let (ok_anon, text) = etcdctl(&url, &["get", "/anything"]);
+    assert!(!ok_anon, "{text}");
+
+    // Submitting a unit is writing it: the viewer may list units, not submit them.
+    let unit = r#"{"desiredState":"inactive","options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}]}"#;
+    let put = |who: &str| {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(who);
+        http::Request::builder()
+            .method("PUT")
+            .uri(format!("{url}/fleet/v1/units/web.service"))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Basic {token}"))
+            .body(Full::new(Bytes::from(unit)))
+            .unwrap()
+    };
+    let status = |r: hyper::Response<hyper::body::Incoming>| r.status().as_u16();
+    let vera = status(c.request(put("vera:verapw")).await.unwrap());
+    assert_eq!(vera, 401, "a viewer submitted a unit");
+    let list = http::Request::builder()
+        .uri(format!("{url}/fleet/v1/units"))
+        .header("authorization", "Basic dmVyYTp2ZXJhcHc=")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        status(c.request(list).await.unwrap()),
+        200,
+        "a viewer may list units"
+    );
+    let dan = status(c.request(put("dan:danpw")).await.unwrap());
+    assert_eq!(dan, 201, "a deployer could not submit a unit");
+    // `flotilla units` with etcdctl's --username.
+    let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args([
+            "units",
+            &format!("--endpoint={url}"),
+            "--username=vera:verapw",
+            "list-unit-files",
+        ])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && listed.contains("web.service"),
+        "{listed}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["units", &format!("--endpoint={url}"), "list-unit-files"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "anonymous listing after guest lost everything"
+    );
+}
