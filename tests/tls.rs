@@ -467,3 +467,72 @@ fn unusable_tls_flags_are_named_at_start() {
     ]);
     assert!(err.contains("trusted CA"), "{err}");
 }
+
+#[test]
+fn a_client_certificate_names_its_user_when_auth_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = make_ca(d, "cluster");
+    let (cert, key) = leaf(d, &ca, "n0", false);
+    let mut nodes = tls_cluster(d, 1, |_| member_flags(&ca.path, &cert, &key));
+    nodes[0].start();
+    let ep = nodes[0].client_url.clone();
+    // Certificates whose common names are user names: root, alice, and nobody.
+    let as_cn = |cn: &str| {
+        let pair = leaf(d, &ca, cn, false);
+        vec![
+            format!("--ca-file={}", s(&ca.path)),
+            format!("--cert-file={}", s(&pair.0)),
+            format!("--key-file={}", s(&pair.1)),
+        ]
+    };
+    let (root, alice, mallory) = (as_cn("root"), as_cn("alice"), as_cn("mallory"));
+    eventually(
+        "the member answering",
+        Duration::from_secs(20),
+        || kv(&ep, &root, &["set", "/pub/a", "1"]).0,
+        || logs(&nodes),
+    );
+    let admin = |args: &[&str]| {
+        let mut last = String::new();
+        for _ in 0..50 {
+            let (ok, out, err) = etcdctl(&ep, &root, args);
+            if ok {
+                return out;
+            }
+            last = err;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("etcdctl {args:?}: {last}\n{}", logs(&nodes));
+    };
+    // Passwords exist, but with certificates the common name is the user (no password).
+    admin(&["user", "add", "root:rootpw"]);
+    admin(&["auth", "enable"]);
+    admin(&["role", "add", "reader"]);
+    admin(&["role", "grant", "reader", "--path", "/pub/*", "--read"]);
+    admin(&["user", "add", "alice:alicepw"]);
+    admin(&["user", "grant", "alice", "--roles", "reader"]);
+    admin(&["role", "revoke", "guest", "--path", "/*", "--readwrite"]);
+    let (ok, out, err) = kv(&ep, &alice, &["get", "/pub/a"]);
+    assert!(
+        ok && out == "1",
+        "alice reads by her certificate: {out} {err}"
+    );
+    let (ok, _, err) = kv(&ep, &alice, &["set", "/pub/a", "2"]);
+    assert!(!ok && err.contains("110"), "alice may not write: {err}");
+    let (ok, _, err) = kv(&ep, &mallory, &["get", "/pub/a"]);
+    assert!(
+        !ok && err.contains("110"),
+        "a certificate naming no user is a guest: {err}"
+    );
+    // An Authorization header wins over the certificate, as in etcd.
+    let mut wrong = alice.clone();
+    wrong.push("--username=alice:nope".into());
+    let (ok, _, err) = kv(&ep, &wrong, &["get", "/pub/a"]);
+    assert!(
+        !ok && err.contains("110"),
+        "a wrong password is refused: {err}"
+    );
+    let (ok, out, _) = kv(&ep, &root, &["get", "/pub/a"]);
+    assert!(ok && out == "1");
+}

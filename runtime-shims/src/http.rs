@@ -26,10 +26,26 @@ pub async fn serve_conn<S>(stream: S, handler: Handler, body_bytes_max: usize)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    serve_conn_as(stream, handler, body_bytes_max, None).await
+}
+
+/// [`serve_conn`], every request carrying the client's certificate names.
+async fn serve_conn_as<S>(
+    stream: S,
+    handler: Handler,
+    body_bytes_max: usize,
+    names: Option<crate::tls::ClientCertNames>,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let handler = handler.clone();
+        let names = names.clone();
         async move {
-            let (parts, body) = req.into_parts();
+            let (mut parts, body) = req.into_parts();
+            if let Some(n) = names {
+                parts.extensions.insert(n);
+            }
             let resp = match Limited::new(body, body_bytes_max).collect().await {
                 Ok(b) => handler(Request::from_parts(parts, b.to_bytes())).await,
                 Err(e) => too_large_or_bad(e, body_bytes_max),
@@ -125,7 +141,10 @@ async fn serve_tls(
         return;
     }
     match tls.accept(stream).await {
-        Ok(s) => serve_conn(s, handler, body_bytes_max).await,
+        Ok(s) => {
+            let names = tls.client_names(s.get_ref().1);
+            serve_conn_as(s, handler, body_bytes_max, names).await
+        }
         Err(e) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
     }
 }

@@ -282,6 +282,36 @@ where
     }
 }
 
+/// The common names of the certificates a client showed a listener that requires client
+/// certificates (leaf first), carried on each of its requests: etcd takes them as user
+/// names when a request has no `Authorization` header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCertNames(pub Vec<String>);
+
+impl Listener {
+    /// The names to carry for a connection that completed its handshake here; `None`
+    /// unless this listener requires client certificates.
+    pub fn client_names(&self, conn: &rustls::ServerConnection) -> Option<ClientCertNames> {
+        if !self.tls.client_cert_auth {
+            return None;
+        }
+        let names = conn
+            .peer_certificates()
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|c| common_name(c.as_ref()))
+            .collect();
+        Some(ClientCertNames(names))
+    }
+}
+
+/// The subject's common name of a DER certificate.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(String::from)
+}
+
 /// The first byte of a TLS connection (a handshake record). Anything else on a TLS port
 /// is someone speaking plain text to it.
 pub const HANDSHAKE_RECORD: u8 = 0x16;

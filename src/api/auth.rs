@@ -183,10 +183,21 @@ impl Api {
         out.result.map(|_| ()).map_err(|e| e.code)
     }
 
-    /// The caller, from `Authorization: Basic …`.
+    /// The caller, from `Authorization: Basic …`; without one, on a listener that
+    /// requires client certificates, the first certificate common name that names a user
+    /// (no password: the handshake proved it), as etcd does.
     fn caller(&self, req: &Request<Bytes>) -> Caller {
         let Some(h) = req.headers().get(http::header::AUTHORIZATION) else {
-            return Caller::Anonymous;
+            let names = req
+                .extensions()
+                .get::<flotilla_shims::tls::ClientCertNames>();
+            // A certificate that names no user gets the guest role on keys and nothing
+            // on /v2/auth, as in etcd.
+            return names
+                .into_iter()
+                .flat_map(|n| n.0.iter())
+                .find_map(|cn| self.get_user(cn))
+                .map_or(Caller::Anonymous, Caller::User);
         };
         let Some((name, password)) = basic_auth(h) else {
             return Caller::Refused;
