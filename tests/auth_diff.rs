@@ -408,6 +408,23 @@ async fn etcdctl_manages_auth_and_units_are_guarded() {
     );
     let dan = status(c.request(put("dan:danpw")).await.unwrap());
     assert_eq!(dan, 201, "a deployer could not submit a unit");
+    // What runs where (placement explanations, journals) needs read on the schedule.
+    let placement = |auth: Option<&str>| {
+        let mut b =
+            http::Request::builder().uri(format!("{url}/flotilla/v1/placement/web.service"));
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        b.body(Full::new(Bytes::new())).unwrap()
+    };
+    let anon = status(c.request(placement(None)).await.unwrap());
+    assert_eq!(anon, 401, "anonymous placement explanation");
+    let as_vera = status(
+        c.request(placement(Some("Basic dmVyYTp2ZXJhcHc=")))
+            .await
+            .unwrap(),
+    );
+    assert_ne!(as_vera, 401, "a viewer may read placement explanations");
     // `flotilla units` with etcdctl's --username.
     let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args([

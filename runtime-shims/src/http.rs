@@ -199,6 +199,18 @@ pub async fn request_body(
     body: Option<(&str, Bytes)>,
     timeout: std::time::Duration,
 ) -> Result<ClientResponse, String> {
+    let auth = BASIC_AUTH.get().map(String::as_str);
+    request_as(method, url, body, auth, timeout).await
+}
+
+/// [`request_body`] with this `Authorization` header (a member passing on its caller's).
+pub async fn request_as(
+    method: &str,
+    url: &str,
+    body: Option<(&str, Bytes)>,
+    authorization: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<ClientResponse, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
     let host = uri
         .host()
@@ -222,8 +234,8 @@ pub async fn request_body(
             .method(method)
             .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
             .header(http::header::HOST, format!("{host}:{port}"));
-        if let Some(auth) = BASIC_AUTH.get() {
-            b = b.header(http::header::AUTHORIZATION, auth.as_str());
+        if let Some(auth) = authorization {
+            b = b.header(http::header::AUTHORIZATION, auth);
         }
         let bytes = match body {
             Some((ct, bytes)) => {

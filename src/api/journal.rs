@@ -76,14 +76,20 @@ pub fn reply(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     r
 }
 
-/// Asks another machine's agent.
-pub async fn remote(url: &str, unit: &str, n: usize, timeout: Duration) -> Response<Body> {
+/// Asks another machine's agent (or member), passing on the caller's credentials.
+pub async fn remote(
+    url: &str,
+    unit: &str,
+    n: usize,
+    authorization: Option<&str>,
+    timeout: Duration,
+) -> Response<Body> {
     let enc = percent_encoding::utf8_percent_encode(unit, percent_encoding::NON_ALPHANUMERIC);
     let target = format!(
         "{}/flotilla/v1/journal/{enc}?n={n}&local=1",
         url.trim_end_matches('/')
     );
-    match flotilla_shims::http::request("GET", &target, None, timeout).await {
+    match flotilla_shims::http::request_as("GET", &target, None, authorization, timeout).await {
         Ok(r) => {
             let mut resp = full(
                 StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY),
@@ -179,7 +185,13 @@ impl super::Api {
             crate::sched::registry::agent_urls(dir.as_ref().map(|e| &e.node)).remove(m)
         });
         match (local_only, url) {
-            (false, Some(url)) => remote(&url, unit, n, Duration::from_secs(5)).await,
+            (false, Some(url)) => {
+                let auth = req
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                remote(&url, unit, n, auth, Duration::from_secs(5)).await
+            }
             _ => reply(
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"error": {"code": 404, "message": format!("no machine runs {unit}")}}),

@@ -107,6 +107,13 @@ impl Api {
                 }
             }
         }
+        if path.starts_with("/flotilla/v1/")
+            && !self.key_access(&req, &format!("{}/", crate::sched::registry::ROOT), true)
+        {
+            // Journals and placement explanations tell what runs where: with auth on,
+            // they need read access to the whole schedule.
+            return fleet::fleet_error(StatusCode::UNAUTHORIZED, "Insufficient credentials");
+        }
         if let Some(unit) = path.strip_prefix("/flotilla/v1/journal/") {
             if req.method() == Method::GET {
                 return self.journal(&req, unit).await;
