@@ -130,7 +130,14 @@ async fn three_machines_schedule_like_fleet_and_survive_failures() {
     let ttl = format!("--agent-ttl={TTL_S}s");
     let mut cl = Cluster::with_machines(3, &[&ttl, "--engine-reconcile-interval=0.5"]);
     let disks = ["ssd", "hdd", "ssd"];
+    // The seed's unit runs on the real engine: its containers are named and published
+    // apart from other tests' (the seed's fixed name and port), and removed at the end.
+    let prefix = format!("fc{}-", std::process::id());
+    let _containers = Containers::new(&prefix);
     for (i, n) in cl.nodes.iter_mut().enumerate() {
+        n.extra
+            .push(format!("--container-name-prefix={prefix}m{i}-"));
+        n.extra.push(format!("--publish-ip=127.0.0.{}", 81 + i));
         n.extra.push(format!("--machine-id=m{i}"));
         n.extra
             .push(format!("--metadata=disk={},rack=r{i}", disks[i]));
