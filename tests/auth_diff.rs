@@ -330,6 +330,25 @@ async fn etcdctl_manages_auth_and_units_are_guarded() {
         text
     };
     ok(&["user", "add", "root:rootpw"]);
+    // The records (password hashes) are never keys, not even with auth off.
+    for path in [
+        "/v2/keys/_flotilla/auth/users/root",
+        "/v2/keys/_flotilla/auth?recursive=true",
+        "/v2/keys/_flotilla?recursive=true",
+    ] {
+        let r = call(&c, "GET", &format!("{url}{path}"), None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 401, "{path}: {}", r.text);
+    }
+    let r = call(&c, "GET", &format!("{url}/v2/keys/?recursive=true"), None)
+        .await
+        .unwrap();
+    assert!(
+        r.status == 200 && !r.text.contains("rootpw") && !r.text.contains("$2a$"),
+        "{}",
+        r.text
+    );
     ok(&["auth", "enable"]);
     let with = |who: &[&'static str], rest: &[&'static str]| -> Vec<&'static str> {
         who.iter().chain(rest).copied().collect()

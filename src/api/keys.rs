@@ -42,11 +42,17 @@ impl Api {
     }
 
     /// Auth records are never keys; with auth enabled, the caller's roles must reach `key`.
+    /// (The root's listings skip hidden `_` names, so only a recursive request naming a
+    /// hidden directory above the records could reach them.)
     fn may_touch(&self, req: &Request<Bytes>, key: &str, recursive: bool) -> bool {
         let clean = crate::kv::path::clean(key);
         let auth_dir = crate::auth::PREFIX;
         let inside = clean == auth_dir || clean.starts_with(&format!("{auth_dir}/"));
-        let above = recursive && auth_dir.starts_with(&clean);
+        let above = recursive
+            && clean != "/"
+            && auth_dir
+                .strip_prefix(clean.as_str())
+                .is_some_and(|rest| rest.starts_with('/'));
         !inside && !above && self.key_access(req, key, recursive)
     }
 
