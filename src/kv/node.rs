@@ -20,7 +20,56 @@ pub type Children = imbl::OrdMap<CompactString, Node>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     File(Box<str>),
-    Dir(Box<Children>),
+    Dir(#[serde(deserialize_with = "grown::children")] Box<Children>),
+}
+
+/// Decoding imbl's collections one entry at a time. imbl's own visitors reserve the
+/// length a snapshot claims before reading a single entry, so a corrupt length aborted
+/// the process (found by the snapshot fuzz target); these grow with what is really there.
+pub mod grown {
+    use super::{Children, CompactString, Node};
+    use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+
+    struct ChildrenVisitor;
+
+    impl<'de> Visitor<'de> for ChildrenVisitor {
+        type Value = Box<Children>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a directory's children")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            let mut m = Children::new();
+            while let Some((k, v)) = a.next_entry::<CompactString, Node>()? {
+                m.insert(k, v);
+            }
+            Ok(Box::new(m))
+        }
+    }
+
+    pub fn children<'de, D: Deserializer<'de>>(d: D) -> Result<Box<Children>, D::Error> {
+        d.deserialize_map(ChildrenVisitor)
+    }
+
+    struct SetVisitor;
+
+    impl<'de> Visitor<'de> for SetVisitor {
+        type Value = imbl::OrdSet<(u64, String)>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a set of expirations")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            let mut s = imbl::OrdSet::new();
+            while let Some(v) = a.next_element::<(u64, String)>()? {
+                s.insert(v);
+            }
+            Ok(s)
+        }
+    }
+
+    pub fn ttls<'de, D: Deserializer<'de>>(d: D) -> Result<imbl::OrdSet<(u64, String)>, D::Error> {
+        d.deserialize_seq(SetVisitor)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,6 +26,7 @@ pub struct Store {
     history: History,
     /// (expiration ms, path) of every node with a TTL. Persistent, like the tree, so a
     /// transaction can keep the state it may have to return to at the cost of a pointer.
+    #[serde(deserialize_with = "super::node::grown::ttls")]
     ttls: imbl::OrdSet<(u64, String)>,
 }
 

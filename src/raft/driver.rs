@@ -113,7 +113,7 @@ impl Proposal {
     }
 
     pub fn decode(data: &[u8]) -> Result<Self, bincode::Error> {
-        bincode::deserialize(data)
+        super::machine::decode_bounded(data)
     }
 }
 

@@ -59,7 +59,7 @@ impl Machine {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        bincode::deserialize(bytes).map_err(|e| e.to_string())
+        decode_bounded(bytes).map_err(|e| e.to_string())
     }
 
     /// [`Machine::encode`]'s bytes, streamed into `w` (a snapshot record's tail).
@@ -72,6 +72,18 @@ impl Machine {
         let bytes = serde_json::to_vec(self).expect("machine serializes");
         fnv1a(&bytes)
     }
+}
+
+/// bincode with every length checked against the input: a corrupt or hostile length is an
+/// error, not an allocation of that size (a fuzzed snapshot made `bincode::deserialize`
+/// abort on capacity overflow). Same encoding as `bincode::serialize`.
+pub fn decode_bounded<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(bytes.len() as u64)
+        .deserialize(bytes)
 }
 
 /// FNV-1a, 64-bit: a stable, dependency-free hash for ids and digests (not for security).
@@ -121,6 +133,9 @@ mod tests {
         m.encode_to(&mut tail).unwrap();
         assert_eq!(&tail[4..], &m.encode()[..], "one encoding, appended");
         assert!(Machine::decode(b"garbage").is_err());
+        // Found by the snapshot fuzz target: a length far beyond the input.
+        let crash = include_bytes!("../../fuzz/regressions/snapshot-capacity-overflow");
+        assert!(Machine::decode(crash).is_err());
     }
 
     #[test]
