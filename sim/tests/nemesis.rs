@@ -2,7 +2,7 @@
 //! its own container from the locally built image (`scripts/build-image`), on two Docker
 //! networks this test creates — one for peers, one for clients — so a partition
 //! (disconnecting a member from the peer network) leaves it answering clients. Faults:
-//! partitions, `docker kill` + restart, `docker pause`/`unpause`. Clients record every
+//! partitions, `docker kill` + restart, `docker pause`/`unpause`, then a rolling restart. Clients record every
 //! operation's invocation and completion; the history goes through the simulator's own
 //! checker (`flotilla_sim::linearizability`). The same harness against three etcd 3.4
 //! containers (Debian's binary) passes with quorum reads and must fail when its local
@@ -279,6 +279,26 @@ struct Faults {
     partitions: u32,
     kills: u32,
     pauses: u32,
+    /// Members restarted one after another (`docker restart`), each back before the next.
+    rolling_restarts: u32,
+}
+
+/// Every member restarted in turn, the next only once the last answers again.
+fn rolling_restart(c: &Cluster, f: &mut Faults) {
+    for (i, name) in c.names.iter().enumerate() {
+        docker(&["restart", "-t", "2", name]);
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            if matches!(
+                http(&c.client_ips[i], "GET", "/v2/keys/nem?quorum=true", None),
+                Ok((200 | 404, _))
+            ) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        f.rolling_restarts += 1;
+    }
 }
 
 /// Faults for `secs`: a member cut off from its peers, killed and restarted, or paused.
@@ -354,7 +374,10 @@ fn campaign(
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let history = clients(c, t0, stop.clone(), local_as_linearizable, quorum_reads);
-    let faults = nemesis(c, secs, 7, kinds);
+    let mut faults = nemesis(c, secs, 7, kinds);
+    if kinds.contains(&"kill") {
+        rolling_restart(c, &mut faults);
+    }
     stop.store(true, Ordering::Relaxed);
     while Arc::strong_count(&history) > 1 {
         std::thread::sleep(Duration::from_millis(50));
@@ -434,7 +457,7 @@ fn a_container_cluster_under_a_nemesis_stays_linearizable_and_etcds_local_reads_
     assert!(verdict.is_ok(), "flotilla's history: {verdict:?}");
     assert!(converged(&fl), "flotilla's members did not converge");
     assert!(
-        f.partitions >= 1 && f.kills >= 1 && f.pauses >= 1,
+        f.partitions >= 1 && f.kills >= 1 && f.pauses >= 1 && f.rolling_restarts == 3,
         "every fault kind at least once: {f:?}"
     );
     drop(fl);
