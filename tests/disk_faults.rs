@@ -87,13 +87,13 @@ async fn a_member_whose_disk_fills_stops_and_loses_nothing_it_acknowledged() {
     let data = fs.mnt.join("data");
     let logdir = tempfile::tempdir().unwrap();
     let log = logdir.path().join("node.log");
-    let (client, peer) = (
+    let (url, peer) = (
         format!("http://127.0.0.1:{}", free_port()),
         format!("http://127.0.0.1:{}", free_port()),
     );
     let c = client();
-    let mut child = node(&data, &client, &peer, &log);
-    wait_healthy(&c, &client).await;
+    let mut child = node(&data, &url, &peer, &log);
+    wait_healthy(&c, &url).await;
     // Leave about 1 MiB: the WAL's current segment is preallocated, so writes go on until
     // it needs its next one.
     let filler = fs.mnt.join("filler");
@@ -111,8 +111,8 @@ async fn a_member_whose_disk_fills_stops_and_loses_nothing_it_acknowledged() {
         if child.try_wait().unwrap().is_some() || failures >= 20 {
             break;
         }
-        let url = format!("{client}/v2/keys/big/{i}");
-        match call(&c, "PUT", &url, Some(&format!("value={value}"))).await {
+        let key = format!("{url}/v2/keys/big/{i}");
+        match call(&c, "PUT", &key, Some(&format!("value={value}"))).await {
             Ok(r) if r.status == 200 || r.status == 201 => acked.push(i),
             _ => failures += 1,
         }
@@ -145,10 +145,10 @@ async fn a_member_whose_disk_fills_stops_and_loses_nothing_it_acknowledged() {
 
     // Room again: it comes back from what is durable, with every acknowledged write.
     std::fs::remove_file(&filler).unwrap();
-    let mut child = node(&data, &client, &peer, &log);
-    wait_healthy(&c, &client).await;
+    let mut child = node(&data, &url, &peer, &log);
+    wait_healthy(&c, &url).await;
     for i in &acked {
-        let r = call(&c, "GET", &format!("{client}/v2/keys/big/{i}"), None)
+        let r = call(&c, "GET", &format!("{url}/v2/keys/big/{i}"), None)
             .await
             .unwrap();
         assert_eq!(r.status, 200, "acknowledged write big/{i} lost: {}", r.text);
