@@ -108,15 +108,9 @@ fn member_flags(ca: &Path, cert: &Path, key: &Path) -> Vec<String> {
     .collect()
 }
 
-/// `flotilla kv` with the given TLS flags: (success, stdout, stderr).
-fn kv(endpoint: &str, tls: &[String], args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .arg("kv")
-        .arg(format!("--endpoints={endpoint}"))
-        .args(tls)
-        .args(args)
-        .output()
-        .expect("run flotilla kv");
+/// A command's (success, trimmed stdout, stderr).
+fn outcome(mut cmd: Command, what: &str) -> (bool, String, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
@@ -124,18 +118,23 @@ fn kv(endpoint: &str, tls: &[String], args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `flotilla kv` with the given TLS flags.
+fn kv(endpoint: &str, tls: &[String], args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    cmd.arg("kv").arg(format!("--endpoints={endpoint}"));
+    cmd.args(tls).args(args);
+    outcome(cmd, "run flotilla kv")
+}
+
+/// Debian's etcdctl, v2 API.
 fn etcdctl(endpoint: &str, tls: &[String], args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "2")
-        .arg(format!("--endpoints={endpoint}"))
-        .args(tls)
-        .args(args)
-        .output()
-        .expect("etcdctl must be installed (scripts/test-all installs etcd-client)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "2")
+        .arg(format!("--endpoints={endpoint}"));
+    cmd.args(tls).args(args);
+    outcome(
+        cmd,
+        "etcdctl must be installed (scripts/test-all installs etcd-client)",
     )
 }
 

@@ -183,6 +183,15 @@ impl Api {
         out.result.map(|_| ()).map_err(|e| e.code)
     }
 
+    /// Deletes a user or role record: 200 with an empty body, or 404 with `missing`.
+    async fn delete_record(&self, key: String, missing: String) -> Result<Reply, AuthError> {
+        match self.store_write(key, None, Some(true)).await {
+            Ok(()) => Ok(self.reply(StatusCode::OK, vec![], None)),
+            Err(KEY_NOT_FOUND) => Err(err(404, missing)),
+            Err(_) => Err(internal()),
+        }
+    }
+
     /// The caller, from `Authorization: Basic …`; without one, on a listener that
     /// requires client certificates, the first certificate common name that names a user
     /// (no password: the handshake proved it), as etcd does.
@@ -360,16 +369,8 @@ impl Api {
                         "auth: Cannot delete root user while auth is enabled.",
                     ));
                 }
-                match self
-                    .store_write(auth::user_key(name), None, Some(true))
-                    .await
-                {
-                    Ok(()) => Ok(self.reply(StatusCode::OK, vec![], None)),
-                    Err(KEY_NOT_FOUND) => {
-                        Err(err(404, format!("auth: User {name} does not exist")))
-                    }
-                    Err(_) => Err(internal()),
-                }
+                let missing = format!("auth: User {name} does not exist");
+                self.delete_record(auth::user_key(name), missing).await
             }
             _ => self.put_user(req, name).await,
         }
@@ -487,16 +488,8 @@ impl Api {
                 if name == auth::ROOT {
                     return Err(root());
                 }
-                match self
-                    .store_write(auth::role_key(name), None, Some(true))
-                    .await
-                {
-                    Ok(()) => Ok(self.reply(StatusCode::OK, vec![], None)),
-                    Err(KEY_NOT_FOUND) => {
-                        Err(err(404, format!("auth: Role {name} doesn't exist.")))
-                    }
-                    Err(_) => Err(internal()),
-                }
+                let missing = format!("auth: Role {name} doesn't exist.");
+                self.delete_record(auth::role_key(name), missing).await
             }
             _ => {
                 let r: Role = serde_json::from_slice(req.body())
