@@ -215,28 +215,17 @@ fn three_members_over_tls_with_client_certificates() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["confd", "--onetime", &format!("--confdir={}", s(&confdir))])
-        .arg(format!("--node={ep2}"))
-        .args(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut confd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    confd.args(["confd", "--onetime", &format!("--confdir={}", s(&confdir))]);
+    confd.arg(format!("--node={ep2}")).args(&good);
+    let (ok, _, err) = outcome(confd, "run flotilla confd");
+    assert!(ok, "{err}");
     assert_eq!(std::fs::read_to_string(&dest).unwrap(), "a=one\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["units", &format!("--endpoint={ep0}"), "list-unit-files"])
-        .args(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut units = Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    units.args(["units", &format!("--endpoint={ep0}"), "list-unit-files"]);
+    units.args(&good);
+    let (ok, _, err) = outcome(units, "run flotilla units");
+    assert!(ok, "{err}");
 
     // Debian's etcdctl (v2) with etcdctl's flag names.
     let etcd_flags: Vec<String> = vec![

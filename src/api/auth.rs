@@ -458,12 +458,11 @@ impl Api {
         let old = self
             .get_user(&u.user)
             .ok_or_else(|| err(404, format!("auth: User {} does not exist.", u.user)))?;
-        let mut hashed = Ok(String::new());
-        let merged = auth::merge_user(&old, &u, |p| {
-            hashed = self.hash(p);
-            hashed.clone().unwrap_or_default()
-        })?;
-        hashed?;
+        let new_hash = match u.password.as_str() {
+            "" => None,
+            p => Some(self.hash(p)?),
+        };
+        let merged = auth::merge_user(&old, &u, new_hash)?;
         let value = serde_json::to_string(&merged).map_err(|_| internal())?;
         match self
             .store_write(auth::user_key(&u.user), Some(value), Some(true))

@@ -158,14 +158,10 @@ fn sorted(set: BTreeSet<String>) -> Option<Vec<String>> {
     Some(set.into_iter().collect())
 }
 
-/// A user after an update: grants then revokes, then the password (`hash` is called only
-/// when a new one is given). Refuses duplicate grants, revokes of ungranted roles, and
-/// updates that change nothing.
-pub fn merge_user(
-    old: &User,
-    new: &User,
-    hash: impl FnOnce(&str) -> String,
-) -> Result<User, AuthError> {
+/// A user after an update: grants then revokes, then the password (`new_hash`: the hash
+/// of the new one, if one was given). Refuses duplicate grants, revokes of ungranted
+/// roles, and updates that change nothing.
+pub fn merge_user(old: &User, new: &User, new_hash: Option<String>) -> Result<User, AuthError> {
     let mut roles: BTreeSet<String> = old.roles.iter().flatten().cloned().collect();
     for g in new.grant.iter().flatten() {
         if !roles.insert(g.clone()) {
@@ -179,11 +175,7 @@ pub fn merge_user(
             return Err(err(409, msg));
         }
     }
-    let password = if new.password.is_empty() {
-        old.password.clone()
-    } else {
-        hash(&new.password)
-    };
+    let password = new_hash.unwrap_or_else(|| old.password.clone());
     let out = User {
         user: old.user.clone(),
         password,
@@ -324,22 +316,22 @@ mod tests {
             grant: Some(grant.iter().map(|s| s.to_string()).collect()),
             revoke: Some(revoke.iter().map(|s| s.to_string()).collect()),
         };
-        let m = merge_user(&old, &ask(&["a"], &[], ""), |_| unreachable!()).unwrap();
+        let m = merge_user(&old, &ask(&["a"], &[], ""), None).unwrap();
         assert_eq!(m.roles, Some(vec!["a".to_string(), "b".into()]));
         assert_eq!(m.password, "h1");
-        let e = merge_user(&old, &ask(&["b"], &[], ""), |_| unreachable!()).unwrap_err();
+        let e = merge_user(&old, &ask(&["b"], &[], ""), None).unwrap_err();
         assert_eq!(
             e,
             err(409, "auth: Granting duplicate role b for user alice")
         );
-        let e = merge_user(&old, &ask(&[], &["z"], ""), |_| unreachable!()).unwrap_err();
+        let e = merge_user(&old, &ask(&[], &["z"], ""), None).unwrap_err();
         assert_eq!(
             e,
             err(409, "auth: Revoking ungranted role z for user alice")
         );
-        let e = merge_user(&old, &ask(&["a"], &["a"], ""), |_| unreachable!()).unwrap_err();
+        let e = merge_user(&old, &ask(&["a"], &["a"], ""), None).unwrap_err();
         assert_eq!(e.status, 400);
-        let m = merge_user(&old, &ask(&[], &[], "pw"), |p| format!("#{p}")).unwrap();
+        let m = merge_user(&old, &ask(&[], &[], "pw"), Some("#pw".into())).unwrap();
         assert_eq!(m.password, "#pw");
     }
 
