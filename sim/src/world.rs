@@ -703,10 +703,13 @@ fn misplaced(
     let by_machine = running(w);
     let launched = |u: &str| units.get(u).is_some_and(|x| x.desired == Desired::Launched);
     for (u, on) in schedule {
-        // A stack sidekick is bound to its app (`BindsTo`): it runs only while the app
-        // is launched too, as systemd and fleet would leave it.
-        let bound = w.s.stack.then(|| u.strip_prefix("side@")).flatten();
-        let launched = launched(u) && bound.is_none_or(|i| launched(&format!("app@{i}")));
+        // A unit bound to another (`BindsTo=`, the stack's sidekicks) runs only while
+        // that one is launched too, as systemd and fleet would leave it.
+        let opts = crate::scenario::unit_options(u, w.s.stack);
+        let mut bound_to = opts
+            .iter()
+            .filter(|(sec, k, _)| sec == "Unit" && k == "BindsTo");
+        let launched = launched(u) && bound_to.all(|(_, _, target)| launched(target));
         for m in on.keys() {
             let Some(i) = m.strip_prefix('m').and_then(|i| i.parse::<usize>().ok()) else {
                 continue;
