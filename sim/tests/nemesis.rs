@@ -2,17 +2,23 @@
 //! its own container from the locally built image (`scripts/build-image`), on two Docker
 //! networks this test creates — one for peers, one for clients — so a partition
 //! (disconnecting a member from the peer network) leaves it answering clients. Faults:
-//! partitions, `docker kill` + restart, `docker pause`/`unpause`, then a rolling restart. Clients record every
-//! operation's invocation and completion; the history goes through the simulator's own
-//! checker (`flotilla_sim::linearizability`). The same harness against three etcd 3.4
-//! containers (Debian's binary) passes with quorum reads and must fail when its local
-//! reads are taken as linearizable: the checker has teeth on real histories.
+//! partitions, one-way drops (iptables in the member's network namespace), `docker kill` +
+//! restart, `docker pause`/`unpause`, then a rolling restart and — flotilla only — a
+//! rolling upgrade from an older commit's image (`flotilla:old`) to this one, data kept
+//! on volumes. Clients record every operation's invocation and completion; the history
+//! goes through the simulator's own checker (`flotilla_sim::linearizability`). A ledger
+//! client creates one fresh key per write: every acknowledged one must be on every member
+//! at the end, and the members must hold the same keys and values. The same harness
+//! against three etcd 3.4 containers (Debian's binary) passes with quorum reads and must
+//! fail when its local reads are taken as linearizable: the checker has teeth on real
+//! histories.
 #![cfg(not(madsim))]
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use flotilla_sim::history::{History, Op, Outcome};
 use flotilla_sim::linearizability;
 use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
@@ -21,6 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const KEYS: usize = 3;
+/// The commit `flotilla:old` is built from for the rolling upgrade: the last one that
+/// landed with an unchanged data dir and peer protocol. Move it forward with releases.
+const UPGRADE_FROM: &str = "877c127f7d8fb789771f8b045e17bf0cd198b088";
 
 fn docker(args: &[&str]) -> String {
     let out = Command::new("docker").args(args).output().expect("docker");
@@ -48,7 +57,7 @@ fn build_images() {
         assert!(ok.success(), "building flotilla for the image");
     }
     let out = Command::new(format!("{root}/scripts/build-image"))
-        .arg("--etcd")
+        .args(["--etcd", "--old", UPGRADE_FROM])
         .env("FLOTILLA", &bin)
         .output()
         .expect("scripts/build-image");
@@ -60,10 +69,14 @@ fn build_images() {
     );
 }
 
-/// Three members in containers on a peer network and a client network.
+/// Three members in containers on a peer network and a client network, data on volumes.
 struct Cluster {
+    kind: &'static str,
     names: Vec<String>,
+    volumes: Vec<String>,
     peer_net: String,
+    client_net: String,
+    peer_subnet: String,
     peer_ips: Vec<String>,
     client_ips: Vec<String>,
 }
@@ -73,89 +86,91 @@ impl Drop for Cluster {
         for n in &self.names {
             docker_quiet(&["rm", "-f", n]);
         }
+        for v in &self.volumes {
+            docker_quiet(&["volume", "rm", "-f", v]);
+        }
         docker_quiet(&["network", "rm", &self.peer_net]);
-        docker_quiet(&["network", "rm", &self.peer_net.replace("peers", "clients")]);
+        docker_quiet(&["network", "rm", &self.client_net]);
     }
 }
 
-fn start(kind: &str, tag: u32) -> Cluster {
+fn start(kind: &'static str, image: &str, tag: u32) -> Cluster {
     let id = std::process::id();
-    let peer_net = format!("nem-{kind}-peers-{id}");
-    let client_net = format!("nem-{kind}-clients-{id}");
-    let (p, c) = (format!("10.{}.{tag}", 200), format!("10.{}.{tag}", 201));
+    let (p, c) = (format!("10.200.{tag}"), format!("10.201.{tag}"));
+    let c = Cluster {
+        kind,
+        names: (0..3).map(|i| format!("nem-{kind}-{id}-n{i}")).collect(),
+        volumes: (0..3).map(|i| format!("nem-{kind}-{id}-n{i}")).collect(),
+        peer_net: format!("nem-{kind}-peers-{id}"),
+        client_net: format!("nem-{kind}-clients-{id}"),
+        peer_subnet: format!("{p}.0/24"),
+        peer_ips: (0..3).map(|i| format!("{p}.{}", 10 + i)).collect(),
+        client_ips: (0..3).map(|i| format!("{c}.{}", 10 + i)).collect(),
+    };
+    docker(&["network", "create", "--subnet", &c.peer_subnet, &c.peer_net]);
+    let client_subnet = format!("{}.0/24", c.client_ips[0].rsplit_once('.').unwrap().0);
     docker(&[
         "network",
         "create",
         "--subnet",
-        &format!("{p}.0/24"),
-        &peer_net,
+        &client_subnet,
+        &c.client_net,
     ]);
-    docker(&[
-        "network",
-        "create",
-        "--subnet",
-        &format!("{c}.0/24"),
-        &client_net,
-    ]);
-    let peer_ips: Vec<String> = (0..3).map(|i| format!("{p}.{}", 10 + i)).collect();
-    let client_ips: Vec<String> = (0..3).map(|i| format!("{c}.{}", 10 + i)).collect();
+    for i in 0..3 {
+        run_member(&c, i, image);
+    }
+    c
+}
+
+/// Starts member `i` from `image` on its volume: the first start of the cluster, and
+/// each step of a rolling upgrade.
+fn run_member(c: &Cluster, i: usize, image: &str) {
     let cluster = (0..3)
-        .map(|i| format!("n{i}=http://{}:2380", peer_ips[i]))
+        .map(|j| format!("n{j}=http://{}:2380", c.peer_ips[j]))
         .collect::<Vec<_>>()
         .join(",");
-    let mut names = vec![];
-    for i in 0..3 {
-        let name = format!("nem-{kind}-{id}-n{i}");
-        let peer = format!("http://{}:2380", peer_ips[i]);
-        let client = format!("http://{}:2379", client_ips[i]);
-        let mut args: Vec<String> = ["run", "-d", "--name", &name, "--network", &peer_net]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(["--ip".into(), peer_ips[i].clone()]);
-        if kind == "etcd" {
-            args.extend([
-                "flotilla/etcd:3.4".into(),
-                format!("--name=n{i}"),
-                "--data-dir=/data/etcd".into(),
-                "--enable-v2=true".into(),
-                "--listen-client-urls=http://0.0.0.0:2379".into(),
-                format!("--advertise-client-urls={client}"),
-                format!("--listen-peer-urls={peer}"),
-                format!("--initial-advertise-peer-urls={peer}"),
-                format!("--initial-cluster={cluster}"),
-            ]);
-        } else {
-            args.extend([
-                "flotilla:local".into(),
-                "node".into(),
-                format!("--name=n{i}"),
-                "--data-dir=/data/flotilla".into(),
-                "--listen-client-urls=http://0.0.0.0:2379".into(),
-                format!("--advertise-client-urls={client}"),
-                format!("--listen-peer-urls={peer}"),
-                format!("--initial-cluster={cluster}"),
-                "--no-agent".into(),
-            ]);
-        }
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        docker(&argv);
-        docker(&[
-            "network",
-            "connect",
-            "--ip",
-            &client_ips[i],
-            &client_net,
-            &name,
+    let peer = format!("http://{}:2380", c.peer_ips[i]);
+    let client = format!("http://{}:2379", c.client_ips[i]);
+    let mut args: Vec<String> = ["run", "-d", "--name", &c.names[i], "--network", &c.peer_net]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--ip".into(), c.peer_ips[i].clone()]);
+    args.extend(["-v".into(), format!("{}:/data", c.volumes[i])]);
+    args.push(image.into());
+    if c.kind == "etcd" {
+        args.extend([
+            format!("--name=n{i}"),
+            "--data-dir=/data/etcd".into(),
+            "--enable-v2=true".into(),
+            "--listen-client-urls=http://0.0.0.0:2379".into(),
+            format!("--advertise-client-urls={client}"),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--initial-cluster={cluster}"),
         ]);
-        names.push(name);
+    } else {
+        args.extend([
+            "node".into(),
+            format!("--name=n{i}"),
+            "--data-dir=/data/flotilla".into(),
+            "--listen-client-urls=http://0.0.0.0:2379".into(),
+            format!("--advertise-client-urls={client}"),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-cluster={cluster}"),
+            "--no-agent".into(),
+        ]);
     }
-    Cluster {
-        names,
-        peer_net,
-        peer_ips,
-        client_ips,
-    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    docker(&argv);
+    docker(&[
+        "network",
+        "connect",
+        "--ip",
+        &c.client_ips[i],
+        &c.client_net,
+        &c.names[i],
+    ]);
 }
 
 /// One HTTP/1.1 request on a fresh connection. `Err(true)`: it may have reached the
@@ -178,13 +193,30 @@ fn http(ip: &str, method: &str, path: &str, form: Option<&str>) -> Result<(u16, 
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or(true)?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    // Chunked bodies: the JSON object is all we need.
-    let json = body
-        .find('{')
-        .and_then(|a| body.rfind('}').map(|b| body[a..=b].to_string()))
-        .unwrap_or_default();
-    Ok((status, json))
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body).ok_or(true)?
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+/// A chunked body's bytes, or `None` when it is cut short.
+fn dechunk(mut rest: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(after.get(..size)?);
+        rest = after.get(size..)?.strip_prefix("\r\n")?;
+    }
 }
 
 fn outcome(op: &Op, r: Result<(u16, String), bool>) -> Outcome {
@@ -277,31 +309,88 @@ fn clients(
 #[derive(Debug, Default)]
 struct Faults {
     partitions: u32,
+    /// A member's packets from its peers dropped, or its packets to them (iptables).
+    one_way_drops: u32,
     kills: u32,
     pauses: u32,
     /// Members restarted one after another (`docker restart`), each back before the next.
     rolling_restarts: u32,
+    /// Members replaced one after another by a container of the new image.
+    upgrades: u32,
+}
+
+impl Faults {
+    fn table_cell(&self) -> String {
+        let kinds = [
+            (self.partitions, "partitions"),
+            (self.one_way_drops, "one-way drops"),
+            (self.kills, "kills"),
+            (self.pauses, "pauses"),
+            (self.rolling_restarts, "rolling restarts"),
+            (self.upgrades, "upgrades"),
+        ];
+        let named: Vec<String> = kinds
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, k)| format!("{n} {k}"))
+            .collect();
+        named.join(", ")
+    }
+}
+
+/// Waits (up to 30 s) until member `i` answers a quorum read.
+fn wait_answering(c: &Cluster, i: usize) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end {
+        if matches!(
+            http(&c.client_ips[i], "GET", "/v2/keys/nem?quorum=true", None),
+            Ok((200 | 404, _))
+        ) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Every member restarted in turn, the next only once the last answers again.
 fn rolling_restart(c: &Cluster, f: &mut Faults) {
     for (i, name) in c.names.iter().enumerate() {
         docker(&["restart", "-t", "2", name]);
-        let end = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < end {
-            if matches!(
-                http(&c.client_ips[i], "GET", "/v2/keys/nem?quorum=true", None),
-                Ok((200 | 404, _))
-            ) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_answering(c, i);
         f.rolling_restarts += 1;
     }
 }
 
-/// Faults for `secs`: a member cut off from its peers, killed and restarted, or paused.
+/// Every member stopped, removed and started again from `image` on the same volume, the
+/// next only once the last answers: old and new binaries serve side by side meanwhile.
+fn rolling_upgrade(c: &Cluster, image: &str, f: &mut Faults) {
+    for i in 0..3 {
+        docker(&["stop", "-t", "5", &c.names[i]]);
+        docker(&["rm", &c.names[i]]);
+        run_member(c, i, image);
+        wait_answering(c, i);
+        f.upgrades += 1;
+    }
+}
+
+/// Runs iptables in the network namespace of container `name` (the image has no
+/// iptables; the host's binary, entered into the container's namespace, does the same).
+fn iptables(name: &str, args: &[&str]) {
+    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", name]);
+    let out = Command::new("nsenter")
+        .args(["-t", &pid, "-n", "iptables"])
+        .args(args)
+        .output()
+        .expect("nsenter (util-linux) and iptables are needed for one-way drops");
+    assert!(
+        out.status.success(),
+        "iptables {args:?} in {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Faults for `secs`: a member cut off from its peers, its traffic dropped one way,
+/// killed and restarted, or paused.
 fn nemesis(c: &Cluster, secs: u64, seed: u64, kinds: &[&str]) -> Faults {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut f = Faults::default();
@@ -326,6 +415,20 @@ fn nemesis(c: &Cluster, secs: u64, seed: u64, kinds: &[&str]) -> Faults {
                     name,
                 ]);
                 f.partitions += 1;
+            }
+            "drop" => {
+                // Inbound from the peers, or outbound to them: the member still hears
+                // (or is still heard by) the others, the asymmetric case a clean
+                // partition never shows. Clients are on another subnet and pass.
+                let rule = if rng.gen_bool(0.5) {
+                    ["INPUT", "-s", &c.peer_subnet, "-j", "DROP"]
+                } else {
+                    ["OUTPUT", "-d", &c.peer_subnet, "-j", "DROP"]
+                };
+                iptables(name, &[&["-A"], &rule[..]].concat());
+                std::thread::sleep(Duration::from_millis(rng.gen_range(2000..4000)));
+                iptables(name, &[&["-D"], &rule[..]].concat());
+                f.one_way_drops += 1;
             }
             "kill" => {
                 docker(&["kill", name]);
@@ -361,24 +464,60 @@ fn wait_ready(c: &Cluster) {
     panic!("cluster did not become ready");
 }
 
-/// Runs clients under the nemesis, heals, reads every key once more through a quorum
-/// read, and returns the history and the faults.
+/// A client that creates a fresh key per write (`/nem/acked/N`, create-only), on each
+/// member in turn, and keeps the numbers whose creation was acknowledged: none of them
+/// may be missing at the end, on any member.
+fn ledger(c: &Cluster, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, Vec<u64>)> {
+    let ips = c.client_ips.clone();
+    std::thread::spawn(move || {
+        let (mut tried, mut acked) = (0u64, vec![]);
+        while !stop.load(Ordering::Relaxed) {
+            tried += 1;
+            let ip = &ips[tried as usize % ips.len()];
+            let path = format!("/v2/keys/nem/acked/{tried:06}?prevExist=false");
+            let form = format!("value={tried}");
+            if let Ok((201, _)) = http(ip, "PUT", &path, Some(&form)) {
+                acked.push(tried);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (tried, acked)
+    })
+}
+
+/// What a campaign saw.
+struct Run {
+    history: History,
+    faults: Faults,
+    ledger_tried: u64,
+    ledger_acked: Vec<u64>,
+}
+
+/// Runs clients and the ledger under the nemesis, then a rolling restart (when members
+/// are killed) and a rolling upgrade (when `upgrade_to` names an image), heals, and reads
+/// every key once more through a quorum read.
 fn campaign(
     c: &Cluster,
     secs: u64,
     kinds: &[&str],
     local_as_linearizable: bool,
     quorum_reads: bool,
-) -> (History, Faults) {
+    upgrade_to: Option<&str>,
+) -> Run {
     wait_ready(c);
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let history = clients(c, t0, stop.clone(), local_as_linearizable, quorum_reads);
+    let ledger = ledger(c, stop.clone());
     let mut faults = nemesis(c, secs, 7, kinds);
     if kinds.contains(&"kill") {
         rolling_restart(c, &mut faults);
     }
+    if let Some(image) = upgrade_to {
+        rolling_upgrade(c, image, &mut faults);
+    }
     stop.store(true, Ordering::Relaxed);
+    let (ledger_tried, ledger_acked) = ledger.join().expect("ledger client");
     while Arc::strong_count(&history) > 1 {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -397,85 +536,146 @@ fn campaign(
         );
         h.complete(id, outcome(&op, r), now());
     }
-    (h, faults)
+    Run {
+        history: h,
+        faults,
+        ledger_tried,
+        ledger_acked,
+    }
 }
 
-/// Every member holds the same values once healed.
-fn converged(c: &Cluster) -> bool {
-    let end = Instant::now() + Duration::from_secs(15);
+/// Every leaf under `/nem` on one member (a local read), key → value.
+fn view(ip: &str) -> Option<BTreeMap<String, String>> {
+    fn leaves(node: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+        if let Some(children) = node["nodes"].as_array() {
+            children.iter().for_each(|n| leaves(n, out));
+        } else if let (Some(k), Some(v)) = (node["key"].as_str(), node["value"].as_str()) {
+            out.insert(k.to_string(), v.to_string());
+        }
+    }
+    let (status, body) = http(ip, "GET", "/v2/keys/nem?recursive=true", None).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    (status == 200).then(|| {
+        let mut out = BTreeMap::new();
+        leaves(&v["node"], &mut out);
+        out
+    })
+}
+
+/// Waits (up to 20 s) for every member to hold the same keys and values under `/nem`;
+/// returns the members' views as last read (equal when they converged).
+fn converge(c: &Cluster) -> Result<BTreeMap<String, String>, String> {
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut last = vec![];
     while Instant::now() < end {
-        let views: Vec<Vec<String>> = c
-            .client_ips
-            .iter()
-            .map(|ip| {
-                (0..KEYS)
-                    .map(|k| {
-                        http(ip, "GET", &format!("/v2/keys/nem/k{k}"), None)
-                            .map(|(_, b)| b)
-                            .unwrap_or_default()
-                    })
-                    .map(|b| {
-                        let v: serde_json::Value = serde_json::from_str(&b).unwrap_or_default();
-                        v["node"]["value"].as_str().unwrap_or("-").to_string()
-                    })
-                    .collect()
-            })
-            .collect();
-        if views.windows(2).all(|w| w[0] == w[1]) {
-            return true;
+        last = c.client_ips.iter().map(|ip| view(ip)).collect();
+        if last[0].is_some() && last.windows(2).all(|w| w[0] == w[1]) {
+            return Ok(last.swap_remove(0).unwrap_or_default());
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    false
+    let sizes: Vec<Option<usize>> = last.iter().map(|v| v.as_ref().map(|m| m.len())).collect();
+    Err(format!(
+        "members did not converge; keys per member: {sizes:?}"
+    ))
 }
 
-fn summary(name: &str, h: &History, f: &Faults, verdict: &Result<(), String>) {
+/// The acknowledged ledger numbers missing from a converged view.
+fn lost(view: &BTreeMap<String, String>, acked: &[u64]) -> Vec<u64> {
+    let present: BTreeSet<u64> = view
+        .iter()
+        .filter(|(k, _)| k.starts_with("/nem/acked/"))
+        .filter_map(|(_, v)| v.parse().ok())
+        .collect();
+    acked
+        .iter()
+        .copied()
+        .filter(|n| !present.contains(n))
+        .collect()
+}
+
+/// Prints the run as a row of the README's results table.
+fn summary(name: &str, r: &Run, verdict: &Result<(), String>, lost: Option<usize>) {
+    let h = &r.history;
     let ok = h
         .records
         .iter()
         .filter(|r| matches!(r.outcome, Outcome::Ok(_)))
         .count();
+    let checker = match verdict {
+        Ok(()) => "linearizable".to_string(),
+        Err(e) => format!("**violation**: {}", e.lines().next().unwrap_or("")),
+    };
+    let lost = lost.map_or("-".to_string(), |n| n.to_string());
     println!(
-        "{name}: {} operations ({ok} ok), faults {f:?}, linearizability: {}",
+        "| {name} | {} ({ok}) | {} of {} | {lost} | {} | {checker} |",
         h.records.len(),
-        match verdict {
-            Ok(()) => "ok".to_string(),
-            Err(e) => format!("VIOLATION: {}", e.lines().next().unwrap_or("")),
-        }
+        r.ledger_acked.len(),
+        r.ledger_tried,
+        r.faults.table_cell(),
+    );
+}
+
+/// Checks a run that must pass: linearizable, converged, no acknowledged write lost.
+fn must_pass(name: &str, c: &Cluster, r: &Run) {
+    let verdict = linearizability::check(&r.history.records);
+    let view = converge(c);
+    let lost = view.as_ref().map(|v| lost(v, &r.ledger_acked));
+    summary(name, r, &verdict, lost.as_ref().ok().map(Vec::len));
+    assert!(verdict.is_ok(), "{name}'s history: {verdict:?}");
+    let lost = lost.unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert!(lost.is_empty(), "{name} lost acknowledged writes: {lost:?}");
+    assert!(
+        r.ledger_acked.len() > 10,
+        "{name}: the ledger got only {} writes acknowledged",
+        r.ledger_acked.len()
     );
 }
 
 #[test]
 fn a_container_cluster_under_a_nemesis_stays_linearizable_and_etcds_local_reads_do_not() {
     build_images();
+    println!("| run | operations (ok) | ledger writes acked | acked lost | faults | checker |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     // flotilla: every fault kind, local and quorum reads (local ones are not claimed
-    // linearizable, as in etcd).
-    let fl = start("flotilla", 10 + std::process::id() % 100);
-    let (h, f) = campaign(&fl, 20, &["partition", "kill", "pause"], false, true);
-    let verdict = linearizability::check(&h.records);
-    summary("flotilla", &h, &f, &verdict);
-    assert!(verdict.is_ok(), "flotilla's history: {verdict:?}");
-    assert!(converged(&fl), "flotilla's members did not converge");
+    // linearizable, as in etcd), starting from the old image and upgraded at the end.
+    let fl = start("flotilla", "flotilla:old", 10 + std::process::id() % 100);
+    let kinds = ["partition", "drop", "kill", "pause"];
+    let r = campaign(&fl, 24, &kinds, false, true, Some("flotilla:local"));
+    must_pass("flotilla", &fl, &r);
+    let f = &r.faults;
     assert!(
-        f.partitions >= 1 && f.kills >= 1 && f.pauses >= 1 && f.rolling_restarts == 3,
+        f.partitions >= 1
+            && f.one_way_drops >= 1
+            && f.kills >= 1
+            && f.pauses >= 1
+            && f.rolling_restarts == 3
+            && f.upgrades == 3,
         "every fault kind at least once: {f:?}"
     );
+    for name in &fl.names {
+        let image = docker(&["inspect", "-f", "{{.Config.Image}}", name]);
+        assert_eq!(image, "flotilla:local", "{name} was upgraded");
+    }
     drop(fl);
 
-    // etcd with quorum reads: passes the same checker.
-    let et = start("etcd", 110 + std::process::id() % 100);
-    let (h, f) = campaign(&et, 12, &["partition", "kill"], false, true);
-    let verdict = linearizability::check(&h.records);
-    summary("etcd (quorum reads)", &h, &f, &verdict);
-    assert!(verdict.is_ok(), "etcd's quorum history: {verdict:?}");
+    // etcd with quorum reads: passes the same checks.
+    let et = start("etcd", "flotilla/etcd:3.4", 110 + std::process::id() % 100);
+    let r = campaign(&et, 14, &["partition", "drop", "kill"], false, true, None);
+    must_pass("etcd 3.4 (quorum reads)", &et, &r);
     drop(et);
 
     // etcd with local reads taken as linearizable: a member cut off from its peers keeps
     // answering old values, and the checker must say so.
-    let et = start("etcd", 210 + std::process::id() % 40);
-    let (h, f) = campaign(&et, 15, &["partition"], true, false);
-    let verdict = linearizability::check(&h.records);
-    summary("etcd (local reads)", &h, &f, &verdict);
+    let et = start("etcd", "flotilla/etcd:3.4", 210 + std::process::id() % 40);
+    let r = campaign(&et, 15, &["partition"], true, false, None);
+    let verdict = linearizability::check(&r.history.records);
+    summary(
+        "etcd 3.4 (local reads taken as linearizable)",
+        &r,
+        &verdict,
+        None,
+    );
     assert!(
         verdict.is_err(),
         "the checker found nothing wrong with etcd's local reads under partitions: no teeth"
