@@ -681,3 +681,22 @@ fn a_container_cluster_under_a_nemesis_stays_linearizable_and_etcds_local_reads_
         "the checker found nothing wrong with etcd's local reads under partitions: no teeth"
     );
 }
+
+#[test]
+fn the_ledger_check_names_every_acknowledged_key_a_view_lacks() {
+    let view: BTreeMap<String, String> = [("/nem/acked/000001", "1"), ("/nem/acked/000003", "3")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(lost(&view, &[1, 2, 3, 4]), vec![2, 4]);
+    assert!(lost(&view, &[1, 3]).is_empty());
+}
+
+#[test]
+fn chunked_bodies_are_joined_and_a_cut_one_is_refused() {
+    assert_eq!(
+        dechunk("5\r\n{\"a\":\r\n3;x=1\r\n1}\n\r\n0\r\n\r\n").as_deref(),
+        Some("{\"a\":1}\n")
+    );
+    assert_eq!(dechunk("5\r\n{\"a\""), None);
+}
