@@ -1,8 +1,10 @@
-//! A real node on a real filesystem that fails its writes: a small ext4 image on a loop
-//! device, filled up under the node. It must stop on the failed write (a failed sync is
+//! A real node on a real filesystem that fails its writes, and on one that fails its
+//! fsyncs. Writes: a small ext4 image on a loop device, filled up under the node. Fsyncs:
+//! a pass-through FUSE filesystem (`tests/faultfs.py`, Debian's python3-fusepy) whose
+//! fsyncs answer EIO once told to. Either way the node must stop (a failed sync is
 //! fatal), acknowledge nothing it did not sync, and come back from what is durable once
-//! there is room again. Needs root and loop devices (this machine and CI have both); it
-//! fails loudly rather than skip without them.
+//! the disk is whole again. Needs root, loop devices and /dev/fuse (this machine and CI
+//! have them); it fails loudly rather than skip without them.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod common;
@@ -10,6 +12,8 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn run(cmd: &str, args: &[&str]) -> String {
@@ -162,6 +166,185 @@ async fn a_member_whose_disk_fills_stops_and_loses_nothing_it_acknowledged() {
     let _ = child.wait();
     println!(
         "{} writes acknowledged before the disk filled; all present after the restart",
+        acked.len()
+    );
+}
+
+/// `tests/faultfs.py` mounted over a backing dir; while `control` exists, every fsync
+/// fails with EIO. Unmounted on drop.
+struct FaultFs {
+    mnt: PathBuf,
+    control: PathBuf,
+    fs: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl FaultFs {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (backing, mnt) = (dir.path().join("backing"), dir.path().join("mnt"));
+        std::fs::create_dir(&backing).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        let control = dir.path().join("fail-fsync");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/faultfs.py");
+        let fs = Command::new("/usr/bin/python3")
+            .arg(script)
+            .args([&backing, &mnt, &control])
+            .stderr(std::fs::File::create(dir.path().join("faultfs.log")).unwrap())
+            .spawn()
+            .expect("/usr/bin/python3 tests/faultfs.py (needs python3-fusepy)");
+        let mut this = Self {
+            mnt,
+            control,
+            fs,
+            _dir: dir,
+        };
+        let end = Instant::now() + Duration::from_secs(10);
+        while !this.mounted() {
+            if let Some(status) = this.fs.try_wait().unwrap() {
+                let log = std::fs::read_to_string(this._dir.path().join("faultfs.log"));
+                panic!("faultfs.py exited ({status}): {}", log.unwrap_or_default());
+            }
+            assert!(Instant::now() < end, "faultfs.py did not mount in 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        this
+    }
+
+    fn mounted(&self) -> bool {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mnt = self.mnt.display().to_string();
+        mounts.lines().any(|l| l.split(' ').nth(1) == Some(&mnt))
+    }
+
+    fn fail_fsyncs(&self, on: bool) {
+        if on {
+            std::fs::write(&self.control, "").unwrap();
+        } else {
+            std::fs::remove_file(&self.control).unwrap();
+        }
+    }
+}
+
+impl Drop for FaultFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        let _ = self.fs.kill();
+        let _ = self.fs.wait();
+    }
+}
+
+/// One write of the fsync test: its number, whether it was sent after fsyncs began to
+/// fail, and whether it was acknowledged.
+type Sent = (u32, bool, bool);
+
+/// Writers sending sets until the node stops answering; `failing` says whether fsyncs
+/// fail from now on.
+async fn writers(c: &Http, url: &str, failing: Arc<AtomicBool>) -> Vec<Sent> {
+    let tasks: Vec<_> = (0..4u32)
+        .map(|w| {
+            let (c, url, failing) = (c.clone(), url.to_string(), failing.clone());
+            tokio::spawn(async move {
+                let mut sent = vec![];
+                let mut refused = 0;
+                for n in (w..).step_by(4).take(100_000) {
+                    let after = failing.load(Ordering::SeqCst);
+                    let key = format!("{url}/v2/keys/fs/{n}");
+                    let r = call(&c, "PUT", &key, Some(&format!("value={n}"))).await;
+                    let ok = matches!(r, Ok(ref r) if r.status == 200 || r.status == 201);
+                    sent.push((n, after, ok));
+                    refused += usize::from(!ok);
+                    if refused >= 5 {
+                        break;
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_fsyncs_fail_stops_and_acknowledges_nothing_unsynced() {
+    let fs = FaultFs::new();
+    let data = fs.mnt.join("data");
+    let logdir = tempfile::tempdir().unwrap();
+    let log = logdir.path().join("node.log");
+    let (url, peer) = (
+        format!("http://127.0.0.1:{}", free_port()),
+        format!("http://127.0.0.1:{}", free_port()),
+    );
+    let c = client();
+    let mut child = node(&data, &url, &peer, &log);
+    wait_healthy(&c, &url).await;
+
+    // Four writers under way; after a second, fsyncs begin to fail.
+    let failing = Arc::new(AtomicBool::new(false));
+    let sending = tokio::spawn({
+        let (c, url, failing) = (c.clone(), url.clone(), failing.clone());
+        async move { writers(&c, &url, failing).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fs.fail_fsyncs(true);
+    failing.store(true, Ordering::SeqCst);
+    let sent = sending.await.unwrap();
+
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < end,
+            "the node kept running after a failed fsync"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "exit status {status}");
+    assert!(
+        text.contains("sync failed") && text.contains("os error 5"),
+        "the node's last words do not name the failed sync:\n{}",
+        &text[text.len().saturating_sub(3000)..]
+    );
+    // A write sent after fsyncs began to fail can only be made durable by a later fsync.
+    let unsynced: Vec<u32> = sent.iter().filter(|s| s.1 && s.2).map(|s| s.0).collect();
+    assert!(
+        unsynced.is_empty(),
+        "acknowledged without a sync: {unsynced:?}"
+    );
+    let acked: Vec<u32> = sent.iter().filter(|s| s.2).map(|s| s.0).collect();
+    assert!(
+        acked.len() > 10,
+        "only {} writes before the fault",
+        acked.len()
+    );
+
+    // Fsyncs work again: it comes back from what is durable, with every acknowledged write.
+    fs.fail_fsyncs(false);
+    let mut child = node(&data, &url, &peer, &log);
+    wait_healthy(&c, &url).await;
+    for n in &acked {
+        let r = call(&c, "GET", &format!("{url}/v2/keys/fs/{n}"), None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "acknowledged write fs/{n} lost: {}", r.text);
+        assert_eq!(
+            r.body["node"]["value"].as_str(),
+            Some(n.to_string().as_str())
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let after = sent.iter().filter(|s| s.1).count();
+    println!(
+        "{} writes acknowledged before fsyncs failed, {after} sent after (none acknowledged); \
+         the node stopped, and all acknowledged writes were there after the restart",
         acked.len()
     );
 }
