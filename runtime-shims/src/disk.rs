@@ -16,10 +16,12 @@ use thiserror::Error;
 pub enum DiskError {
     #[error("data dir {path}: {what}")]
     Corrupt { path: String, what: String },
-    #[error("data dir {path}: sync failed: {source}")]
-    SyncFailed { path: String, source: io::Error },
-    #[error("data dir {path}: {source}")]
-    Io { path: String, source: io::Error },
+    // `error`, not `source`: the cause is in the message, so a reporter that also walks
+    // `source()` chains would print it twice.
+    #[error("data dir {path}: sync failed: {error}")]
+    SyncFailed { path: String, error: io::Error },
+    #[error("data dir {path}: {error}")]
+    Io { path: String, error: io::Error },
 }
 
 /// Everything durable (and pending) on a disk, as read back at start.
@@ -72,7 +74,7 @@ pub trait Disk: Send + 'static {
         let mut buf = vec![];
         write(&mut buf).map_err(|source| DiskError::Io {
             path: format!("(metadata record {key})"),
-            source,
+            error: source,
         })?;
         self.meta_put(key, &buf)
     }
@@ -98,7 +100,7 @@ pub trait Disk: Send + 'static {
             })
             .map_err(|source| DiskError::Io {
                 path: format!("(metadata record {key})"),
-                source,
+                error: source,
             });
         Box::pin(std::future::ready(blob))
     }

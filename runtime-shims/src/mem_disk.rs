@@ -160,7 +160,7 @@ impl Disk for MemDisk {
             if std::mem::take(&mut st.fail_next_sync) {
                 return Err(DiskError::SyncFailed {
                     path: PATH.into(),
-                    source: io::Error::other("injected sync failure"),
+                    error: io::Error::other("injected sync failure"),
                 });
             }
             let pending = std::mem::take(&mut st.pending);

@@ -316,7 +316,7 @@ impl WalDisk {
         let path = dir.display().to_string();
         let io_err = |source| DiskError::Io {
             path: path.clone(),
-            source,
+            error: source,
         };
         if !is_populated(dir).map_err(io_err)? {
             return Self::create(dir, &path, segment_bytes);
@@ -369,7 +369,7 @@ impl WalDisk {
     fn create(dir: &Path, path: &str, segment_bytes: u64) -> Result<Self, DiskError> {
         let io_err = |source| DiskError::Io {
             path: path.to_string(),
-            source,
+            error: source,
         };
         std::fs::create_dir_all(dir.join(WAL_DIR)).map_err(io_err)?;
         std::fs::create_dir_all(dir.join(SNAP_DIR)).map_err(io_err)?;
@@ -428,7 +428,7 @@ impl WalDisk {
         if self.broken {
             return Err(DiskError::SyncFailed {
                 path: self.path.clone(),
-                source: io::Error::other(
+                error: io::Error::other(
                     "an earlier sync failed; the node must restart from what is durable",
                 ),
             });
@@ -439,7 +439,7 @@ impl WalDisk {
     fn io(&self, source: io::Error) -> DiskError {
         DiskError::Io {
             path: self.path.clone(),
-            source,
+            error: source,
         }
     }
 
@@ -589,7 +589,7 @@ impl WalDisk {
         self.broken = true;
         DiskError::SyncFailed {
             path: self.path.clone(),
-            source,
+            error: source,
         }
     }
 
@@ -690,7 +690,7 @@ fn replay(dir: &Path, path: &str) -> Result<Replay, DiskError> {
     };
     let io_err = |source| DiskError::Io {
         path: path.to_string(),
-        source,
+        error: source,
     };
     let ids = segment_ids(dir, path)?;
     let mut rp = Replay {
@@ -824,7 +824,7 @@ fn read_watermark(dir: &Path, path: &str) -> Result<u64, DiskError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
         Err(source) => Err(DiskError::Io {
             path: format!("{path}/{WATERMARK_FILE}"),
-            source,
+            error: source,
         }),
     }
 }
@@ -841,7 +841,7 @@ fn segment_ids(dir: &Path, path: &str) -> Result<Vec<u64>, DiskError> {
     for e in entries {
         let e = e.map_err(|source| DiskError::Io {
             path: path.to_string(),
-            source,
+            error: source,
         })?;
         let name = e.file_name().to_string_lossy().into_owned();
         match name
@@ -947,7 +947,7 @@ impl Disk for WalDisk {
             usable?;
             let failed = |source| DiskError::SyncFailed {
                 path: path.clone(),
-                source,
+                error: source,
             };
             let job = tokio::task::spawn_blocking(move || {
                 write_blob_file(&snap, &name, produce).map(|(len, crc)| (name, len, crc))
