@@ -85,19 +85,73 @@ fn node(data: &Path, client: &str, peer: &str, log: &Path) -> std::process::Chil
         .expect("start flotilla")
 }
 
+/// One member on a data dir under test, its log kept beside the test.
+struct Member {
+    data: PathBuf,
+    url: String,
+    peer: String,
+    log: PathBuf,
+    child: std::process::Child,
+    _logdir: tempfile::TempDir,
+}
+
+impl Member {
+    async fn start(c: &Http, data: PathBuf) -> Self {
+        let logdir = tempfile::tempdir().unwrap();
+        let log = logdir.path().join("node.log");
+        let url = format!("http://127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let child = node(&data, &url, &peer, &log);
+        wait_healthy(c, &url).await;
+        Self {
+            data,
+            url,
+            peer,
+            log,
+            child,
+            _logdir: logdir,
+        }
+    }
+
+    async fn restart(&mut self, c: &Http) {
+        self.child = node(&self.data, &self.url, &self.peer, &self.log);
+        wait_healthy(c, &self.url).await;
+    }
+
+    /// Waits up to 30 s for the member to stop on its own; it must exit with a failure
+    /// whose last words contain every one of `named`.
+    async fn stopped_naming(&mut self, named: &[&str], why: &str) {
+        let end = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < end, "the node kept running after {why}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(!status.success(), "exit status {status}");
+        assert!(
+            named.iter().all(|n| text.contains(n)),
+            "the node's last words do not name {why} ({named:?}):\n{}",
+            &text[text.len().saturating_sub(3000)..]
+        );
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_whose_disk_fills_stops_and_loses_nothing_it_acknowledged() {
     let fs = LoopFs::new(300);
-    let data = fs.mnt.join("data");
-    let logdir = tempfile::tempdir().unwrap();
-    let log = logdir.path().join("node.log");
-    let (url, peer) = (
-        format!("http://127.0.0.1:{}", free_port()),
-        format!("http://127.0.0.1:{}", free_port()),
-    );
     let c = client();
-    let mut child = node(&data, &url, &peer, &log);
-    wait_healthy(&c, &url).await;
+    let mut m = Member::start(&c, fs.mnt.join("data")).await;
+    let url = m.url.clone();
     // Leave about 1 MiB: the WAL's current segment is preallocated, so writes go on until
     // it needs its next one.
     let filler = fs.mnt.join("filler");
@@ -112,7 +166,7 @@ async fn a_member_whose_disk_fills_stops_and_loses_nothing_it_acknowledged() {
     let mut failures = 0;
     let started = Instant::now();
     for i in 0..2_000 {
-        if child.try_wait().unwrap().is_some() || failures >= 20 {
+        if m.child.try_wait().unwrap().is_some() || failures >= 20 {
             break;
         }
         let key = format!("{url}/v2/keys/big/{i}");
@@ -126,21 +180,8 @@ async fn a_member_whose_disk_fills_stops_and_loses_nothing_it_acknowledged() {
         );
     }
     // The node stops on its failed write, saying why.
-    let end = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < end, "the node kept running on a full disk");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(!status.success(), "exit status {status}");
-    assert!(
-        text.contains("No space left on device") || text.contains("os error 28"),
-        "the node's last words do not name the disk:\n{}",
-        &text[text.len().saturating_sub(3000)..]
-    );
+    m.stopped_naming(&["No space left on device"], "a full disk")
+        .await;
     assert!(
         acked.len() > 10,
         "only {} writes before the disk filled",
@@ -149,8 +190,7 @@ async fn a_member_whose_disk_fills_stops_and_loses_nothing_it_acknowledged() {
 
     // Room again: it comes back from what is durable, with every acknowledged write.
     std::fs::remove_file(&filler).unwrap();
-    let mut child = node(&data, &url, &peer, &log);
-    wait_healthy(&c, &url).await;
+    m.restart(&c).await;
     for i in &acked {
         let r = call(&c, "GET", &format!("{url}/v2/keys/big/{i}"), None)
             .await
@@ -162,8 +202,6 @@ async fn a_member_whose_disk_fills_stops_and_loses_nothing_it_acknowledged() {
             "big/{i}"
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
     println!(
         "{} writes acknowledged before the disk filled; all present after the restart",
         acked.len()
@@ -272,16 +310,9 @@ async fn writers(c: &Http, url: &str, failing: Arc<AtomicBool>) -> Vec<Sent> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_whose_fsyncs_fail_stops_and_acknowledges_nothing_unsynced() {
     let fs = FaultFs::new();
-    let data = fs.mnt.join("data");
-    let logdir = tempfile::tempdir().unwrap();
-    let log = logdir.path().join("node.log");
-    let (url, peer) = (
-        format!("http://127.0.0.1:{}", free_port()),
-        format!("http://127.0.0.1:{}", free_port()),
-    );
     let c = client();
-    let mut child = node(&data, &url, &peer, &log);
-    wait_healthy(&c, &url).await;
+    let mut m = Member::start(&c, fs.mnt.join("data")).await;
+    let url = m.url.clone();
 
     // Four writers under way; after a second, fsyncs begin to fail.
     let failing = Arc::new(AtomicBool::new(false));
@@ -294,24 +325,8 @@ async fn a_member_whose_fsyncs_fail_stops_and_acknowledges_nothing_unsynced() {
     failing.store(true, Ordering::SeqCst);
     let sent = sending.await.unwrap();
 
-    let end = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < end,
-            "the node kept running after a failed fsync"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(!status.success(), "exit status {status}");
-    assert!(
-        text.contains("sync failed") && text.contains("os error 5"),
-        "the node's last words do not name the failed sync:\n{}",
-        &text[text.len().saturating_sub(3000)..]
-    );
+    m.stopped_naming(&["sync failed", "os error 5"], "a failed fsync")
+        .await;
     // A write sent after fsyncs began to fail can only be made durable by a later fsync.
     let unsynced: Vec<u32> = sent.iter().filter(|s| s.1 && s.2).map(|s| s.0).collect();
     assert!(
@@ -329,8 +344,7 @@ async fn a_member_whose_fsyncs_fail_stops_and_acknowledges_nothing_unsynced() {
 
     // Fsyncs work again: it comes back from what is durable, with every acknowledged write.
     fs.fail_fsyncs(false);
-    let mut child = node(&data, &url, &peer, &log);
-    wait_healthy(&c, &url).await;
+    m.restart(&c).await;
     for n in &acked {
         let r = call(&c, "GET", &format!("{url}/v2/keys/fs/{n}"), None)
             .await
@@ -341,8 +355,6 @@ async fn a_member_whose_fsyncs_fail_stops_and_acknowledges_nothing_unsynced() {
             Some(n.to_string().as_str())
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
     let after = sent.iter().filter(|s| s.1).count();
     println!(
         "{} writes acknowledged before fsyncs failed, {after} sent after (none acknowledged); \
