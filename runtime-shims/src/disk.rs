@@ -72,9 +72,9 @@ pub trait Disk: Send + 'static {
     /// This default buffers it and calls [`Disk::meta_put`].
     fn meta_put_stream(&mut self, key: &str, write: StreamFn<'_>) -> Result<(), DiskError> {
         let mut buf = vec![];
-        write(&mut buf).map_err(|source| DiskError::Io {
+        write(&mut buf).map_err(|error| DiskError::Io {
             path: format!("(metadata record {key})"),
-            error: source,
+            error,
         })?;
         self.meta_put(key, &buf)
     }
@@ -98,9 +98,9 @@ pub trait Disk: Send + 'static {
                 crc: 0,
                 data,
             })
-            .map_err(|source| DiskError::Io {
+            .map_err(|error| DiskError::Io {
                 path: format!("(metadata record {key})"),
-                error: source,
+                error,
             });
         Box::pin(std::future::ready(blob))
     }

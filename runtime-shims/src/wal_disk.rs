@@ -314,9 +314,9 @@ impl WalDisk {
     /// [`WalDisk::open`] with another segment size (tests use small ones).
     pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<Self, DiskError> {
         let path = dir.display().to_string();
-        let io_err = |source| DiskError::Io {
+        let io_err = |error| DiskError::Io {
             path: path.clone(),
-            error: source,
+            error,
         };
         if !is_populated(dir).map_err(io_err)? {
             return Self::create(dir, &path, segment_bytes);
@@ -367,9 +367,9 @@ impl WalDisk {
     }
 
     fn create(dir: &Path, path: &str, segment_bytes: u64) -> Result<Self, DiskError> {
-        let io_err = |source| DiskError::Io {
+        let io_err = |error| DiskError::Io {
             path: path.to_string(),
-            error: source,
+            error,
         };
         std::fs::create_dir_all(dir.join(WAL_DIR)).map_err(io_err)?;
         std::fs::create_dir_all(dir.join(SNAP_DIR)).map_err(io_err)?;
@@ -436,10 +436,10 @@ impl WalDisk {
         Ok(())
     }
 
-    fn io(&self, source: io::Error) -> DiskError {
+    fn io(&self, error: io::Error) -> DiskError {
         DiskError::Io {
             path: self.path.clone(),
-            error: source,
+            error,
         }
     }
 
@@ -585,11 +585,11 @@ impl WalDisk {
         }
     }
 
-    fn sync_failed(&mut self, source: io::Error) -> DiskError {
+    fn sync_failed(&mut self, error: io::Error) -> DiskError {
         self.broken = true;
         DiskError::SyncFailed {
             path: self.path.clone(),
-            error: source,
+            error,
         }
     }
 
@@ -688,9 +688,9 @@ fn replay(dir: &Path, path: &str) -> Result<Replay, DiskError> {
         path: path.to_string(),
         what,
     };
-    let io_err = |source| DiskError::Io {
+    let io_err = |error| DiskError::Io {
         path: path.to_string(),
-        error: source,
+        error,
     };
     let ids = segment_ids(dir, path)?;
     let mut rp = Replay {
@@ -822,9 +822,9 @@ fn read_watermark(dir: &Path, path: &str) -> Result<u64, DiskError> {
                 })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-        Err(source) => Err(DiskError::Io {
+        Err(error) => Err(DiskError::Io {
             path: format!("{path}/{WATERMARK_FILE}"),
-            error: source,
+            error,
         }),
     }
 }
@@ -839,9 +839,9 @@ fn segment_ids(dir: &Path, path: &str) -> Result<Vec<u64>, DiskError> {
         .map_err(|_| corrupt(format!("its {WAL_DIR} directory is missing")))?;
     let mut ids = vec![];
     for e in entries {
-        let e = e.map_err(|source| DiskError::Io {
+        let e = e.map_err(|error| DiskError::Io {
             path: path.to_string(),
-            error: source,
+            error,
         })?;
         let name = e.file_name().to_string_lossy().into_owned();
         match name
@@ -945,9 +945,9 @@ impl Disk for WalDisk {
         let (snap, path, key) = (self.dir.join(SNAP_DIR), self.path.clone(), key.to_string());
         Box::pin(async move {
             usable?;
-            let failed = |source| DiskError::SyncFailed {
+            let failed = |error| DiskError::SyncFailed {
                 path: path.clone(),
-                error: source,
+                error,
             };
             let job = tokio::task::spawn_blocking(move || {
                 write_blob_file(&snap, &name, produce).map(|(len, crc)| (name, len, crc))
