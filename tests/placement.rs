@@ -466,3 +466,20 @@ proptest! {
         prop_assert!(again.decisions.is_empty(), "second pass decided {:?}", again.decisions);
     }
 }
+
+#[test]
+fn a_unit_that_would_replace_its_own_peer_chain_waits_instead_of_flapping() {
+    // new follows mid, mid follows old, and new replaces old: placing new beside old
+    // would take mid (and so new) away with old. The maximal schedule keeps old and mid.
+    let one = machines(&[("m0", "")]);
+    let us = units(vec![
+        unit("old.service", ""),
+        unit("mid.service", "MachineOf=old.service"),
+        unit("new.service", "MachineOf=mid.service\nReplaces=old.service"),
+    ]);
+    let s = run(&one, &us, &Schedule::new());
+    assert_eq!(where_is(&s, "old.service"), ["m0"]);
+    assert_eq!(where_is(&s, "mid.service"), ["m0"]);
+    assert!(where_is(&s, "new.service").is_empty());
+    assert!(plan(&one, &us, &s).decisions.is_empty(), "must converge");
+}
