@@ -2,6 +2,7 @@
 //! clusters (no decision breaks a constraint; everything that can be placed is; a second
 //! pass over the result decides nothing).
 
+use flotilla::sched::glob::matches;
 use flotilla::sched::place::{plan, Decision, Desired, Entry, Machine, Plan, Schedule, Unit};
 use flotilla::sched::require::Requirements;
 use flotilla::sched::unit::parse;
@@ -382,6 +383,26 @@ fn arb_world(
     })
 }
 
+/// `a` replaces `b`: its pattern matches `b`, and no chain of `Replaces` leads from `b`
+/// back to `a` (fleet ignores a circular pair; a longer ring would flap the same way).
+fn replaces(us: &BTreeMap<String, Unit>, a: &str, b: &str) -> bool {
+    let direct = |x: &str, y: &str| x != y && us[x].req.replaces.iter().any(|p| matches(p, y));
+    if !direct(a, b) {
+        return false;
+    }
+    let mut reached = vec![b];
+    let mut i = 0;
+    while i < reached.len() {
+        for y in us.keys().map(String::as_str) {
+            if direct(reached[i], y) && !reached.contains(&y) {
+                reached.push(y);
+            }
+        }
+        i += 1;
+    }
+    !reached.contains(&a)
+}
+
 /// Every constraint holds in `s`; returns the first broken one.
 fn violations(
     ms: &BTreeMap<String, Machine>,
@@ -393,6 +414,12 @@ fn violations(
         let unit = us.get(u)?;
         if unit.desired == Desired::Inactive || unit.template {
             return Some(format!("{u} is scheduled but must not run"));
+        }
+        // fleet refuses to submit a unit whose peer matches its own Replaces; one stored
+        // anyway never runs, even where the peer replaces it back.
+        let peer_replaced = |p: &String| unit.req.replaces.iter().any(|r| matches(r, p));
+        if unit.req.peers.iter().any(peer_replaced) {
+            return Some(format!("{u} is placed but replaces its own MachineOf peer"));
         }
         if !unit.req.global && at.len() > 1 {
             return Some(format!("{u} on {} machines", at.len()));
@@ -420,7 +447,7 @@ fn violations(
                 if a != b && ua.req.conflicts_with(a, b, &us[*b].req) {
                     return Some(format!("{a} and {b} conflict on {m}"));
                 }
-                if a != b && ua.req.replaces_unit(a, b, &us[*b].req) {
+                if a != b && replaces(us, a, b) {
                     return Some(format!("{a} replaces {b} but both are on {m}"));
                 }
             }
@@ -481,5 +508,24 @@ fn a_unit_that_would_replace_its_own_peer_chain_waits_instead_of_flapping() {
     assert_eq!(where_is(&s, "old.service"), ["m0"]);
     assert_eq!(where_is(&s, "mid.service"), ["m0"]);
     assert!(where_is(&s, "new.service").is_empty());
+    assert!(plan(&one, &us, &s).decisions.is_empty(), "must converge");
+}
+
+#[test]
+fn a_ring_of_replaces_is_ignored_like_fleets_circular_pair() {
+    // a replaces b replaces c replaces a: whichever ran, a waiting one would evict it.
+    let one = machines(&[("m0", "")]);
+    let us = units(vec![
+        unit("a.service", "Replaces=b.service"),
+        unit("b.service", "Replaces=c.service"),
+        unit("c.service", "Replaces=a.service"),
+        unit("d.service", "Replaces=a.service"),
+    ]);
+    let s = run(&one, &us, &Schedule::new());
+    // d replaces a from outside the ring, so a waits; b and c run together.
+    assert_eq!(where_is(&s, "b.service"), ["m0"]);
+    assert_eq!(where_is(&s, "c.service"), ["m0"]);
+    assert_eq!(where_is(&s, "d.service"), ["m0"]);
+    assert!(where_is(&s, "a.service").is_empty());
     assert!(plan(&one, &us, &s).decisions.is_empty(), "must converge");
 }

@@ -5,6 +5,7 @@
 //! - [`name`]: unit names (prefix, instance, template), validation, specifiers.
 //! - [`glob`]: Go's `path.Match`, for `Conflicts` and `Replaces`.
 //! - [`require`]: what `[X-Fleet]` asks of a machine; fleet's option validation.
+//! - [`replace`]: which unit `Replaces` which, rings of them ignored.
 //! - [`place`]: placement, a pure function of (machines, units, schedule) → decisions.
 //! - [`registry`]: where units, machines and the schedule live in the store, and their
 //!   JSON records.
@@ -20,5 +21,6 @@ pub mod glob;
 pub mod name;
 pub mod place;
 pub mod registry;
+pub mod replace;
 pub mod require;
 pub mod unit;

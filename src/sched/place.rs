@@ -18,6 +18,7 @@
 //! schedules (peers before followers), then updates — the engine may commit them in
 //! several transactions.
 
+use super::replace::Replaces;
 use super::require::{short_id, Requirements};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -117,6 +118,7 @@ pub struct Bugs {
 struct State<'a> {
     bugs: Bugs,
     units: &'a BTreeMap<String, Unit>,
+    replaces: Replaces<'a>,
     machines: &'a BTreeMap<String, Machine>,
     /// Machine → the units on it (a handful each: a vector beats a set here).
     on: BTreeMap<&'a str, Vec<&'a Unit>>,
@@ -132,6 +134,7 @@ impl<'a> State<'a> {
         Self {
             bugs: Bugs::default(),
             units,
+            replaces: Replaces::new(units),
             machines,
             on: machines.keys().map(|m| (m.as_str(), Vec::new())).collect(),
             at: BTreeMap::new(),
@@ -212,9 +215,7 @@ impl<'a> State<'a> {
             return None;
         }
         let here: &[&Unit] = self.on.get(m.id.as_str()).map_or(&[], Vec::as_slice);
-        let first = here
-            .iter()
-            .find(|o| u.req.replaces_unit(&u.name, &o.name, &o.req))?;
+        let first = here.iter().find(|o| self.replaces.replaces(u, o))?;
         // Refusals on a machine depend on its units alone: play the falls out locally.
         let mut after: Vec<&Unit> = here.iter().copied().chain([u]).collect();
         while let Some(i) = (0..after.len()).find(|i| {
@@ -262,7 +263,7 @@ impl<'a> State<'a> {
             if !self.bugs.ignore_conflicts && u.req.conflicts_with(&u.name, &o.name, &o.req) {
                 return Some(format!("Conflicts with {}", o.name));
             }
-            if o.req.replaces_unit(&o.name, &u.name, &u.req) {
+            if self.replaces.replaces(o, u) {
                 return Some(format!("replaced by {}", o.name));
             }
         }

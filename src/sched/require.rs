@@ -103,13 +103,6 @@ impl Requirements {
             && (self.conflicts.iter().any(|p| glob::matches(p, other_name))
                 || other.conflicts.iter().any(|p| glob::matches(p, me)))
     }
-
-    /// Does this unit replace `other_name` (declared by either side, but not both)?
-    pub fn replaces_unit(&self, me: &str, other_name: &str, other: &Requirements) -> bool {
-        let mine = self.replaces.iter().any(|p| glob::matches(p, other_name));
-        let theirs = other.replaces.iter().any(|p| glob::matches(p, me));
-        mine && !theirs
-    }
 }
 
 /// fleet's short machine id: the first 8 characters.
