@@ -9,7 +9,7 @@
 
 use super::glob;
 use super::place::Unit;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub struct Replaces<'a> {
     /// Each unit on some edge → its component; units on no edge are absent.
@@ -70,10 +70,10 @@ fn components<'a>(edges: &BTreeMap<&'a str, Vec<&'a str>>) -> BTreeMap<&'a str, 
         }
     }
     // Pass 1: nodes in order of finishing a depth-first walk forwards.
-    let mut seen: BTreeMap<&str, ()> = BTreeMap::new();
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
     let mut finished: Vec<&str> = vec![];
     for start in back.keys() {
-        if seen.insert(start, ()).is_some() {
+        if !seen.insert(start) {
             continue;
         }
         let mut stack: Vec<(&str, usize)> = vec![(start, 0)];
@@ -82,7 +82,7 @@ fn components<'a>(edges: &BTreeMap<&'a str, Vec<&'a str>>) -> BTreeMap<&'a str, 
             match next {
                 Some(m) => {
                     stack.push((n, i + 1));
-                    if seen.insert(m, ()).is_none() {
+                    if seen.insert(m) {
                         stack.push((m, 0));
                     }
                 }
