@@ -119,7 +119,12 @@ pub fn check_key(ops: &[&Record]) -> Result<(), String> {
         }
         steps += 1;
         if steps > 20_000_000 {
-            return Err("search exceeded its step bound (history too concurrent)".into());
+            let unanswered = ops.len() - finite;
+            return Err(format!(
+                "search exceeded its step bound on key {} ({n} operations, {unanswered} \
+                 unanswered): history too concurrent to decide",
+                ops[0].key
+            ));
         }
         if cur != m && entries[cur].is_call {
             let i = entries[cur].op;
