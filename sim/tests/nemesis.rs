@@ -353,7 +353,10 @@ impl Faults {
         let named: Vec<String> = kinds
             .iter()
             .filter(|(n, _)| *n > 0)
-            .map(|(n, k)| format!("{n} {k}"))
+            .map(|(n, k)| match n {
+                1 => format!("1 {}", k.trim_end_matches('s')),
+                _ => format!("{n} {k}"),
+            })
             .collect();
         named.join(", ")
     }
