@@ -383,18 +383,22 @@ fn arb_world(
     })
 }
 
-/// `a` replaces `b`: its pattern matches `b`, and no chain of `Replaces` leads from `b`
-/// back to `a` (fleet ignores a circular pair; a longer ring would flap the same way).
+/// `a` replaces `b`: its pattern matches `b`, and evicting `b` cannot come back round to
+/// evicting `a` — no chain leads from `b` to `a` of units replacing the next or being
+/// followed (`MachineOf`) by it (fleet ignores a circular pair; a longer ring would flap
+/// the same way).
 fn replaces(us: &BTreeMap<String, Unit>, a: &str, b: &str) -> bool {
     let direct = |x: &str, y: &str| x != y && us[x].req.replaces.iter().any(|p| matches(p, y));
     if !direct(a, b) {
         return false;
     }
+    let evicts =
+        |x: &str, y: &str| direct(x, y) || (x != y && us[y].req.peers.iter().any(|p| p == x));
     let mut reached = vec![b];
     let mut i = 0;
     while i < reached.len() {
         for y in us.keys().map(String::as_str) {
-            if direct(reached[i], y) && !reached.contains(&y) {
+            if evicts(reached[i], y) && !reached.contains(&y) {
                 reached.push(y);
             }
         }
@@ -507,15 +511,40 @@ fn settled_on_one_machine(us: &BTreeMap<String, Unit>) -> Vec<String> {
 }
 
 #[test]
-fn a_unit_that_would_replace_its_own_peer_chain_waits_instead_of_flapping() {
-    // new follows mid, mid follows old, and new replaces old: placing new beside old
-    // would take mid (and so new) away with old. The maximal schedule keeps old and mid.
+fn a_unit_that_would_replace_its_own_peer_chain_runs_beside_it_instead_of_flapping() {
+    // new follows mid, mid follows old, and new replaces old: evicting old would take mid
+    // (and so new) away with it. That is a ring, ignored like fleet's circular pair.
     let us = units(vec![
         unit("old.service", ""),
         unit("mid.service", "MachineOf=old.service"),
         unit("new.service", "MachineOf=mid.service\nReplaces=old.service"),
     ]);
-    assert_eq!(settled_on_one_machine(&us), ["mid.service", "old.service"]);
+    assert_eq!(
+        settled_on_one_machine(&us),
+        ["mid.service", "new.service", "old.service"]
+    );
+}
+
+#[test]
+fn a_ring_closed_through_machine_of_is_ignored_too() {
+    // app replaces u5 replaces u2 replaces u1, and app follows u1: whichever ran, a
+    // waiting one evicted it (a proptest seed went round {app, u1} → {u5} → {u2}). v
+    // replaces u1 from outside the ring, so u1 (and app with it) waits.
+    let mut us = units(vec![
+        unit("app.service", "MachineOf=u1.service\nReplaces=u5.service"),
+        unit("u1.service", ""),
+        unit("u2.service", "Replaces=u1.service"),
+        unit("u5.service", "Replaces=u2.service"),
+    ]);
+    assert_eq!(
+        settled_on_one_machine(&us),
+        ["app.service", "u1.service", "u2.service", "u5.service"]
+    );
+    us.extend(units(vec![unit("v.service", "Replaces=u1.service")]));
+    assert_eq!(
+        settled_on_one_machine(&us),
+        ["u2.service", "u5.service", "v.service"]
+    );
 }
 
 #[test]

@@ -201,39 +201,6 @@ impl<'a> State<'a> {
         self.refusal_among(u, m, here)
     }
 
-    /// Why `u` cannot be added to `m`: [`State::refusal`], or placing it would take away
-    /// its own `MachineOf` chain. A unit evicts what it `Replaces`; when that pulls its
-    /// peers (and so itself) off the machine, the next round would place the evicted
-    /// units again and the pass would flap instead of settling.
-    fn refusal_to_add(&self, u: &Unit, m: &Machine) -> Option<String> {
-        if let Some(why) = self.refusal(u, m) {
-            return Some(why);
-        }
-        // Only a follower can lose its footing: anything else that would refuse it is
-        // there already, and `refusal` saw it.
-        if u.req.peers.is_empty() {
-            return None;
-        }
-        let here: &[&Unit] = self.on.get(m.id.as_str()).map_or(&[], Vec::as_slice);
-        let first = here.iter().find(|o| self.replaces.replaces(u, o))?;
-        // Refusals on a machine depend on its units alone: play the falls out locally.
-        let mut after: Vec<&Unit> = here.iter().copied().chain([u]).collect();
-        while let Some(i) = (0..after.len()).find(|i| {
-            let x = after[*i];
-            let others: Vec<&Unit> = after.iter().copied().filter(|o| o.name != x.name).collect();
-            self.refusal_among(x, m, &others).is_some()
-        }) {
-            if after[i].name == u.name {
-                return Some(format!(
-                    "Replaces={} would take its own MachineOf chain off the machine",
-                    first.name
-                ));
-            }
-            after.swap_remove(i);
-        }
-        None
-    }
-
     /// Why `u` cannot run on `m` beside the units `here` (itself excepted), if it cannot.
     fn refusal_among(&self, u: &Unit, m: &Machine, here: &[&Unit]) -> Option<String> {
         if !u.req.machine_id_ok(&m.id) {
@@ -272,7 +239,7 @@ impl<'a> State<'a> {
 
     /// The least-loaded machine (ties to the lowest id) that accepts `u`.
     fn best_machine(&self, u: &Unit) -> Option<&'a str> {
-        let accepts = |m: &&'a str| self.refusal_to_add(u, &self.machines[*m]).is_none();
+        let accepts = |m: &&'a str| self.refusal(u, &self.machines[*m]).is_none();
         if let Some(want) = &u.req.machine_id {
             // At most a few machines can match: look them up instead of walking by load.
             let mut c: Vec<&'a str> = self
@@ -360,7 +327,7 @@ fn place_globals(st: &mut State) -> bool {
                 .at
                 .get(u.name.as_str())
                 .is_some_and(|s| s.contains(m.id.as_str()));
-            if !there && st.refusal_to_add(u, m).is_none() {
+            if !there && st.refusal(u, m).is_none() {
                 st.add(u, &m.id);
                 placed = true;
             }
@@ -627,7 +594,7 @@ pub fn explain(
         if here {
             continue;
         }
-        match st.refusal_to_add(u, m) {
+        match st.refusal(u, m) {
             Some(why) => lines.push(format!("{}: {why}", short_id(&m.id))),
             // Some machine takes it: the scheduler has not got to it yet.
             None => return String::new(),

@@ -3,9 +3,13 @@
 //! fleet ignores a `Replaces` relation when the two units match each other
 //! (`../shared/reference/fleet-semantics.md` c.7), and flaps forever on longer rings
 //! (a replaces b replaces c replaces a: whichever is placed, a pending one evicts it).
-//! Here a relation counts only between units that are not on one ring: the graph's
-//! strongly connected components. A two-unit ring is fleet's circular case; the rest of
-//! the relation is acyclic, so evictions run one way and a pass settles.
+//! A ring can also close through `MachineOf`: evicting a unit takes its followers off
+//! too, so `a` replacing `b` while `c` follows `b` and `c` replaces `a` flaps the same
+//! way. The eviction graph therefore has an edge `a → b` where `a` replaces `b` and an
+//! edge `p → f` where `f` follows `p`; a `Replaces` counts only between units that are
+//! not on one ring of it (its strongly connected components). A two-unit ring is
+//! fleet's circular case. What is left holds no ring of `Replaces` (follow edges alone
+//! evict nothing), so evictions run one way and a pass settles.
 
 use super::glob;
 use super::place::Unit;
@@ -32,12 +36,20 @@ impl<'a> Replaces<'a> {
     }
 }
 
-/// `a → b` for every stored `b` that one of `a`'s patterns matches. A pattern without
-/// metacharacters is looked up, so only globs walk every unit.
+/// The eviction graph: `a → b` for every stored `b` that one of `a`'s patterns matches
+/// (a pattern without metacharacters is looked up, so only globs walk every unit), and
+/// `p → f` for every stored peer `p` of a follower `f`.
 fn edges(units: &BTreeMap<String, Unit>) -> BTreeMap<&str, Vec<&str>> {
     let mut out: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for f in units.values() {
+        for p in &f.req.peers {
+            if let Some((p, _)) = units.get_key_value(p).filter(|(p, _)| **p != f.name) {
+                out.entry(p.as_str()).or_default().push(&f.name);
+            }
+        }
+    }
     for a in units.values().filter(|u| !u.req.replaces.is_empty()) {
-        let mut to: Vec<&str> = vec![];
+        let mut to: Vec<&str> = out.remove(a.name.as_str()).unwrap_or_default();
         for p in &a.req.replaces {
             if p.contains(['*', '?', '[', '\\']) {
                 to.extend(
@@ -51,11 +63,13 @@ fn edges(units: &BTreeMap<String, Unit>) -> BTreeMap<&str, Vec<&str>> {
             }
         }
         to.retain(|b| *b != a.name);
-        to.sort_unstable();
-        to.dedup();
         if !to.is_empty() {
             out.insert(&a.name, to);
         }
+    }
+    for to in out.values_mut() {
+        to.sort_unstable();
+        to.dedup();
     }
     out
 }
@@ -164,5 +178,24 @@ mod tests {
             .collect();
         // a→b→c→a is a ring, d⇄e2 the circular pair; a unit never replaces itself.
         assert_eq!(pairs(&us), want);
+    }
+
+    #[test]
+    fn a_ring_closed_by_machine_of_does_not_count_and_edges_into_it_do() {
+        // app replaces u5 replaces u2 replaces u1, and app follows u1: evicting u1 would
+        // take app off, so the four are one ring. v replaces u1 from outside it; w
+        // follows v, which adds no ring.
+        let mut us = units(&[
+            ("app", &["u5"]),
+            ("u1", &[]),
+            ("u2", &["u1"]),
+            ("u5", &["u2"]),
+            ("v", &["u1"]),
+            ("w", &[]),
+        ]);
+        for (f, p) in [("app", "u1"), ("w", "v")] {
+            us.get_mut(f).expect("unit").req.peers = vec![p.to_string()];
+        }
+        assert_eq!(pairs(&us), vec![("v".to_string(), "u1".to_string())]);
     }
 }
