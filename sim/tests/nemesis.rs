@@ -87,6 +87,15 @@ struct Cluster {
     client_ips: Vec<String>,
 }
 
+impl Cluster {
+    /// flotilla answers 301 (no leader) only when Raft refused to propose, so such a
+    /// write certainly had no effect; etcd's meaning is not pinned down. A 301'd write
+    /// that took effect anyway would show up as a violation: the claim is under test too.
+    fn no_leader_is_definite(&self) -> bool {
+        self.kind == "flotilla"
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for n in &self.names {
@@ -225,10 +234,7 @@ fn dechunk(mut rest: &str) -> Option<String> {
     }
 }
 
-/// `no_leader_is_definite`: flotilla answers 301 (no leader) only when Raft refused to
-/// propose, so the write certainly had no effect; etcd's meaning is not pinned down, so
-/// there it stays unknown. A 301'd write that took effect anyway would show up as a
-/// violation: the claim is under test too.
+/// `no_leader_is_definite`: see [`Cluster::no_leader_is_definite`].
 fn outcome(op: &Op, r: Result<(u16, String), bool>, no_leader_is_definite: bool) -> Outcome {
     let Ok((status, body)) = r else {
         return if r == Err(false) {
@@ -262,7 +268,7 @@ fn clients(
     quorum_reads: bool,
 ) -> Arc<Mutex<History>> {
     let history = Arc::new(Mutex::new(History::default()));
-    let no_leader_is_definite = c.kind == "flotilla";
+    let no_leader_is_definite = c.no_leader_is_definite();
     // Operations issued per key slot, across clients: a slot's key is `/nem/k{slot}-{g}`
     // with `g` the count over OPS_PER_KEY.
     let issued: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
@@ -558,7 +564,7 @@ fn campaign(
             &format!("/v2/keys{key}?quorum=true"),
             None,
         );
-        h.complete(id, outcome(&op, r, c.kind == "flotilla"), now());
+        h.complete(id, outcome(&op, r, c.no_leader_is_definite()), now());
     }
     Run {
         history: h,

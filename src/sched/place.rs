@@ -198,11 +198,6 @@ impl<'a> State<'a> {
     /// Why `u` cannot run on `m` beside what is there now (itself excepted), if it cannot.
     fn refusal(&self, u: &Unit, m: &Machine) -> Option<String> {
         let here: &[&Unit] = self.on.get(m.id.as_str()).map_or(&[], Vec::as_slice);
-        self.refusal_among(u, m, here)
-    }
-
-    /// Why `u` cannot run on `m` beside the units `here` (itself excepted), if it cannot.
-    fn refusal_among(&self, u: &Unit, m: &Machine, here: &[&Unit]) -> Option<String> {
         if !u.req.machine_id_ok(&m.id) {
             let want = u.req.machine_id.as_deref().unwrap_or_default();
             return Some(format!("MachineID={want}"));
