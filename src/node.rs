@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub request_timeout_ms: u64,
     pub value_bytes_max: usize,
     pub inbox_inputs_max: usize,
+    /// Browser origins allowed to read answers (etcd's `--cors`).
+    pub cors: crate::api::cors::Cors,
     /// This member as a machine units run on; `None` with `--no-agent`.
     pub machine: Option<crate::agent::presence::MachineConfig>,
     pub engine: crate::sched::engine::EngineConfig,
@@ -328,6 +330,13 @@ pub async fn start(
         agent: agent.clone(),
         rng: std::sync::Mutex::new(flotilla_shims::SeededRng::new(rng.next_u64())),
         verified: Default::default(),
+        cors: cfg.cors.clone(),
+        ready: crate::api::ready::Readiness::new(
+            id,
+            cfg.name.clone(),
+            cfg.client_urls.clone(),
+            cfg.request_timeout_ms,
+        ),
     };
     let renderer = match (&cfg.render, &env.render) {
         (Some(rc), Some(seams)) => Some(crate::render::runner::Renderer::new(

@@ -144,7 +144,7 @@ async fn stats_metrics_members_and_bad_input() {
         r#"{{"peerURLs":["{}","http://127.0.0.1:1"]}}"#,
         cl.nodes[leader].peer_url
     );
-    let r = call(&c, "PUT", &url, Some(&peers)).await.unwrap();
+    let r = call_json(&c, "PUT", &url, &peers).await.unwrap();
     assert_eq!(r.status, 204, "{}", r.text);
     let members = call(&c, "GET", &format!("{l}/v2/members"), None)
         .await
@@ -154,11 +154,11 @@ async fn stats_metrics_members_and_bad_input() {
         "{}",
         members.text
     );
-    let r = call(&c, "PUT", &format!("{l}/v2/members/ffff"), Some(&peers))
+    let r = call_json(&c, "PUT", &format!("{l}/v2/members/ffff"), &peers)
         .await
         .unwrap();
     assert_eq!(r.status, 404);
-    let r = call(&c, "PUT", &url, Some("{not json")).await.unwrap();
+    let r = call_json(&c, "PUT", &url, "{not json").await.unwrap();
     assert_eq!(r.status, 400);
     assert!(r.text.contains("bad member JSON"), "{}", r.text);
 

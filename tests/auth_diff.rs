@@ -22,6 +22,8 @@ struct Step {
     /// Compare the whole body (auth endpoints, key errors) or only the status (key
     /// successes carry indexes that differ between the two stores).
     whole: bool,
+    /// The body's content type; by default a form for keys and JSON elsewhere.
+    content_type: Option<&'static str>,
 }
 
 fn step(method: &'static str, path: &str, body: Option<&str>, auth: Option<&'static str>) -> Step {
@@ -31,6 +33,7 @@ fn step(method: &'static str, path: &str, body: Option<&str>, auth: Option<&'sta
         body: body.map(String::from),
         auth,
         whole: true,
+        content_type: None,
     }
 }
 
@@ -55,8 +58,14 @@ async fn send(c: &Http, base: &str, s: &Step) -> (u16, String) {
         let token = base64::engine::general_purpose::STANDARD.encode(a);
         b = b.header("authorization", format!("Basic {token}"));
     }
-    if s.path.starts_with("/v2/keys") && s.body.is_some() {
-        b = b.header("content-type", "application/x-www-form-urlencoded");
+    if s.body.is_some() {
+        let form = s.path.starts_with("/v2/keys");
+        let default = if form {
+            "application/x-www-form-urlencoded"
+        } else {
+            "application/json"
+        };
+        b = b.header("content-type", s.content_type.unwrap_or(default));
     }
     let req = b
         .body(Full::new(Bytes::from(s.body.clone().unwrap_or_default())))
@@ -73,6 +82,8 @@ async fn send(c: &Http, base: &str, s: &Step) -> (u16, String) {
 const ROOT: Option<&str> = Some("root:rootpw");
 const ALICE: Option<&str> = Some("alice:alicepw");
 const BAD: Option<&str> = Some("alice:wrong");
+/// A member that would never start: adding it takes a one-member cluster's quorum.
+const PHANTOM: &str = r#"{"peerURLs":["http://127.0.0.1:23799"]}"#;
 
 fn script() -> Vec<Step> {
     let user =
@@ -218,6 +229,27 @@ fn script() -> Vec<Step> {
         step("GET", "/v2/auth/users", None, ROOT),
         step("GET", "/v2/auth/roles", None, ROOT),
         step("PUT", "/v2/auth/enable", None, ROOT),
+        // Membership: listing stays open, changing it is root's (etcd's
+        // hasWriteRootAccess). A member added here would cost both single-member
+        // clusters their quorum, so root's changes name members that do not exist.
+        key_step("GET", "/v2/members", None, None),
+        step("POST", "/v2/members", Some(PHANTOM), None),
+        step("POST", "/v2/members", Some(PHANTOM), ALICE),
+        step("POST", "/v2/members", Some(PHANTOM), BAD),
+        step("PUT", "/v2/members/abc", Some(PHANTOM), None),
+        step("PUT", "/v2/members/abc", Some(PHANTOM), ALICE),
+        step("DELETE", "/v2/members/abc", None, None),
+        step("DELETE", "/v2/members/abc", None, ALICE),
+        step("PATCH", "/v2/members", None, None),
+        step("GET", "/v2/members/nothing", None, None),
+        step("DELETE", "/v2/members/abc", None, ROOT),
+        step("DELETE", "/v2/members/zz", None, ROOT),
+        step("PUT", "/v2/members/abc", Some(PHANTOM), ROOT),
+        step("DELETE", "/v2/members", None, ROOT),
+        Step {
+            content_type: Some("application/x-www-form-urlencoded"),
+            ..step("POST", "/v2/members", Some(PHANTOM), ROOT)
+        },
         key_step("GET", "/v2/keys/secret", None, None),
         key_step("PUT", "/v2/keys/pub/b", Some("value=2"), None),
         step(
@@ -289,6 +321,14 @@ async fn v2_auth_matches_etcd_request_by_request() {
         diffs.len(),
         diffs.join("\n")
     );
+    // Nothing the script refused was half-applied: one member each, still.
+    for base in [&etcd.url, &ours] {
+        let r = call(&c, "GET", &format!("{base}/v2/members"), None)
+            .await
+            .unwrap();
+        let n = r.body["members"].as_array().map(Vec::len);
+        assert_eq!(n, Some(1), "{base}: {}", r.text);
+    }
 }
 
 fn etcdctl(url: &str, args: &[&str]) -> (bool, String) {

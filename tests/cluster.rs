@@ -173,12 +173,12 @@ async fn members_are_added_and_removed_through_raft() {
     let (cp, pp) = (free_port(), free_port());
     let peer = format!("http://127.0.0.1:{pp}");
     let body = format!(r#"{{"peerURLs":["{peer}"]}}"#);
-    let r = call(&c, "POST", &format!("{}/v2/members", urls[0]), Some(&body))
+    let r = call_json(&c, "POST", &format!("{}/v2/members", urls[0]), &body)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", cl.logs()));
     assert_eq!(r.status, 201, "{}", r.text);
     let new_id = r.body["id"].as_str().unwrap().to_string();
-    let dup = call(&c, "POST", &format!("{}/v2/members", urls[1]), Some(&body))
+    let dup = call_json(&c, "POST", &format!("{}/v2/members", urls[1]), &body)
         .await
         .unwrap();
     assert_eq!(

@@ -36,6 +36,7 @@ async fn one_member() -> InProc {
         request_timeout_ms: 5_000,
         value_bytes_max: 1 << 20,
         inbox_inputs_max: 1024,
+        cors: Default::default(),
         machine: None,
         engine: EngineConfig {
             enabled: false,

@@ -119,6 +119,7 @@ async fn writes_commit_while_a_snapshot_is_written_and_the_snapshot_is_of_its_in
         request_timeout_ms: 5_000,
         value_bytes_max: 1 << 20,
         inbox_inputs_max: 1024,
+        cors: Default::default(),
         machine: None,
         engine: Default::default(),
         agent: Default::default(),

@@ -173,6 +173,7 @@ fn node_config(s: &Scenario, i: usize) -> NodeConfig {
         request_timeout_ms: 1_200,
         value_bytes_max: 1 << 20,
         inbox_inputs_max: 4096,
+        cors: Default::default(),
         machine: s.sched.as_ref().map(|l| MachineConfig {
             id: format!("m{i}"),
             public_ip: format!("10.0.0.{}", i + 1),

@@ -70,6 +70,7 @@ fn config(i: usize) -> NodeConfig {
         request_timeout_ms: 2_000,
         value_bytes_max: 1 << 20,
         inbox_inputs_max: 4096,
+        cors: Default::default(),
         machine: None,
         engine: Default::default(),
         agent: Default::default(),

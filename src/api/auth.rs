@@ -77,23 +77,8 @@ impl Api {
         r.unwrap_or_else(|e| self.auth_error(&e))
     }
 
-    fn not_allowed(&self, allow: &'static str) -> Reply {
-        let mut r = self.reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            b"Method Not Allowed\n".to_vec(),
-            None,
-        );
-        r.headers_mut()
-            .insert(http::header::ALLOW, HeaderValue::from_static(allow));
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        r
-    }
-
     /// etcd's `{"message":…}` error body (no newline).
-    fn auth_error(&self, e: &AuthError) -> Reply {
+    pub(super) fn auth_error(&self, e: &AuthError) -> Reply {
         let body = serde_json::to_vec(&serde_json::json!({ "message": e.message }))
             .expect("json serializes");
         let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -242,7 +227,7 @@ impl Api {
 
     /// etcd's `hasRootAccess`: open while auth is disabled; otherwise a user holding the
     /// root role, or 401.
-    fn root_only(&self, req: &Request<Bytes>) -> Result<(), AuthError> {
+    pub(super) fn root_only(&self, req: &Request<Bytes>) -> Result<(), AuthError> {
         if !self.auth_enabled() {
             return Ok(());
         }

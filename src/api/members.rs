@@ -1,15 +1,17 @@
-//! `/v2/members`: list, add (POST `{"peerURLs": [...]}`) and remove (DELETE `/ID`) members
-//! through Raft conf changes.
+//! `/v2/members`: list, add (POST `{"peerURLs": [...]}`), update (PUT `/ID`) and remove
+//! (DELETE `/ID`) members through Raft, answered as etcd 3.4's `membersHandler` answers:
+//! the method is checked first, then — for anything but GET, once auth is on — that the
+//! caller holds the root role, then the request (`tests/auth_diff.rs`, `tests/etcd_diff.rs`).
 
 use super::{Api, Reply};
 use crate::raft::{member_id, peer_addr, Member, ProposeError};
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
+use http::{HeaderValue, Method, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
 #[derive(Deserialize)]
-struct AddRequest {
+struct PeerUrlsRequest {
     #[serde(rename = "peerURLs")]
     peer_urls: Vec<String>,
 }
@@ -35,16 +37,44 @@ fn member_json(m: &Member) -> serde_json::Value {
     .expect("member serializes")
 }
 
+/// Why a request's body was refused: etcd's status and message.
+type Refusal = (StatusCode, String);
+
 impl Api {
     pub(super) async fn members(&self, req: &Request<Bytes>, rest: &str) -> Reply {
-        match (req.method(), rest) {
-            (&Method::GET, "" | "/") => self.list_members(),
-            (&Method::GET, "/leader") => self.leader_member(),
-            (&Method::POST, "" | "/") => self.add_member(req.body()).await,
-            (&Method::DELETE, id) if id.len() > 1 => self.remove_member(&id[1..]).await,
-            (&Method::PUT, id) if id.len() > 1 => self.update_member(&id[1..], req.body()).await,
-            _ => self.message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
+        let m = req.method().clone();
+        if !matches!(m, Method::GET | Method::POST | Method::DELETE | Method::PUT) {
+            return self.not_allowed("GET,POST,DELETE,PUT");
         }
+        // etcd's `hasWriteRootAccess`: reading the list is open, changing it is root's.
+        if m != Method::GET {
+            if let Err(e) = self.root_only(req) {
+                return self.auth_error(&e);
+            }
+        }
+        let sub = rest.strip_prefix('/').unwrap_or(rest);
+        let r = match m {
+            Method::GET => match sub {
+                "" => Ok(self.list_members()),
+                "leader" => Ok(self.leader_member()),
+                _ => Err((StatusCode::NOT_FOUND, "Not found".into())),
+            },
+            Method::POST => match peer_urls(req) {
+                Ok(urls) => self.add_member(urls).await,
+                Err(e) => Err(e),
+            },
+            // DELETE and PUT name a member; without one, etcd's getID says 405 in text.
+            _ if sub.is_empty() => return self.not_allowed_plain(),
+            Method::DELETE => match hex_id(sub) {
+                Ok(id) => self.remove_member(id).await,
+                Err(e) => Err(e),
+            },
+            _ => match (hex_id(sub), peer_urls(req)) {
+                (Ok(id), Ok(urls)) => self.update_member(id, urls).await,
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            },
+        };
+        r.unwrap_or_else(|(status, msg)| self.message(status, &msg))
     }
 
     fn list_members(&self) -> Reply {
@@ -64,34 +94,37 @@ impl Api {
         let m = self.raft.shared.machine().members.get(&leader).cloned();
         match m {
             Some(m) => self.json(StatusCode::OK, member_json(&m)),
-            None => self.message(StatusCode::SERVICE_UNAVAILABLE, "raft: no leader"),
+            None => self.message(StatusCode::SERVICE_UNAVAILABLE, "During election"),
         }
     }
 
+    /// etcd's `HTTPError`: `{"message":…}`, no newline.
     fn message(&self, status: StatusCode, msg: &str) -> Reply {
-        self.json(status, json!({ "message": msg }))
+        let body = serde_json::to_vec(&json!({ "message": msg })).expect("json serializes");
+        self.reply(status, body, None)
     }
 
-    /// A `{"peerURLs": [...]}` body with at least one http URL, or why not.
-    fn peer_urls(body: &[u8]) -> Result<Vec<String>, String> {
-        let req: AddRequest =
-            serde_json::from_slice(body).map_err(|e| format!("bad member JSON: {e}"))?;
-        if req.peer_urls.is_empty() || req.peer_urls.iter().any(|u| peer_addr(u).is_none()) {
-            return Err("peerURLs must be non-empty http URLs".into());
-        }
-        Ok(req.peer_urls)
+    /// Go's `http.Error(w, "Method Not Allowed", 405)`, with the cluster header etcd had
+    /// already set by then.
+    fn not_allowed_plain(&self) -> Reply {
+        let mut r = self.reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            b"Method Not Allowed\n".to_vec(),
+            None,
+        );
+        let h = r.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        r
     }
 
-    /// A hex member id, or why not.
-    fn member_id(id_hex: &str) -> Result<u64, String> {
-        u64::from_str_radix(id_hex, 16).map_err(|_| format!("member id {id_hex:?} is not hex"))
-    }
-
-    async fn add_member(&self, body: &[u8]) -> Reply {
-        let peer_urls = match Self::peer_urls(body) {
-            Ok(u) => u,
-            Err(why) => return self.message(StatusCode::BAD_REQUEST, &why),
-        };
+    async fn add_member(&self, peer_urls: Vec<String>) -> Result<Reply, Refusal> {
         let taken = {
             let m = self.raft.shared.machine();
             m.members
@@ -99,7 +132,7 @@ impl Api {
                 .any(|mem| mem.peer_urls.iter().any(|u| peer_urls.contains(u)))
         };
         if taken {
-            return self.message(StatusCode::CONFLICT, "membership: peerURL exists");
+            return Err(peer_url_exists());
         }
         let member = Member {
             id: member_id(&peer_urls),
@@ -108,31 +141,23 @@ impl Api {
             client_urls: vec![],
         };
         match self.raft.add_member(member.clone()).await {
-            Ok(_) => self.json(StatusCode::CREATED, member_json(&member)),
-            Err(e) => self.conf_error(e),
+            Ok(_) => Ok(self.json(StatusCode::CREATED, member_json(&member))),
+            Err(e) => Err(conf_error(e)),
         }
     }
 
-    async fn remove_member(&self, id_hex: &str) -> Reply {
-        let id = match Self::member_id(id_hex) {
-            Ok(id) => id,
-            Err(why) => return self.message(StatusCode::BAD_REQUEST, &why),
-        };
+    async fn remove_member(&self, id: u64) -> Result<Reply, Refusal> {
         let member = self.raft.shared.machine().members.get(&id).cloned();
         let Some(member) = member else {
-            return self.message(StatusCode::NOT_FOUND, &format!("member {id_hex} not found"));
+            return Err(no_such_member(&format!("{id:x}")));
         };
         match self.raft.remove_member(member).await {
-            Ok(_) => self.reply(StatusCode::NO_CONTENT, vec![], None),
-            Err(e) => self.conf_error(e),
+            Ok(_) => Ok(self.reply(StatusCode::NO_CONTENT, vec![], None)),
+            Err(e) => Err(conf_error(e)),
         }
     }
 
-    async fn update_member(&self, id_hex: &str, body: &[u8]) -> Reply {
-        let (id, peer_urls) = match (Self::member_id(id_hex), Self::peer_urls(body)) {
-            (Ok(id), Ok(urls)) => (id, urls),
-            (Err(why), _) | (_, Err(why)) => return self.message(StatusCode::BAD_REQUEST, &why),
-        };
+    async fn update_member(&self, id: u64, peer_urls: Vec<String>) -> Result<Reply, Refusal> {
         let (known, taken) = {
             let m = self.raft.shared.machine();
             let taken = m
@@ -143,24 +168,65 @@ impl Api {
             (m.members.contains_key(&id), taken)
         };
         if !known {
-            return self.message(StatusCode::NOT_FOUND, &format!("member {id_hex} not found"));
+            return Err(no_such_member(&format!("{id:x}")));
         }
         if taken {
-            return self.message(StatusCode::CONFLICT, "membership: peerURL exists");
+            return Err(peer_url_exists());
         }
         match self.raft.update_peers(id, peer_urls).await {
-            Ok(o) if o.result.is_ok() => self.reply(StatusCode::NO_CONTENT, vec![], None),
-            Ok(_) => self.message(StatusCode::NOT_FOUND, &format!("member {id_hex} not found")),
-            Err(e) => self.conf_error(e),
+            Ok(o) if o.result.is_ok() => Ok(self.reply(StatusCode::NO_CONTENT, vec![], None)),
+            Ok(_) => Err(no_such_member(&format!("{id:x}"))),
+            Err(e) => Err(conf_error(e)),
         }
     }
+}
 
-    fn conf_error(&self, e: ProposeError) -> Reply {
-        let status = match e {
-            ProposeError::Rejected(_) => StatusCode::CONFLICT,
-            ProposeError::NotFound(_) => StatusCode::NOT_FOUND,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        self.message(status, &e.to_string())
+/// etcd's `unmarshalRequest`: a JSON body (415 for another content type) of at least one
+/// http(s) peer URL.
+fn peer_urls(req: &Request<Bytes>) -> Result<Vec<String>, Refusal> {
+    let ctype = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let ctype = match ctype.split_once(';') {
+        Some((t, _)) => t.trim().to_ascii_lowercase(),
+        None => ctype.to_string(),
+    };
+    if ctype != "application/json" {
+        let msg = format!("Bad Content-Type {ctype}, accept application/json");
+        return Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, msg));
     }
+    let body: PeerUrlsRequest = serde_json::from_slice(req.body())
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad member JSON: {e}")))?;
+    if body.peer_urls.is_empty() || body.peer_urls.iter().any(|u| peer_addr(u).is_none()) {
+        let msg = "peerURLs must be non-empty http URLs".to_string();
+        return Err((StatusCode::BAD_REQUEST, msg));
+    }
+    Ok(body.peer_urls)
+}
+
+/// A hex member id (etcd's `getID`: anything else is "No such member").
+fn hex_id(text: &str) -> Result<u64, Refusal> {
+    u64::from_str_radix(text, 16).map_err(|_| no_such_member(text))
+}
+
+fn no_such_member(id_text: &str) -> Refusal {
+    (StatusCode::NOT_FOUND, format!("No such member: {id_text}"))
+}
+
+fn peer_url_exists() -> Refusal {
+    (
+        StatusCode::CONFLICT,
+        "membership: peerURL exists".to_string(),
+    )
+}
+
+fn conf_error(e: ProposeError) -> Refusal {
+    let status = match e {
+        ProposeError::Rejected(_) => StatusCode::CONFLICT,
+        ProposeError::NotFound(_) => StatusCode::NOT_FOUND,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, e.to_string())
 }

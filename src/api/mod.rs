@@ -8,17 +8,23 @@
 //! - [`auth`]: `/v2/auth` (etcd's v2 users and roles) and the checks on keys and units.
 //! - [`fleet`]: fleet's API v1 (`/fleet/v1`): units, states, machines.
 //! - [`journal`]: `/flotilla/v1/journal/<unit>`, from the unit's machine's agent.
-//! - this file: routing, `/health`, `/version`, `/v2/members`, common headers.
+//! - [`members`]: `/v2/members` (listing open, changes root's once auth is on).
+//! - [`ready`]: no request is answered before this member's publish is applied.
+//! - [`cors`]: etcd's `--cors` headers and preflight `OPTIONS`, on every path.
+//! - this file: routing, `/health`, `/version`, `/v2/machines`, `/v2/stats`, common
+//!   headers.
 //!
 //! Handlers take whole requests and return whole responses; the server that moves the
 //! bytes lives in `flotilla_shims::http`.
 
 pub mod auth;
+pub mod cors;
 pub mod fleet;
 pub mod journal;
 pub mod keys;
 pub mod members;
 pub mod params;
+pub mod ready;
 pub mod render;
 pub mod stream;
 
@@ -31,6 +37,10 @@ use serde_json::json;
 use std::sync::Arc;
 
 pub type Reply = Response<Body>;
+
+const JSON: &str = "application/json";
+/// What Go's content sniffing calls a body of text, which etcd's untyped answers get.
+const TEXT: &str = "text/plain; charset=utf-8";
 
 pub const VERSION_SERVER: &str = "3.4.23";
 pub const VERSION_CLUSTER: &str = "3.4.0";
@@ -49,6 +59,10 @@ pub struct Api {
     /// (user, SHA-1 of a password) → the hash it was verified against; bounded by
     /// [`auth::VERIFIED_MAX`].
     pub verified: std::sync::Mutex<std::collections::BTreeMap<(String, [u8; 20]), String>>,
+    /// Which browser origins may read answers (`--cors`).
+    pub cors: cors::Cors,
+    /// Nothing is answered before this member's own publish is applied here.
+    pub ready: ready::Readiness,
 }
 
 impl Api {
@@ -63,7 +77,20 @@ impl Api {
     async fn route(&self, req: Request<Bytes>) -> Reply {
         let t0 = self.clock.now_mono();
         let method = req.method().clone();
-        let resp = self.dispatch(req).await;
+        let origin = req.headers().get(http::header::ORIGIN).cloned();
+        let mut resp = if !self
+            .ready
+            .wait(&self.raft.shared, self.clock.as_ref())
+            .await
+        {
+            self.not_ready()
+        } else if method == Method::OPTIONS {
+            // A CORS preflight, on any path, as etcd answers it.
+            full(StatusCode::OK, Vec::new())
+        } else {
+            self.dispatch(req).await
+        };
+        self.cors.apply(origin.as_ref(), resp.headers_mut());
         let secs = self.clock.now_mono().saturating_sub(t0).as_secs_f64();
         self.raft
             .shared
@@ -129,45 +156,66 @@ impl Api {
                 return self.members(&req, rest).await;
             }
         }
-        match (req.method(), path.as_str()) {
-            (&Method::GET, "/health") => self.health(),
-            (&Method::GET, "/version") => {
+        let get = matches!(*req.method(), Method::GET | Method::HEAD);
+        match path.as_str() {
+            "/health" if get => self.health(),
+            "/version" if get => {
                 let body = format!(
                     r#"{{"etcdserver":"{VERSION_SERVER}","etcdcluster":"{VERSION_CLUSTER}"}}"#
                 );
-                self.reply(StatusCode::OK, body.into_bytes(), None)
+                self.bare(StatusCode::OK, JSON, body.into_bytes())
             }
-            (&Method::GET, "/v2/stats/self") => self.stats_self(),
-            (&Method::GET, "/v2/stats/leader") => self.stats_leader(),
-            (&Method::GET, "/v2/stats/store") => self.stats_store(),
-            (&Method::GET, "/metrics") => {
-                let mut r = full(StatusCode::OK, self.raft.shared.metrics.render());
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                );
-                r
+            "/v2/machines" if get => self.machines(),
+            "/v2/machines" => self.not_allowed("GET,HEAD"),
+            "/v2/stats/self" | "/v2/stats/leader" | "/v2/stats/store"
+                if *req.method() != Method::GET =>
+            {
+                self.not_allowed("GET")
             }
-            _ => self.reply(
-                StatusCode::NOT_FOUND,
-                b"404 page not found\n".to_vec(),
-                None,
+            "/v2/stats/self" => self.stats_self(),
+            "/v2/stats/leader" => self.stats_leader(),
+            "/v2/stats/store" => self.stats_store(),
+            "/metrics" if get => self.bare(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.raft.shared.metrics.render().into_bytes(),
             ),
+            _ => self.go_error(StatusCode::NOT_FOUND, "404 page not found"),
         }
     }
 
+    /// `/v2/machines`: the members' client URLs, as etcd's (and etcdctl v1's) text list.
+    fn machines(&self) -> Reply {
+        let urls: Vec<String> = {
+            let m = self.raft.shared.machine();
+            let members = m.members.values();
+            members
+                .flat_map(|m| m.client_urls.iter().cloned())
+                .collect()
+        };
+        self.bare(StatusCode::OK, TEXT, urls.join(", ").into_bytes())
+    }
+
+    /// The request outwaited this member's publish: it is told so, never shown a member
+    /// list without this member's client URLs.
+    fn not_ready(&self) -> Reply {
+        let body = br#"{"message":"not ready: this member has not yet published its name and client URLs through Raft"}"#;
+        let mut r = full(StatusCode::SERVICE_UNAVAILABLE, body.to_vec());
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+
     fn health(&self) -> Reply {
-        // etcd 3.4 writes these bodies without a trailing newline.
+        // etcd 3.4 writes these bodies without a trailing newline, and no content type
+        // (Go sniffs text/plain).
         if self.raft.shared.status().leader != 0 {
-            self.reply(StatusCode::OK, br#"{"health":"true"}"#.to_vec(), None)
+            self.bare(StatusCode::OK, TEXT, br#"{"health":"true"}"#.to_vec())
         } else {
-            self.reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                br#"{"health":"false"}"#.to_vec(),
-                None,
-            )
+            let body = br#"{"health":"false"}"#.to_vec();
+            self.bare(StatusCode::SERVICE_UNAVAILABLE, TEXT, body)
         }
     }
 
@@ -189,7 +237,7 @@ impl Api {
         };
         let now = self.clock.now_wall_ms();
         let uptime = std::time::Duration::from_millis(now.saturating_sub(rs.leader_since_wall_ms));
-        self.json(
+        self.bare_json(
             StatusCode::OK,
             json!({
                 "name": name,
@@ -210,7 +258,7 @@ impl Api {
     fn stats_leader(&self) -> Reply {
         let st = self.raft.shared.status().clone();
         if !st.is_leader {
-            return self.json(
+            return self.bare_json(
                 StatusCode::FORBIDDEN,
                 json!({"message": "not current leader"}),
             );
@@ -237,7 +285,7 @@ impl Api {
                 }),
             );
         }
-        self.json(
+        self.bare_json(
             StatusCode::OK,
             json!({"leader": format!("{:x}", st.id), "followers": followers}),
         )
@@ -246,7 +294,7 @@ impl Api {
     fn stats_store(&self) -> Reply {
         let stats = self.raft.shared.store_stats().clone();
         let v = serde_json::to_value(stats).expect("stats serialize");
-        self.json(StatusCode::OK, v)
+        self.bare_json(StatusCode::OK, v)
     }
 
     fn json(&self, status: StatusCode, v: serde_json::Value) -> Reply {
@@ -255,14 +303,45 @@ impl Api {
         self.reply(status, body, None)
     }
 
+    /// A response with a content type and nothing else: etcd's handlers outside the
+    /// keys, members and auth APIs set no cluster header.
+    fn bare(&self, status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Reply {
+        let mut r = full(status, body);
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static(content_type),
+        );
+        r
+    }
+
+    /// A JSON body as Go's `json.Marshal` writes it (no newline), without etcd's headers.
+    fn bare_json(&self, status: StatusCode, v: serde_json::Value) -> Reply {
+        let body = serde_json::to_vec(&v).expect("json serializes");
+        self.bare(status, JSON, body)
+    }
+
+    /// Go's `http.Error`: a line of text, sniffing forbidden.
+    fn go_error(&self, status: StatusCode, text: &str) -> Reply {
+        let mut r = self.bare(status, TEXT, format!("{text}\n").into_bytes());
+        r.headers_mut().insert(
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        r
+    }
+
+    /// etcd's `allowMethod` refusal: 405 in text with the methods that are allowed.
+    fn not_allowed(&self, allow: &'static str) -> Reply {
+        let mut r = self.go_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+        r.headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+        r
+    }
+
     /// A response with etcd's headers. `etcd_index` adds the keys-API headers.
     fn reply(&self, status: StatusCode, body: Vec<u8>, etcd_index: Option<u64>) -> Reply {
-        let mut r = full(status, body);
+        let mut r = self.bare(status, JSON, body);
         let h = r.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         h.insert("X-Etcd-Cluster-Id", hv(format!("{:x}", self.cluster_id)));
         if let Some(i) = etcd_index {
             let st = self.raft.shared.status().clone();

@@ -3,7 +3,9 @@
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use flotilla_shims::http::{request, ClientResponse};
+use flotilla_shims::http::{request_body, ClientResponse};
+
+const FORM: &str = "application/x-www-form-urlencoded";
 use serde_json::Value;
 use std::time::Duration;
 
@@ -171,12 +173,24 @@ struct Client {
 
 impl Client {
     async fn call(&self, method: &str, path: &str, form: Option<String>) -> Result<ClientResponse> {
+        let body = form.map(|f| (FORM, f));
+        self.call_body(method, path, body).await
+    }
+
+    /// [`Client::call`] with a body of any type: `(content type, text)`.
+    async fn call_body(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&'static str, String)>,
+    ) -> Result<ClientResponse> {
         let mut errors = vec![];
         for ep in &self.endpoints {
-            match request(
+            let body = body.clone().map(|(ct, b)| (ct, bytes::Bytes::from(b)));
+            match request_body(
                 method,
                 &format!("{}{path}", ep.trim_end_matches('/')),
-                form.clone(),
+                body,
                 self.timeout,
             )
             .await
@@ -529,7 +543,9 @@ async fn member(c: &Client, cmd: MemberCmd) -> Result<()> {
         MemberCmd::Add { name, peer_urls } => {
             let urls: Vec<&str> = peer_urls.split(',').collect();
             let body = serde_json::json!({ "peerURLs": urls }).to_string();
-            let r = c.call("POST", "/v2/members", Some(body)).await?;
+            let r = c
+                .call_body("POST", "/v2/members", Some(("application/json", body)))
+                .await?;
             let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
             if r.status != 201 {
                 return Err(ServerError(format!(

@@ -67,6 +67,10 @@ pub struct NodeArgs {
     /// How long a write may wait for commit, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     pub request_timeout_ms: u64,
+    /// Origins allowed to read answers from a browser (CORS), comma-separated, as etcd's
+    /// `--cors`: empty (the default, as etcd's) or `*` allows any origin.
+    #[arg(long, default_value = "")]
+    pub cors: String,
     /// A member that is not a machine: it stores and schedules, it runs no units.
     #[arg(long)]
     pub no_agent: bool,
@@ -193,6 +197,7 @@ fn config(a: &NodeArgs) -> Result<NodeConfig> {
         request_timeout_ms: a.request_timeout_ms,
         value_bytes_max: a.max_request_bytes,
         inbox_inputs_max: 65_536,
+        cors: crate::api::cors::Cors::parse(&a.cors).map_err(anyhow::Error::msg)?,
     })
 }
 

@@ -104,7 +104,8 @@ impl Applier<'_> {
         if let Request::Kv(cmd) = &p.req {
             count_write(&mut self.shared.store_stats(), cmd, &applied);
         }
-        if !applied.events.is_empty() {
+        // A publish changes no key, but a member waiting to serve (api::ready) waits on it.
+        if !applied.events.is_empty() || matches!(p.req, Request::Publish { .. }) {
             self.shared.notify_events();
         }
         if p.origin == self.id {

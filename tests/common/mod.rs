@@ -40,12 +40,29 @@ pub struct Resp {
 }
 
 pub async fn call(c: &Http, method: &str, url: &str, form: Option<&str>) -> Result<Resp, String> {
+    let body = form.map(|f| ("application/x-www-form-urlencoded", f));
+    call_typed(c, method, url, body).await
+}
+
+/// [`call`] with a JSON body (`/v2/members` takes nothing else, as etcd).
+pub async fn call_json(c: &Http, method: &str, url: &str, json: &str) -> Result<Resp, String> {
+    call_typed(c, method, url, Some(("application/json", json))).await
+}
+
+/// A request with an optional `(content type, body)`.
+pub async fn call_typed(
+    c: &Http,
+    method: &str,
+    url: &str,
+    body: Option<(&str, &str)>,
+) -> Result<Resp, String> {
     let mut b = http::Request::builder().method(method).uri(url);
-    if form.is_some() {
-        b = b.header("content-type", "application/x-www-form-urlencoded");
+    if let Some((ct, _)) = body {
+        b = b.header("content-type", ct);
     }
+    let text = body.map(|(_, t)| t).unwrap_or("").to_string();
     let req = b
-        .body(Full::new(Bytes::from(form.unwrap_or("").to_string())))
+        .body(Full::new(Bytes::from(text)))
         .map_err(|e| e.to_string())?;
     let fut = c.request(req);
     let resp = tokio::time::timeout(Duration::from_secs(10), fut)
