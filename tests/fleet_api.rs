@@ -295,20 +295,55 @@ async fn fleet_api_v1_as_fleet_answers() {
 
     // Routing.
     for (m, path, code) in [
-        ("POST", "/fleet/v1/units", 405),
-        ("POST", "/fleet/v1/units/a.service", 405),
         ("GET", "/fleet/v1/units/", 404),
         ("GET", "/fleet/v1/bogus", 404),
         ("GET", "/fleet/v1/machines/x", 404),
-        ("GET", "/fleet/v1", 405),
-        ("DELETE", "/fleet/v1/machines", 405),
-        ("POST", "/fleet/v1/state", 405),
+        ("GET", "/fleet/v1/discovery/x", 404),
         ("GET", "/fleet/v1/state/nope.service", 404),
-        ("POST", "/fleet/v1/discovery", 400),
     ] {
         let r = call(&c, m, &format!("{base}{path}"), None).await.unwrap();
         assert_eq!(r.status, code, "{m} {path}: {}", r.text);
         assert_eq!(r.body["error"]["code"], code, "{m} {path}: {}", r.text);
+    }
+    // Every resource's answer to a method it does not take, with fleet's words
+    // (api/*.go in coreos/fleet), under both prefixes.
+    let only_get = "only GET supported against this resource";
+    let resources: [(&str, &[&str], u16, &str); 6] = [
+        ("", &[], 405, ""),
+        (
+            "/discovery",
+            &["GET"],
+            400,
+            "only HTTP GET supported against this resource",
+        ),
+        ("/units", &["GET"], 405, only_get),
+        (
+            "/units/a.service",
+            &["GET", "PUT", "DELETE"],
+            405,
+            "only GET, PUT and DELETE supported against this resource",
+        ),
+        ("/state", &["GET"], 405, only_get),
+        ("/state/a.service", &["GET"], 405, only_get),
+    ];
+    let machines = (
+        "/machines",
+        &["GET", "PATCH"][..],
+        405,
+        "only GET and PATCH supported against this resource",
+    );
+    for prefix in ["/fleet/v1", "/v1-alpha"] {
+        for (path, takes, code, msg) in resources.iter().copied().chain([machines]) {
+            for m in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+                if takes.contains(&m) {
+                    continue;
+                }
+                let url = format!("{base}{prefix}{path}");
+                let r = call(&c, m, &url, Some("{}")).await.unwrap();
+                assert_eq!(r.status, code, "{m} {url}: {}", r.text);
+                assert_eq!(error(&r), (code as u64, msg.to_string()), "{m} {url}");
+            }
+        }
     }
     let r = call(
         &c,

@@ -258,7 +258,13 @@ impl Api {
         match rest {
             "" => return fleet_error(StatusCode::METHOD_NOT_ALLOWED, ""),
             "/discovery" if m == Method::GET => return discovery(),
-            "/discovery" => return fleet_error(StatusCode::BAD_REQUEST, ""),
+            // fleet's discovery handler answers 400, not 405, with its own words.
+            "/discovery" => {
+                return fleet_error(
+                    StatusCode::BAD_REQUEST,
+                    "only HTTP GET supported against this resource",
+                )
+            }
             "/units" | "/state" if m != Method::GET => {
                 return fleet_error(
                     StatusCode::METHOD_NOT_ALLOWED,

@@ -27,14 +27,18 @@ struct MemberJson<'a> {
     client_urls: &'a [String],
 }
 
-fn member_json(m: &Member) -> serde_json::Value {
-    serde_json::to_value(MemberJson {
+#[derive(serde::Serialize)]
+struct MemberList<'a> {
+    members: Vec<MemberJson<'a>>,
+}
+
+fn member_json(m: &Member) -> MemberJson<'_> {
+    MemberJson {
         id: format!("{:x}", m.id),
         name: &m.name,
         peer_urls: &m.peer_urls,
         client_urls: &m.client_urls,
-    })
-    .expect("member serializes")
+    }
 }
 
 /// Why a request's body was refused: etcd's status and message.
@@ -78,24 +82,25 @@ impl Api {
     }
 
     fn list_members(&self) -> Reply {
-        let list: Vec<_> = self
-            .raft
-            .shared
-            .machine()
-            .members
-            .values()
-            .map(member_json)
-            .collect();
-        self.json(StatusCode::OK, json!({ "members": list }))
+        let m = self.raft.shared.machine();
+        let members = m.members.values().map(member_json).collect();
+        self.typed_json(StatusCode::OK, &MemberList { members })
     }
 
     fn leader_member(&self) -> Reply {
         let leader = self.raft.shared.status().leader;
         let m = self.raft.shared.machine().members.get(&leader).cloned();
         match m {
-            Some(m) => self.json(StatusCode::OK, member_json(&m)),
+            Some(m) => self.typed_json(StatusCode::OK, &member_json(&m)),
             None => self.message(StatusCode::SERVICE_UNAVAILABLE, "During election"),
         }
+    }
+
+    /// A body as Go's `json.Encoder` writes it: fields in the type's order, a newline.
+    fn typed_json<T: serde::Serialize>(&self, status: StatusCode, v: &T) -> Reply {
+        let mut body = serde_json::to_vec(v).expect("members serialize");
+        body.push(b'\n');
+        self.reply(status, body, None)
     }
 
     /// etcd's `HTTPError`: `{"message":…}`, no newline.
@@ -141,7 +146,7 @@ impl Api {
             client_urls: vec![],
         };
         match self.raft.add_member(member.clone()).await {
-            Ok(_) => Ok(self.json(StatusCode::CREATED, member_json(&member))),
+            Ok(_) => Ok(self.typed_json(StatusCode::CREATED, &member_json(&member))),
             Err(e) => Err(conf_error(e)),
         }
     }

@@ -297,12 +297,6 @@ impl Api {
         self.bare_json(StatusCode::OK, v)
     }
 
-    fn json(&self, status: StatusCode, v: serde_json::Value) -> Reply {
-        let mut body = serde_json::to_vec(&v).expect("json serializes");
-        body.push(b'\n');
-        self.reply(status, body, None)
-    }
-
     /// A response with a content type and nothing else: etcd's handlers outside the
     /// keys, members and auth APIs set no cluster header.
     fn bare(&self, status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Reply {

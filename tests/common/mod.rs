@@ -1,6 +1,8 @@
 //! Test harness: real `flotilla node` processes on 127.0.0.1 and a small HTTP client.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types, dead_code)]
 
+pub mod certs;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
