@@ -10,38 +10,6 @@ use common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const APACHE: &str = "[Unit]
-Description=My Advanced Service
-After=etcd.service
-After=docker.service
-
-[Service]
-TimeoutStartSec=0
-ExecStartPre=-/usr/bin/docker kill apache1
-ExecStartPre=-/usr/bin/docker rm apache1
-ExecStartPre=/usr/bin/docker pull coreos/apache
-ExecStart=/usr/bin/docker run --name apache1 -p 8081:80 coreos/apache /usr/sbin/httpd -D FOREGROUND
-ExecStartPost=/usr/bin/etcdctl set /domains/example.com/10.10.10.123:8081 run
-ExecStop=/usr/bin/docker stop apache1
-ExecStopPost=/usr/bin/etcdctl rm /domains/example.com/10.10.10.123:8081
-
-[X-Fleet]
-Conflicts=%p@*.service
-";
-
-fn ensure_images() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-test-images");
-    let out = Command::new(script)
-        .output()
-        .expect("run scripts/build-test-images");
-    assert!(
-        out.status.success(),
-        "building the test images failed (Docker and busybox-static are needed):\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn units(ep: &str, dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .arg("units")

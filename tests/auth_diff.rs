@@ -439,51 +439,100 @@ async fn etcdctl_manages_auth_and_units_are_guarded() {
     let (ok_anon, text) = etcdctl(&url, &["get", "/anything"]);
     assert!(!ok_anon, "{text}");
 
-    // Submitting a unit is writing it: the viewer may list units, not submit them.
-    let unit = r#"{"desiredState":"inactive","options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}]}"#;
-    let put = |who: &str| {
+    // Every fleet verb, and what tells what runs where, as nobody, a viewer (read on
+    // /_flotilla/*) and a deployer (read and write there). Submitting a unit is
+    // writing it.
+    let status = |method: &'static str, path: &str, body: &'static str, who: Option<&str>| {
         use base64::Engine;
-        let token = base64::engine::general_purpose::STANDARD.encode(who);
-        http::Request::builder()
-            .method("PUT")
-            .uri(format!("{url}/fleet/v1/units/web.service"))
-            .header("content-type", "application/json")
-            .header("authorization", format!("Basic {token}"))
-            .body(Full::new(Bytes::from(unit)))
-            .unwrap()
-    };
-    let status = |r: hyper::Response<hyper::body::Incoming>| r.status().as_u16();
-    let vera = status(c.request(put("vera:verapw")).await.unwrap());
-    assert_eq!(vera, 401, "a viewer submitted a unit");
-    let list = http::Request::builder()
-        .uri(format!("{url}/fleet/v1/units"))
-        .header("authorization", "Basic dmVyYTp2ZXJhcHc=")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    assert_eq!(
-        status(c.request(list).await.unwrap()),
-        200,
-        "a viewer may list units"
-    );
-    let dan = status(c.request(put("dan:danpw")).await.unwrap());
-    assert_eq!(dan, 201, "a deployer could not submit a unit");
-    // What runs where (placement explanations, journals) needs read on the schedule.
-    let placement = |auth: Option<&str>| {
-        let mut b =
-            http::Request::builder().uri(format!("{url}/flotilla/v1/placement/web.service"));
-        if let Some(a) = auth {
-            b = b.header("authorization", a);
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(format!("{url}{path}"))
+            .header("content-type", "application/json");
+        if let Some(who) = who {
+            let token = base64::engine::general_purpose::STANDARD.encode(who);
+            b = b.header("authorization", format!("Basic {token}"));
         }
-        b.body(Full::new(Bytes::new())).unwrap()
+        let req = b.body(Full::new(Bytes::from(body))).unwrap();
+        let c = c.clone();
+        async move { c.request(req).await.unwrap().status().as_u16() }
     };
-    let anon = status(c.request(placement(None)).await.unwrap());
-    assert_eq!(anon, 401, "anonymous placement explanation");
-    let as_vera = status(
-        c.request(placement(Some("Basic dmVyYTp2ZXJhcHc=")))
-            .await
-            .unwrap(),
+    let unit = r#"{"desiredState":"inactive","options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}]}"#;
+    let (vera, dan) = (Some("vera:verapw"), Some("dan:danpw"));
+    let web = "/fleet/v1/units/web.service";
+    let start = r#"{"desiredState":"launched"}"#;
+    let stop = r#"{"desiredState":"loaded"}"#;
+    let meta = r#"[{"op":"add","path":"/m1/metadata/disk","value":{"value":"ssd"}}]"#;
+    // (verb, method, path, body, the deployer's success)
+    let writes: [(&str, &'static str, &str, &'static str, u16); 4] = [
+        ("submit", "PUT", web, unit, 201),
+        ("start", "PUT", web, start, 204),
+        ("stop", "PUT", web, stop, 204),
+        ("set metadata", "PATCH", "/fleet/v1/machines", meta, 204),
+    ];
+    for (verb, method, path, body, ok) in writes {
+        assert_eq!(
+            status(method, path, body, None).await,
+            401,
+            "anonymous {verb}"
+        );
+        assert_eq!(
+            status(method, path, body, vera).await,
+            401,
+            "a viewer could {verb}"
+        );
+        assert_eq!(
+            status(method, path, body, dan).await,
+            ok,
+            "a deployer could not {verb}"
+        );
+    }
+    let reads = [
+        "/fleet/v1/units",
+        "/fleet/v1/units/web.service",
+        "/fleet/v1/state",
+        "/fleet/v1/machines",
+        "/flotilla/v1/placement/web.service",
+    ];
+    for path in reads {
+        assert_eq!(
+            status("GET", path, "", None).await,
+            401,
+            "anonymous GET {path}"
+        );
+        assert_eq!(
+            status("GET", path, "", vera).await,
+            200,
+            "a viewer's GET {path}"
+        );
+    }
+    // A journal is as private as what runs where (no machine runs the unit here: 404).
+    let journal = "/flotilla/v1/journal/web.service";
+    assert_eq!(
+        status("GET", journal, "", None).await,
+        401,
+        "anonymous journal"
     );
-    assert_eq!(as_vera, 200, "a viewer may read placement explanations");
+    assert_ne!(
+        status("GET", journal, "", vera).await,
+        401,
+        "a viewer's journal"
+    );
+    assert_eq!(
+        status("DELETE", web, "", None).await,
+        401,
+        "anonymous destroy"
+    );
+    assert_eq!(
+        status("DELETE", web, "", vera).await,
+        401,
+        "a viewer destroyed"
+    );
+    assert_eq!(
+        status("DELETE", web, "", dan).await,
+        204,
+        "a deployer's destroy"
+    );
+    assert_eq!(status("PUT", web, unit, dan).await, 201, "submitted again");
     // `flotilla units` with etcdctl's --username.
     let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args([

@@ -1,13 +1,23 @@
 //! Differential test: the same request sequence sent to a real etcd 3.4 (started here
 //! with `--enable-v2`) and to flotilla; responses must be equal after normalising
-//! indexes (each server's own starting index is subtracted), timestamps and cluster ids.
+//! indexes (each server's own starting index is subtracted), timestamps and cluster ids:
+//! status, body (children in order under `sorted=true`, as sets otherwise, since etcd
+//! lists them in Go map order) and headers — every header name, and the values of
+//! `Content-Type`, CORS, `Allow`, `Location`; `X-Raft-Index`, `X-Raft-Term` and
+//! `X-Etcd-Cluster-Id` by shape (each server has its own log and cluster), with the
+//! index never going back and the term fixed while nothing fails over. The same with
+//! `--cors` on both, and on three members each (writes through a follower, `quorum=true`
+//! reads, stream watches).
 //! Needs Debian's `etcd-server` (`scripts/test-all` installs it); fails loudly without.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod common;
 
+use bytes::Bytes;
 use common::*;
+use http_body_util::{BodyExt, Full};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 fn index_of(r: &Resp) -> u64 {
@@ -18,8 +28,9 @@ fn index_of(r: &Resp) -> u64 {
         .unwrap_or(0)
 }
 
-/// Rewrites server-specific numbers: indexes relative to `base`, times, 20-digit keys.
-fn normalise(v: &mut Value, base: u64) {
+/// Rewrites server-specific numbers: indexes relative to `base`, times, 20-digit keys;
+/// children compared as sets unless the request asked for them `sorted`.
+fn normalise(v: &mut Value, base: u64, sorted: bool) {
     match v {
         Value::Object(m) => {
             for (k, x) in m.iter_mut() {
@@ -34,12 +45,15 @@ fn normalise(v: &mut Value, base: u64) {
                     ("leader" | "id", Value::String(_)) => *x = Value::from("<member id>"),
                     ("key", Value::String(s)) => *x = Value::from(normalise_key(s, base)),
                     ("cause", Value::String(s)) => *x = Value::from(normalise_cause(s, base)),
-                    _ => normalise(x, base),
+                    _ => normalise(x, base, sorted),
                 }
             }
         }
         Value::Array(a) => {
-            a.iter_mut().for_each(|x| normalise(x, base));
+            a.iter_mut().for_each(|x| normalise(x, base, sorted));
+            if sorted {
+                return;
+            }
             // etcd lists children in Go map order unless `sorted=true`: compare as sets.
             a.sort_by_key(|x| {
                 x.get("key")
@@ -49,6 +63,61 @@ fn normalise(v: &mut Value, base: u64) {
             });
         }
         _ => {}
+    }
+}
+
+/// Headers as compared: every name (but the transport's), the values that must match,
+/// and the shape of those where each server has its own numbers.
+fn header_shape(h: &http::HeaderMap, base: u64) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, value) in h {
+        let n = name.as_str();
+        if matches!(
+            n,
+            "date" | "content-length" | "transfer-encoding" | "connection"
+        ) {
+            continue;
+        }
+        let v = value.to_str().unwrap_or("<not text>").to_string();
+        let number = v.parse::<u64>().ok();
+        let shown = match (n, number) {
+            ("x-etcd-index", Some(i)) => i.saturating_sub(base).to_string(),
+            ("x-raft-index" | "x-raft-term", Some(_)) => "<number>".to_string(),
+            ("x-etcd-cluster-id", _) if is_hex_id(&v) => "<hex id>".to_string(),
+            _ => v,
+        };
+        out.insert(n.to_string(), shown);
+    }
+    out
+}
+
+fn is_hex_id(v: &str) -> bool {
+    !v.is_empty() && v.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
+}
+
+/// What one server's Raft headers said over a run: the index never goes back, the term
+/// never changes while nothing fails over.
+#[derive(Default)]
+struct RaftHeaders {
+    index: u64,
+    term: Option<u64>,
+}
+
+impl RaftHeaders {
+    fn check(&mut self, h: &http::HeaderMap) -> Result<(), String> {
+        let num = |k: &str| h.get(k).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let Some(i) = num("x-raft-index") {
+            if i < self.index {
+                return Err(format!("X-Raft-Index went back from {} to {i}", self.index));
+            }
+            self.index = i;
+        }
+        if let Some(t) = num("x-raft-term") {
+            if *self.term.get_or_insert(t) != t {
+                return Err(format!("X-Raft-Term changed from {:?} to {t}", self.term));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -287,6 +356,7 @@ async fn responses_match_etcd() {
         "the sequence covers at least 100 requests"
     );
     let mut mismatches = vec![];
+    let mut raft = [RaftHeaders::default(), RaftHeaders::default()];
     for (method, path, body) in all {
         let mut seen = vec![];
         for (i, s) in servers.iter().enumerate() {
@@ -294,8 +364,11 @@ async fn responses_match_etcd() {
             let r = call(&c, method, &url, body)
                 .await
                 .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+            if let Err(e) = raft[i].check(&r.headers) {
+                mismatches.push(format!("{method} {path} on {s}: {e}"));
+            }
             let mut v = r.body.clone();
-            normalise(&mut v, bases[i]);
+            normalise(&mut v, bases[i], path.contains("sorted=true"));
             let idx = r
                 .headers
                 .contains_key("x-etcd-index")
@@ -309,7 +382,8 @@ async fn responses_match_etcd() {
             } else {
                 String::new()
             };
-            seen.push((r.status, v, idx, ttl_ok, text));
+            let headers = header_shape(&r.headers, bases[i]);
+            seen.push((r.status, v, idx, ttl_ok, text, headers));
         }
         if seen[0] != seen[1] {
             mismatches.push(format!(
@@ -447,4 +521,209 @@ async fn cleared_event_window_matches_etcd() {
             now - 1000
         )
     );
+}
+
+/// A request with an `Origin`, answered as (status, header shape, body).
+async fn with_origin(
+    c: &Http,
+    method: &str,
+    url: &str,
+    origin: Option<&str>,
+) -> (u16, BTreeMap<String, String>, String) {
+    let mut b = http::Request::builder().method(method).uri(url);
+    if let Some(o) = origin {
+        b = b.header("origin", o);
+    }
+    let req = b.body(Full::new(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+        .await
+        .expect("answer within 10 s")
+        .expect("request");
+    let status = resp.status().as_u16();
+    let mut shape = header_shape(resp.headers(), 0);
+    shape.remove("x-etcd-index");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    // Key answers carry each store's own indexes: their bodies are compared elsewhere.
+    let text = if url.contains("/v2/keys") && method != "OPTIONS" {
+        String::new()
+    } else {
+        text
+    };
+    (status, shape, text)
+}
+
+/// etcd's `--cors`: without it (every origin), and with a list (only those, echoed):
+/// headers on every path, preflight `OPTIONS` on any path answered 200. (etcd takes only
+/// `scheme://host:port` there; flotilla takes that and a bare `scheme://host` too.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_matches_etcd_with_and_without_the_flag() {
+    let c = client();
+    let requests: &[(&str, &str, Option<&str>)] = &[
+        ("GET", "/v2/keys/", None),
+        ("GET", "/v2/keys/", Some("http://a.example:8080")),
+        ("GET", "/v2/keys/", Some("http://evil.example:8080")),
+        ("OPTIONS", "/v2/keys/x", Some("http://a.example:8080")),
+        ("OPTIONS", "/v2/keys/x", Some("http://evil.example:8080")),
+        ("OPTIONS", "/health", None),
+        ("OPTIONS", "/no/such/path", Some("http://a.example:8080")),
+        ("GET", "/health", Some("http://a.example:8080")),
+        ("GET", "/version", Some("http://evil.example:8080")),
+        ("GET", "/v2/members/nothing", Some("http://a.example:8080")),
+        ("DELETE", "/v2/keys/nothing", Some("http://a.example:8080")),
+        ("GET", "/no/such/path", Some("http://a.example:8080")),
+    ];
+    for flag in [
+        None,
+        Some("--cors=http://a.example:8080,https://b.example:8443"),
+    ] {
+        let extra: Vec<&str> = flag.into_iter().collect();
+        let etcd = start_etcd_with(&c, &extra).await;
+        let mut fl = Cluster::new(1, &extra);
+        fl.start_all();
+        wait_healthy(&c, &fl.nodes[0].client_url).await;
+        let mut diffs = vec![];
+        for (method, path, origin) in requests {
+            let theirs = with_origin(&c, method, &format!("{}{path}", etcd.url), *origin).await;
+            let url = format!("{}{path}", fl.nodes[0].client_url);
+            let mine = with_origin(&c, method, &url, *origin).await;
+            if theirs != mine {
+                diffs.push(format!(
+                    "{flag:?} {method} {path} from {origin:?}:\n  etcd:     {theirs:?}\n  flotilla: {mine:?}"
+                ));
+            }
+        }
+        assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    }
+}
+
+/// A streamed watch's first `n` events, each a JSON line.
+async fn stream_events(c: &Http, url: &str, n: usize) -> Vec<Value> {
+    let req = http::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.expect("watch");
+    assert_eq!(resp.status(), 200, "{url}");
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let read = async {
+        while buf.iter().filter(|b| **b == b'\n').count() < n {
+            match body.frame().await {
+                Some(Ok(f)) => buf.extend_from_slice(f.data_ref().map_or(&[][..], |d| d)),
+                _ => break,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap_or_else(|_| panic!("{n} events within 10 s from {url}"));
+    buf.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .take(n)
+        .map(|l| serde_json::from_slice(l).expect("an event per line"))
+        .collect()
+}
+
+/// Which of these members are followers, by their own `/v2/stats/self`.
+async fn followers(c: &Http, urls: &[String]) -> Vec<String> {
+    let mut out = vec![];
+    for u in urls {
+        let r = call(c, "GET", &format!("{u}/v2/stats/self"), None)
+            .await
+            .unwrap();
+        if r.body["state"] == "StateFollower" {
+            out.push(u.clone());
+        }
+    }
+    out
+}
+
+/// Three members each: writes through one follower, quorum reads through the other,
+/// preconditions, in-order keys and a stream watch — answered alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_answer_as_three_etcd_members() {
+    let c = client();
+    let etcd = start_etcd_cluster(&c, 3).await;
+    let mut fl = Cluster::new(3, &[]);
+    fl.start_all();
+    fl.leader(&c, Duration::from_secs(20)).await;
+    let mut sides = vec![];
+    for urls in [
+        etcd.iter().map(|e| e.url.clone()).collect::<Vec<_>>(),
+        fl.nodes.iter().map(|n| n.client_url.clone()).collect(),
+    ] {
+        let f = followers(&c, &urls).await;
+        assert_eq!(f.len(), 2, "two followers among {urls:?}");
+        let base = index_of(
+            &call(&c, "GET", &format!("{}/v2/keys/", f[0]), None)
+                .await
+                .unwrap(),
+        );
+        sides.push((f, base));
+    }
+    let steps: &[(usize, &str, &str, Option<&str>)] = &[
+        (0, "PUT", "/v2/keys/f/a", Some("value=1")),
+        (1, "GET", "/v2/keys/f/a?quorum=true", None),
+        (0, "PUT", "/v2/keys/f/a?prevValue=1", Some("value=2")),
+        (1, "PUT", "/v2/keys/f/a?prevValue=1", Some("value=3")),
+        (1, "PUT", "/v2/keys/f/b?prevExist=false", Some("value=x")),
+        (0, "PUT", "/v2/keys/f/b?prevExist=false", Some("value=y")),
+        (0, "POST", "/v2/keys/f/q", Some("value=j1")),
+        (1, "POST", "/v2/keys/f/q", Some("value=j2")),
+        (
+            0,
+            "GET",
+            "/v2/keys/f?quorum=true&recursive=true&sorted=true",
+            None,
+        ),
+        (1, "DELETE", "/v2/keys/f/b", None),
+        (0, "GET", "/v2/keys/f/b?quorum=true", None),
+    ];
+    let mut diffs = vec![];
+    for (who, method, path, body) in steps {
+        let mut seen = vec![];
+        for (f, base) in &sides {
+            let r = call(&c, method, &format!("{}{path}", f[*who]), *body)
+                .await
+                .unwrap();
+            let mut v = r.body.clone();
+            normalise(&mut v, *base, path.contains("sorted=true"));
+            seen.push((r.status, v, header_shape(&r.headers, *base)));
+        }
+        if seen[0] != seen[1] {
+            diffs.push(format!(
+                "{method} {path} through follower {who}:\n  etcd:     {:?}\n  flotilla: {:?}",
+                seen[0], seen[1]
+            ));
+        }
+    }
+    // A stream watch on one follower sees the writes made through the other, in order.
+    let mut streams = vec![];
+    for (f, base) in &sides {
+        let url = format!("{}/v2/keys/s?wait=true&stream=true&recursive=true", f[1]);
+        let (c2, url2) = (c.clone(), url.clone());
+        let watch = tokio::spawn(async move { stream_events(&c2, &url2, 3).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for (i, k) in ["s/x", "s/y", "s/x"].iter().enumerate() {
+            let r = call(
+                &c,
+                "PUT",
+                &format!("{}/v2/keys/{k}", f[0]),
+                Some(&format!("value={i}")),
+            )
+            .await
+            .unwrap();
+            assert!(r.status == 200 || r.status == 201, "{}", r.text);
+        }
+        let mut events = watch.await.unwrap();
+        events.iter_mut().for_each(|e| normalise(e, *base, false));
+        streams.push(events);
+    }
+    if streams[0] != streams[1] {
+        diffs.push(format!(
+            "stream watch:\n  etcd:     {:?}\n  flotilla: {:?}",
+            streams[0], streams[1]
+        ));
+    }
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
 }

@@ -13,25 +13,6 @@ use std::time::{Duration, Instant};
 
 const TTL_S: u64 = 3;
 
-const APACHE: &str = "[Unit]
-Description=My Advanced Service
-After=etcd.service
-After=docker.service
-
-[Service]
-TimeoutStartSec=0
-ExecStartPre=-/usr/bin/docker kill apache1
-ExecStartPre=-/usr/bin/docker rm apache1
-ExecStartPre=/usr/bin/docker pull coreos/apache
-ExecStart=/usr/bin/docker run --name apache1 -p 8081:80 coreos/apache /usr/sbin/httpd -D FOREGROUND
-ExecStartPost=/usr/bin/etcdctl set /domains/example.com/10.10.10.123:8081 run
-ExecStop=/usr/bin/docker stop apache1
-ExecStopPost=/usr/bin/etcdctl rm /domains/example.com/10.10.10.123:8081
-
-[X-Fleet]
-Conflicts=%p@*.service
-";
-
 fn units(endpoints: &str, args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .arg("units")

@@ -14,10 +14,11 @@ use std::time::Instant;
 /// The workloads `--scenario` can name.
 const SCENARIOS: [&str; 4] = ["kv", "sched", "render", "stack"];
 /// Every planted bug `--bug` can name (test-only), across the layers.
-pub const BUGS: [&str; 5] = [
+pub const BUGS: [&str; 6] = [
     "skip-sync",
     "ignore-conflicts",
     "no-fencing",
+    "fence-late",
     "render-skip-sync",
     "presence-no-ttl",
 ];
@@ -54,6 +55,7 @@ enum Cmd {
         /// Plant a bug (test-only): `skip-sync` (never fsync the Raft log),
         /// `ignore-conflicts` (the scheduler places units as if no Conflicts were declared),
         /// `no-fencing` (agents keep their units running when their lease is lost),
+        /// `fence-late` (agents stop them only after their machine's key expired),
         /// `render-skip-sync` (the renderer renames its stage file into place unsynced),
         /// `presence-no-ttl` (presence keys are written without a TTL).
         #[arg(long, value_parser = BUGS)]
@@ -104,6 +106,14 @@ enum Cmd {
         /// Write every client operation of the run to this JSON file.
         #[arg(long)]
         dump_history: Option<PathBuf>,
+    },
+    /// Decide a recorded history (`replay --dump-history`, or one recorded from a real
+    /// cluster in the same JSON): each key's verdict, size, time and memory.
+    Check {
+        file: PathBuf,
+        /// Configurations the search may hold at once per key before it says undecided.
+        #[arg(long, default_value_t = flotilla_sim::linearizability::CONFIGS_MAX)]
+        configs_max: usize,
     },
     /// Reduce a failing seed file's faults and operations while it still fails.
     Shrink {
@@ -223,10 +233,10 @@ fn real_main() -> Result<ExitCode> {
                 wall,
                 r.sim_ms as f64 / 1000.0 / wall
             );
-            if !r.violations.is_empty() {
+            if !r.clean() {
                 bail!(
-                    "the benchmark run violated a checker: {}",
-                    r.violations.join("; ")
+                    "the benchmark run did not pass every checker: {}",
+                    r.findings()
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -267,21 +277,25 @@ fn real_main() -> Result<ExitCode> {
                 "seed {} trace {:016x} ({} ops: {} ok, {} compare-failed, {} not-found, {} unknown; {} simulated ms; faults {:?})",
                 f.scenario.seed, r.trace_hash, r.ops, r.outcomes[0], r.outcomes[1], r.outcomes[2], r.outcomes[3], r.sim_ms, r.faults
             );
-            if r.violations.is_empty() {
+            if r.clean() {
                 println!("passes (was: {})", f.violation.lines().next().unwrap_or(""));
                 Ok(ExitCode::SUCCESS)
             } else {
                 for v in &r.violations {
                     println!("VIOLATION: {v}");
                 }
+                for u in &r.undecided {
+                    println!("UNDECIDED: {u}");
+                }
                 Ok(ExitCode::FAILURE)
             }
         }
+        Cmd::Check { file, configs_max } => check_history(&file, configs_max),
         Cmd::Shrink { file, out } => {
             let f = SeedFile::load(&file)?;
             let first = run(&f.scenario);
             if first.violations.is_empty() {
-                bail!("{} passes now; nothing to shrink", file.display());
+                bail!("{} has no violation now; nothing to shrink", file.display());
             }
             let before = (
                 f.scenario.schedule.len(),
@@ -333,6 +347,7 @@ impl Plan {
         s.bug_skip_sync = bug == Some("skip-sync");
         s.bug_ignore_conflicts = bug == Some("ignore-conflicts");
         s.bug_no_fencing = bug == Some("no-fencing");
+        s.bug_fence_late = bug == Some("fence-late");
         s.bug_render_skip_sync = bug == Some("render-skip-sync");
         s.bug_presence_no_ttl = bug == Some("presence-no-ttl");
         s
@@ -375,15 +390,20 @@ fn campaign(
                 };
                 let s = plan.scenario(seed);
                 let r = run(&s);
-                if !r.violations.is_empty() {
+                if !r.clean() {
                     let path = out.join(format!("seed-{seed}.json"));
                     let file = seed_file(&s, &r, &path);
                     if let Err(e) = file.save(&path) {
                         bar.println(format!("could not save {}: {e}", path.display()));
                     }
+                    let what = if r.violations.is_empty() {
+                        "UNDECIDED"
+                    } else {
+                        "FAILED"
+                    };
                     bar.println(format!(
-                        "seed {seed} FAILED: {}\n  reproduce: {}",
-                        r.violations[0].lines().next().unwrap_or(""),
+                        "seed {seed} {what}: {}\n  reproduce: {}",
+                        r.findings().lines().next().unwrap_or(""),
                         file.command
                     ));
                 }
@@ -425,9 +445,69 @@ fn campaign(
     for (seed, v) in &sum.failures {
         println!("  seed {seed}: {}", v.lines().next().unwrap_or(""));
     }
-    Ok(if sum.failures.is_empty() {
+    println!("undecided:          {}", sum.undecided.len());
+    for (seed, u) in &sum.undecided {
+        println!("  seed {seed}: {}", u.lines().next().unwrap_or(""));
+    }
+    Ok(if sum.failures.is_empty() && sum.undecided.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `chaos check`: every key of a recorded history through the checker, timed.
+fn check_history(file: &std::path::Path, configs_max: usize) -> Result<ExitCode> {
+    use flotilla_sim::history::{Op, Outcome, Record};
+    use flotilla_sim::linearizability::{search_key, Verdict};
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let records: Vec<Record> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a history (a JSON list of records)", file.display()))?;
+    let mut by_key: std::collections::BTreeMap<&str, Vec<&Record>> = Default::default();
+    for r in &records {
+        let unanswered_read = matches!(r.op, Op::Get { .. }) && r.outcome == Outcome::Unknown;
+        let local = matches!(r.op, Op::Get { quorum: false });
+        if !(local || unanswered_read || r.outcome == Outcome::Failed) {
+            by_key.entry(&r.key).or_default().push(r);
+        }
+    }
+    let mut bad = 0;
+    let all = Instant::now();
+    for (key, ops) in &by_key {
+        let t = Instant::now();
+        let s = search_key(ops, configs_max);
+        let unanswered = ops.iter().filter(|r| r.outcome == Outcome::Unknown).count();
+        let verdict = match &s.verdict {
+            Verdict::Linearizable => "linearizable".to_string(),
+            Verdict::Violation(v) => format!("VIOLATION\n{v}"),
+            Verdict::Undecided(u) => format!("UNDECIDED: {u}"),
+        };
+        bad += usize::from(s.verdict != Verdict::Linearizable);
+        println!(
+            "{key}: {} operations ({unanswered} unanswered), {:.3} s, at most {} configurations held: {verdict}",
+            ops.len(),
+            t.elapsed().as_secs_f64(),
+            s.peak_configs
+        );
+    }
+    println!(
+        "{} operations on {} keys in {:.3} s; peak resident memory {}",
+        records.len(),
+        by_key.len(),
+        all.elapsed().as_secs_f64(),
+        peak_rss().unwrap_or_else(|| "unknown".into())
+    );
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// This process's peak resident set (Linux's VmHWM).
+fn peak_rss() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.trim_start_matches("VmHWM:").trim().to_string())
 }

@@ -40,6 +40,9 @@ impl SeedFile {
 pub struct Summary {
     pub seeds: u64,
     pub failures: Vec<(u64, String)>,
+    /// Seeds whose history the checker could not decide: counted apart from failures,
+    /// and never a pass.
+    pub undecided: Vec<(u64, String)>,
     pub sim_ms: u64,
     pub ops: u64,
     pub faults: BTreeMap<String, u64>,
@@ -80,6 +83,8 @@ mod sim {
         }
         if let Some(v) = r.violations.first() {
             sum.failures.push((r.seed, v.clone()));
+        } else if let Some(u) = r.undecided.first() {
+            sum.undecided.push((r.seed, u.clone()));
         }
     }
 
@@ -87,7 +92,7 @@ mod sim {
     pub fn seed_file(s: &Scenario, r: &Report, path: &Path) -> SeedFile {
         SeedFile {
             scenario: s.clone(),
-            violation: r.violations.join("\n"),
+            violation: r.findings(),
             trace_hash: format!("{:016x}", r.trace_hash),
             command: format!("scripts/chaos replay {}", path.display()),
         }

@@ -17,7 +17,7 @@ fn failure(s: &Scenario, r: &Report) -> String {
     format!(
         "seed {} failed:\n{}\nreproduce: {}",
         s.seed,
-        r.violations.join("\n"),
+        r.findings(),
         file.command
     )
 }
@@ -26,7 +26,7 @@ fn clean_run(seeds: std::ops::Range<u64>, nodes: usize) {
     for seed in seeds {
         let s = Scenario::generate(seed, nodes, ALL_FAULTS);
         let r = run(&s);
-        assert!(r.violations.is_empty(), "{}", failure(&s, &r));
+        assert!(r.clean(), "{}", failure(&s, &r));
         assert!(r.ops > 0, "seed {seed} ran no client operations");
     }
 }
@@ -71,10 +71,10 @@ fn regression_corpus_replays_clean() {
         let seed = SeedFile::load(&f).unwrap();
         let r = run(&seed.scenario);
         assert!(
-            r.violations.is_empty(),
+            r.clean(),
             "{} fails again:\n{}\nreproduce: scripts/chaos replay {}",
             f.display(),
-            r.violations.join("\n"),
+            r.findings(),
             f.display()
         );
     }
@@ -153,7 +153,7 @@ fn sample_of_scheduling_seeds_passes_every_checker() {
         for seed in seeds {
             let s = Scenario::generate_sched(seed, nodes, ALL_FAULTS);
             let r = run(&s);
-            assert!(r.violations.is_empty(), "{}", failure(&s, &r));
+            assert!(r.clean(), "{}", failure(&s, &r));
         }
     }
 }
@@ -219,7 +219,7 @@ fn sample_of_render_seeds_passes_every_checker() {
         for seed in seeds {
             let s = render_scenario(seed, nodes);
             let r = run(&s);
-            assert!(r.violations.is_empty(), "{}", failure(&s, &r));
+            assert!(r.clean(), "{}", failure(&s, &r));
             reloads += r.faults.get("render-reload").copied().unwrap_or(0);
         }
     }
@@ -246,7 +246,7 @@ fn sample_of_stack_seeds_passes_every_checker() {
         for seed in seeds {
             let s = Scenario::generate_stack(seed, nodes, ALL_FAULTS);
             let r = run(&s);
-            assert!(r.violations.is_empty(), "{}", failure(&s, &r));
+            assert!(r.clean(), "{}", failure(&s, &r));
             probes += r.faults.get("stack-probe").copied().unwrap_or(0);
             reloads += r.faults.get("render-reload").copied().unwrap_or(0);
         }
@@ -279,7 +279,17 @@ fn stack_bug_found(seeds: std::ops::Range<u64>, plant: impl Fn(&mut Scenario)) -
 
 /// Each planted bug across the layers, and what its violation must say.
 type Plant = fn(&mut Scenario);
-const STACK_BUGS: [(&str, Plant, &[&str]); 3] = [
+const STACK_BUGS: [(&str, Plant, &[&str]); 5] = [
+    (
+        "no-fencing",
+        |s| s.bug_no_fencing = true,
+        &["key expired while it still ran"],
+    ),
+    (
+        "fence-late",
+        |s| s.bug_fence_late = true,
+        &["key expired while it still ran"],
+    ),
     (
         "render-skip-sync",
         |s| s.bug_render_skip_sync = true,

@@ -44,6 +44,9 @@ pub enum Fault {
     LeaderKill { keep_permille: u32, down_ms: u64 },
     /// A slow machine: every message to or from the node takes `extra_ms` longer, for `ms`.
     Slow { node: usize, extra_ms: u64, ms: u64 },
+    /// Whichever live machine runs the most containers when this fires is cut off from
+    /// every other node (as [`Fault::Partition`] of it alone) for `ms`.
+    IsolateBusiest { ms: u64 },
 }
 
 impl Fault {
@@ -62,6 +65,7 @@ impl Fault {
             Fault::EngineRestart { .. } => "engine_restart",
             Fault::LeaderKill { .. } => "leader_kill",
             Fault::Slow { .. } => "slow",
+            Fault::IsolateBusiest { .. } => "isolate",
         }
     }
 }
@@ -110,6 +114,10 @@ pub struct Scenario {
     /// Planted bug (test-only): agents do not stop their units when their lease is lost.
     #[serde(default)]
     pub bug_no_fencing: bool,
+    /// Planted bug (test-only): agents stop their units only at one and a half TTLs
+    /// without a renewal, after their machine's key expired.
+    #[serde(default)]
+    pub bug_fence_late: bool,
     /// Renderer workload (`chaos run --scenario render`): every node runs confd over the
     /// KV clients' keys, and its destinations are checked.
     #[serde(default)]
@@ -388,6 +396,18 @@ fn stack_faults(rng: &mut impl Rng, nodes: usize, fault_phase_ms: u64) -> Vec<Ev
             });
         }
     }
+    // A machine cut off, once its units run, for longer than the stack's lease (12 s):
+    // its key expires before the heal (at 20 s), its units are placed elsewhere, and its
+    // agent must have stopped them first.
+    if rng.gen_bool(0.7) {
+        let fault = Fault::IsolateBusiest {
+            ms: rng.gen_range(13_500..15_000),
+        };
+        out.push(Event {
+            at_ms: rng.gen_range(4_000..5_500),
+            fault,
+        });
+    }
     if rng.gen_bool(0.6) {
         for _ in 0..rng.gen_range(1..=3) {
             let fault = Fault::Slow {
@@ -521,6 +541,7 @@ impl Scenario {
             sched: None,
             bug_ignore_conflicts: false,
             bug_no_fencing: false,
+            bug_fence_late: false,
             render: false,
             stack: false,
             bug_render_skip_sync: false,
@@ -617,6 +638,7 @@ impl Scenario {
             sched: None,
             bug_ignore_conflicts: false,
             bug_no_fencing: false,
+            bug_fence_late: false,
             render: false,
             stack: false,
             bug_render_skip_sync: false,

@@ -342,9 +342,12 @@ fn wire_code_under_partitions_and_crashes_is_linearizable() {
             finals, 2,
             "seed {seed}: final reads must succeed after healing"
         );
-        if let Err(e) = linearizability::check(&h.records) {
-            panic!("seed {seed} (reproduce: cargo test -p flotilla-sim --test turmoil): {e}");
-        }
+        let verdict = linearizability::check(&h.records);
+        assert_eq!(
+            verdict,
+            linearizability::Verdict::Linearizable,
+            "seed {seed} (reproduce: cargo test -p flotilla-sim --test turmoil)"
+        );
     }
 }
 

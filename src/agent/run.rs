@@ -46,6 +46,9 @@ const RUNTIME_RETRY_MAX_MS: u64 = 60_000;
 pub struct AgentBugs {
     /// Never stop units when the lease is lost.
     pub no_fencing: bool,
+    /// Fence late: at one and a half TTLs without a renewal, after the machine's key
+    /// has expired and its units may have been placed elsewhere.
+    pub fence_late: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -317,7 +320,12 @@ impl Agent {
             .renewed
             .borrow()
             .map_or(self.started_ms, |t| t.as_millis() as u64);
-        let ok = now.saturating_sub(last) < self.ttl_ms() * 2 / 3;
+        let fence_after_ms = if self.cfg.bugs.fence_late {
+            self.ttl_ms() * 3 / 2
+        } else {
+            self.ttl_ms() * 2 / 3
+        };
+        let ok = now.saturating_sub(last) < fence_after_ms;
         if ok != self.fenced {
             return;
         }

@@ -6,7 +6,7 @@ use crate::kv::error::*;
 use crate::kv::{Action, Command, Event, Precondition, StoreError};
 use crate::raft::ProposeError;
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
+use http::{HeaderValue, Method, Request, StatusCode};
 
 impl Api {
     pub(super) async fn keys(&self, req: &Request<Bytes>, key: &str) -> Reply {
@@ -15,11 +15,7 @@ impl Api {
             method,
             Method::GET | Method::HEAD | Method::PUT | Method::POST | Method::DELETE
         ) {
-            return self.reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                b"Method Not Allowed\n".to_vec(),
-                None,
-            );
+            return self.not_allowed("HEAD,GET,PUT,POST,DELETE");
         }
         let body = matches!(method, Method::PUT | Method::POST).then(|| req.body().as_ref());
         let params = Params::parse(req.uri().query(), body);
@@ -205,10 +201,14 @@ impl Api {
         self.reply(status, body, Some(etcd_index))
     }
 
-    /// etcd writes the error's own index (0 for a bad request) into `X-Etcd-Index`.
+    /// etcd writes the error's own index (0 for a bad request) into `X-Etcd-Index`, and
+    /// no Raft headers: an error is not a point in the log.
     pub(super) fn error_reply(&self, e: &StoreError) -> Reply {
         let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-        self.reply(status, render::error(e), Some(e.index))
+        let mut r = self.reply(status, render::error(e), None);
+        let index = HeaderValue::from_str(&e.index.to_string()).expect("digits");
+        r.headers_mut().insert("X-Etcd-Index", index);
+        r
     }
 }
 

@@ -107,11 +107,7 @@ impl Api {
                 Some(q) => format!("{clean}?{q}"),
                 None => clean,
             };
-            let mut r = self.reply(StatusCode::MOVED_PERMANENTLY, vec![], None);
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                r.headers_mut().insert(http::header::LOCATION, v);
-            }
-            return r;
+            return redirect(req.method(), &location);
         }
         let path = percent_encoding::percent_decode_str(&raw_path)
             .decode_utf8_lossy()
@@ -345,6 +341,35 @@ impl Api {
         }
         r
     }
+}
+
+/// Go's `http.Redirect` with 301: a link in HTML for GET (typed for HEAD too), nothing
+/// for other methods.
+fn redirect(method: &Method, location: &str) -> Reply {
+    let get = *method == Method::GET;
+    let body = if get {
+        let href = location
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&#34;")
+            .replace('\'', "&#39;");
+        format!("<a href=\"{href}\">Moved Permanently</a>.\n\n").into_bytes()
+    } else {
+        vec![]
+    };
+    let mut r = full(StatusCode::MOVED_PERMANENTLY, body);
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        h.insert(http::header::LOCATION, v);
+    }
+    if get || *method == Method::HEAD {
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+    }
+    r
 }
 
 /// Go's `cleanPath`: `Some(cleaned)` when `p` has empty, `.` or `..` segments (a

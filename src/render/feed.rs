@@ -24,15 +24,31 @@ pub enum Feed {
     Reset,
 }
 
-/// Watches `root` from `since` on, queueing events into `tx` until the receiver is gone.
+/// Where a feed starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Start {
+    /// The first index wanted: one past what the render read.
+    pub since: u64,
+    /// Planted bug (test-only): start past whatever the store holds when the feed
+    /// starts, missing changes made since the render's read.
+    pub from_now: bool,
+}
+
+/// Watches `root` from `start` on, queueing events into `tx` until the receiver is gone.
 pub async fn run(
     kv: Arc<dyn KvClient>,
     clock: Arc<dyn Clock>,
     root: String,
-    mut since: u64,
+    start: Start,
     tx: mpsc::Sender<Feed>,
     retry_ms: u64,
 ) {
+    let mut since = start.since;
+    if start.from_now {
+        if let Ok(Some(got)) = kv.get(&root, false, false).await {
+            since = got.index + 1;
+        }
+    }
     loop {
         match kv.watch(&root, true, since).await {
             Ok(ev) => {

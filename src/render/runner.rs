@@ -40,6 +40,9 @@ pub struct RenderConfig {
     pub retry_ms: u64,
     /// Where `--noop` diffs go.
     pub out: Arc<dyn Fn(String) + Send + Sync>,
+    /// Planted bug (test-only): the watch starts from "now" instead of the index the
+    /// render read, so a change landing between the two is missed (confd 0.16's bug).
+    pub bug_watch_from_now: bool,
 }
 
 impl std::fmt::Debug for RenderConfig {
@@ -66,6 +69,7 @@ impl RenderConfig {
             interval_s: 600,
             retry_ms: 1_000,
             out: Arc::new(|s| print!("{s}")),
+            bug_watch_from_now: false,
         }
     }
 }
@@ -448,7 +452,10 @@ impl Renderer {
             self.kv.clone(),
             self.seams.clock.clone(),
             r.watch_root(),
-            since,
+            feed::Start {
+                since,
+                from_now: self.cfg.bug_watch_from_now,
+            },
             tx,
             self.cfg.retry_ms,
         );

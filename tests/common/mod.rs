@@ -2,6 +2,8 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types, dead_code)]
 
 pub mod certs;
+pub mod inproc;
+pub mod netns;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -264,25 +266,57 @@ impl Drop for Etcd {
 /// Starts etcd and waits until it is healthy, retrying on fresh ports if it dies at
 /// start; its log is shown if it never comes up.
 pub async fn start_etcd(c: &Http) -> Etcd {
+    start_etcd_with(c, &[]).await
+}
+
+/// [`start_etcd`] with more flags (`--cors=…`).
+pub async fn start_etcd_with(c: &Http, extra: &[&str]) -> Etcd {
     let mut last_log = String::new();
     for _attempt in 0..3 {
+        let mut cluster = start_etcd_members(1, extra);
+        match wait_etcd_healthy(c, &mut cluster).await {
+            Ok(()) => return cluster.pop().expect("one member"),
+            Err(log) => last_log = log,
+        }
+    }
+    panic!("etcd did not become healthy in 3 attempts; its log:\n{last_log}");
+}
+
+/// A real `n`-member etcd 3.4 cluster on 127.0.0.1, every member healthy.
+pub async fn start_etcd_cluster(c: &Http, n: usize) -> Vec<Etcd> {
+    let mut cluster = start_etcd_members(n, &[]);
+    if let Err(log) = wait_etcd_healthy(c, &mut cluster).await {
+        panic!("an etcd member did not become healthy; its log:\n{log}");
+    }
+    cluster
+}
+
+fn start_etcd_members(n: usize, extra: &[&str]) -> Vec<Etcd> {
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    let initial = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("e{i}=http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members = vec![];
+    for (i, (cp, pp)) in ports.iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
-        let (cp, pp) = (free_port(), free_port());
         let url = format!("http://127.0.0.1:{cp}");
         let peer = format!("http://127.0.0.1:{pp}");
-        let log_path = dir.path().join("etcd.log");
-        let log = std::fs::File::create(&log_path).unwrap();
+        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
         let child = Command::new("etcd")
             .args([
-                "--name=e1",
+                &format!("--name=e{i}"),
                 &format!("--data-dir={}", dir.path().join("data").display()),
                 "--enable-v2=true",
                 &format!("--listen-client-urls={url}"),
                 &format!("--advertise-client-urls={url}"),
                 &format!("--listen-peer-urls={peer}"),
                 &format!("--initial-advertise-peer-urls={peer}"),
-                &format!("--initial-cluster=e1={peer}"),
+                &format!("--initial-cluster={initial}"),
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -291,26 +325,34 @@ pub async fn start_etcd(c: &Http) -> Etcd {
                     "cannot start etcd ({e}); install Debian's etcd-server (scripts/test-all does)"
                 )
             });
-        let mut etcd = Etcd {
+        members.push(Etcd {
             child,
             url,
             _dir: dir,
-        };
-        let end = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < end {
-            if etcd.child.try_wait().unwrap().is_some() {
-                break;
-            }
-            if let Ok(r) = call(c, "GET", &format!("{}/health", etcd.url), None).await {
+        });
+    }
+    members
+}
+
+/// Waits up to 30 s for every member's `/health`; the first stuck member's log if not.
+async fn wait_etcd_healthy(c: &Http, members: &mut [Etcd]) -> Result<(), String> {
+    let end = Instant::now() + Duration::from_secs(30);
+    for m in members.iter_mut() {
+        loop {
+            let dead = m.child.try_wait().unwrap().is_some();
+            if let Ok(r) = call(c, "GET", &format!("{}/health", m.url), None).await {
                 if r.status == 200 {
-                    return etcd;
+                    break;
                 }
+            }
+            if dead || Instant::now() > end {
+                let log = m._dir.path().join("etcd.log");
+                return Err(std::fs::read_to_string(log).unwrap_or_default());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
     }
-    panic!("etcd did not become healthy in 3 attempts; its log:\n{last_log}");
+    Ok(())
 }
 
 pub async fn wait_healthy(c: &Http, url: &str) {
@@ -360,4 +402,38 @@ impl Drop for Containers {
     fn drop(&mut self) {
         self.clean();
     }
+}
+
+/// The seed talk's unit, as written there.
+pub const APACHE: &str = "[Unit]
+Description=My Advanced Service
+After=etcd.service
+After=docker.service
+
+[Service]
+TimeoutStartSec=0
+ExecStartPre=-/usr/bin/docker kill apache1
+ExecStartPre=-/usr/bin/docker rm apache1
+ExecStartPre=/usr/bin/docker pull coreos/apache
+ExecStart=/usr/bin/docker run --name apache1 -p 8081:80 coreos/apache /usr/sbin/httpd -D FOREGROUND
+ExecStartPost=/usr/bin/etcdctl set /domains/example.com/10.10.10.123:8081 run
+ExecStop=/usr/bin/docker stop apache1
+ExecStopPost=/usr/bin/etcdctl rm /domains/example.com/10.10.10.123:8081
+
+[X-Fleet]
+Conflicts=%p@*.service
+";
+
+/// Builds the seed's images on the local engine if they are missing (no registry).
+pub fn ensure_images() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-test-images");
+    let out = Command::new(script)
+        .output()
+        .expect("run scripts/build-test-images");
+    assert!(
+        out.status.success(),
+        "building the test images failed (Docker and busybox-static are needed):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,0 +1,121 @@
+//! Test machines with a network of their own: a bridge in the host's namespace, and per
+//! machine a network namespace joined to it by a veth pair. Processes enter a machine
+//! with `nsenter --net=/var/run/netns/NAME` (not `ip netns exec`, which remounts /sys
+//! and hides the cgroups). Everything made here is removed on drop, a failed test's
+//! included, and names carry the test process's id so runs never share them; a
+//! leftover of a killed run under the same names is removed before use.
+
+use std::process::Command;
+
+/// Runs `ip ARGS`, panicking with its words when it fails.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("iproute2's ip must be installed");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ip ARGS`, its failure ignored (removing what may not exist).
+fn ip_quiet(args: &[&str]) {
+    let _ = Command::new("ip").args(args).output();
+}
+
+/// A per-process tag for names (interface names have at most 15 characters).
+pub fn tag() -> String {
+    format!("{:x}", std::process::id() % 0xffff)
+}
+
+/// A bridge on the host with an address: the test network's underlay.
+pub struct Bridge {
+    pub name: String,
+    /// The bridge's own address, without its prefix length.
+    pub addr: String,
+}
+
+impl Bridge {
+    /// `cidr` is the bridge's address with its prefix, such as `10.77.1.1/24`.
+    pub fn new(name: &str, cidr: &str) -> Self {
+        ip_quiet(&["link", "del", name]);
+        ip(&["link", "add", name, "type", "bridge"]);
+        ip(&["addr", "add", cidr, "dev", name]);
+        ip(&["link", "set", name, "up"]);
+        let addr = cidr.split('/').next().unwrap_or(cidr).to_string();
+        Self {
+            name: name.to_string(),
+            addr,
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        ip_quiet(&["link", "del", &self.name]);
+    }
+}
+
+/// A machine: a network namespace on the bridge, with one address.
+pub struct Netns {
+    pub name: String,
+    /// The host's end of the veth pair: down, the machine is cut off.
+    pub host_end: String,
+    pub addr: String,
+}
+
+impl Netns {
+    /// `cidr`: the machine's address with its prefix (`10.77.1.2/24`); its default
+    /// route goes through the bridge's address.
+    pub fn new(name: &str, bridge: &Bridge, cidr: &str) -> Self {
+        let host_end = format!("{name}h");
+        let inner = format!("{name}n");
+        ip_quiet(&["netns", "del", name]);
+        ip_quiet(&["link", "del", &host_end]);
+        ip(&["netns", "add", name]);
+        ip(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", &inner,
+        ]);
+        ip(&["link", "set", &inner, "netns", name]);
+        ip(&["link", "set", &host_end, "master", &bridge.name]);
+        ip(&["link", "set", &host_end, "up"]);
+        ip(&["-n", name, "addr", "add", cidr, "dev", &inner]);
+        ip(&["-n", name, "link", "set", &inner, "up"]);
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        ip(&["-n", name, "route", "add", "default", "via", &bridge.addr]);
+        Self {
+            name: name.to_string(),
+            host_end,
+            addr: cidr.split('/').next().unwrap_or(cidr).to_string(),
+        }
+    }
+
+    /// `program` to be run inside this machine's network namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
+        c
+    }
+
+    /// Cuts the machine's link: nothing reaches it and nothing leaves it (its processes,
+    /// its Docker socket and the host's engine are untouched).
+    pub fn cut(&self) {
+        ip(&["link", "set", &self.host_end, "down"]);
+    }
+
+    pub fn heal(&self) {
+        ip(&["link", "set", &self.host_end, "up"]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        ip_quiet(&["netns", "del", &self.name]);
+        ip_quiet(&["link", "del", &self.host_end]);
+    }
+}
