@@ -1,5 +1,5 @@
 //! `flotilla confd` end to end, as its users run it: the 21 cases of confd's own test suite
-//! (`../shared/reference/confd-corpus`) byte for byte against a flotilla node and against a
+//! (`tests/confd-corpus`, a copy of `../shared/reference/confd-corpus`) byte for byte against a flotilla node and against a
 //! real etcd 3.4; the seed's nginx upstream in watch mode with check and reload commands;
 //! failures that leave the destination untouched.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
 
 fn corpus() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/confd-corpus/cases")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/confd-corpus/cases")
 }
 
 async fn put(c: &Http, url: &str, key: &str, value: &str) {
@@ -106,7 +106,7 @@ fn env_of(case: &Path) -> Vec<(String, String)> {
 /// Every corpus case through `flotilla confd --onetime` against the store at `url`.
 async fn run_corpus(c: &Http, url: &str) {
     let mut cases: Vec<PathBuf> = std::fs::read_dir(corpus())
-        .expect("the confd corpus (../shared/reference/confd-corpus)")
+        .expect("the confd corpus (tests/confd-corpus, copied from ../shared/reference)")
         .map(|e| e.unwrap().path())
         .collect();
     cases.sort();

@@ -65,24 +65,28 @@ impl Drop for LoopFs {
     }
 }
 
-fn node(data: &Path, client: &str, peer: &str, log: &Path) -> std::process::Child {
+/// A member process; `planted`: with the suite's planted bug that ignores failed fsyncs.
+fn node(data: &Path, client: &str, peer: &str, log: &Path, planted: bool) -> std::process::Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args([
-            "node",
-            &format!("--data-dir={}", data.display()),
-            &format!("--listen-client-urls={client}"),
-            &format!("--listen-peer-urls={peer}"),
-            "--no-agent",
-        ])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start flotilla")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    if planted {
+        cmd.env("FLOTILLA_TEST_PLANTED_BUG", "ignore-sync-errors");
+    }
+    cmd.args([
+        "node",
+        &format!("--data-dir={}", data.display()),
+        &format!("--listen-client-urls={client}"),
+        &format!("--listen-peer-urls={peer}"),
+        "--no-agent",
+    ])
+    .stdout(Stdio::null())
+    .stderr(log)
+    .spawn()
+    .expect("start flotilla")
 }
 
 /// One member on a data dir under test, its log kept beside the test.
@@ -97,11 +101,15 @@ struct Member {
 
 impl Member {
     async fn start(c: &Http, data: PathBuf) -> Self {
+        Self::start_planted(c, data, false).await
+    }
+
+    async fn start_planted(c: &Http, data: PathBuf, planted: bool) -> Self {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("node.log");
         let url = format!("http://127.0.0.1:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
-        let child = node(&data, &url, &peer, &log);
+        let child = node(&data, &url, &peer, &log, planted);
         wait_healthy(c, &url).await;
         Self {
             data,
@@ -114,7 +122,7 @@ impl Member {
     }
 
     async fn restart(&mut self, c: &Http) {
-        self.child = node(&self.data, &self.url, &self.peer, &self.log);
+        self.child = node(&self.data, &self.url, &self.peer, &self.log, false);
         wait_healthy(c, &self.url).await;
     }
 
@@ -307,23 +315,43 @@ async fn writers(c: &Http, url: &str, failing: Arc<AtomicBool>) -> Vec<Sent> {
     all
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_whose_fsyncs_fail_stops_and_acknowledges_nothing_unsynced() {
-    let fs = FaultFs::new();
-    let c = client();
-    let mut m = Member::start(&c, fs.mnt.join("data")).await;
-    let url = m.url.clone();
-
-    // Four writers under way; after a second, fsyncs begin to fail.
+/// Four writers under way on a member of a FUSE filesystem; after a second, fsyncs begin
+/// to fail. Returns the member and every write sent (number, sent after the fault,
+/// acknowledged).
+async fn writes_when_fsyncs_fail(c: &Http, fs: &FaultFs, planted: bool) -> (Member, Vec<Sent>) {
+    let m = Member::start_planted(c, fs.mnt.join("data"), planted).await;
     let failing = Arc::new(AtomicBool::new(false));
     let sending = tokio::spawn({
-        let (c, url, failing) = (c.clone(), url.clone(), failing.clone());
+        let (c, url, failing) = (c.clone(), m.url.clone(), failing.clone());
         async move { writers(&c, &url, failing).await }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     fs.fail_fsyncs(true);
     failing.store(true, Ordering::SeqCst);
-    let sent = sending.await.unwrap();
+    (m, sending.await.unwrap())
+}
+
+/// The test below has teeth: a member that ignores `fdatasync`'s error (the planted bug)
+/// acknowledges writes no sync made durable, which the test refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fsync_check_refuses_a_member_that_ignores_failed_fsyncs() {
+    let fs = FaultFs::new();
+    let c = client();
+    let (_m, sent) = writes_when_fsyncs_fail(&c, &fs, true).await;
+    let unsynced = sent.iter().filter(|s| s.1 && s.2).count();
+    assert!(
+        unsynced > 0,
+        "the planted bug acknowledged nothing after fsyncs failed: the check below would pass it"
+    );
+    println!("the planted bug acknowledged {unsynced} writes after fsyncs began to fail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_fsyncs_fail_stops_and_acknowledges_nothing_unsynced() {
+    let fs = FaultFs::new();
+    let c = client();
+    let (mut m, sent) = writes_when_fsyncs_fail(&c, &fs, false).await;
+    let url = m.url.clone();
 
     m.stopped_naming(&["sync failed", "os error 5"], "a failed fsync")
         .await;

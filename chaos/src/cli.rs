@@ -14,9 +14,12 @@ use std::time::Instant;
 /// The workloads `--scenario` can name.
 const SCENARIOS: [&str; 4] = ["kv", "sched", "render", "stack"];
 /// Every planted bug `--bug` can name (test-only), across the layers.
-pub const BUGS: [&str; 6] = [
+pub const BUGS: [&str; 9] = [
     "skip-sync",
+    "ack-on-propose",
+    "drop-foreign-ttls",
     "ignore-conflicts",
+    "reshuffle-on-takeover",
     "no-fencing",
     "fence-late",
     "render-skip-sync",
@@ -56,6 +59,10 @@ enum Cmd {
         /// `ignore-conflicts` (the scheduler places units as if no Conflicts were declared),
         /// `no-fencing` (agents keep their units running when their lease is lost),
         /// `fence-late` (agents stop them only after their machine's key expired),
+        /// `ack-on-propose` (writes are answered before they are committed),
+        /// `drop-foreign-ttls` (a replica drops the TTL of writes other members
+        /// proposed), `reshuffle-on-takeover` (a new leader's engine re-places correctly
+        /// placed units),
         /// `render-skip-sync` (the renderer renames its stage file into place unsynced),
         /// `presence-no-ttl` (presence keys are written without a TTL).
         #[arg(long, value_parser = BUGS)]
@@ -348,6 +355,9 @@ impl Plan {
         s.bug_ignore_conflicts = bug == Some("ignore-conflicts");
         s.bug_no_fencing = bug == Some("no-fencing");
         s.bug_fence_late = bug == Some("fence-late");
+        s.bug_drop_foreign_ttls = bug == Some("drop-foreign-ttls");
+        s.bug_ack_on_propose = bug == Some("ack-on-propose");
+        s.bug_reshuffle_on_takeover = bug == Some("reshuffle-on-takeover");
         s.bug_render_skip_sync = bug == Some("render-skip-sync");
         s.bug_presence_no_ttl = bug == Some("presence-no-ttl");
         s

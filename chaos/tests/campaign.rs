@@ -185,6 +185,36 @@ fn ignore_conflicts_bug_is_found_within_five_seeds() {
     );
 }
 
+/// The first of `seeds` (KV scenario, three members) where `plant` yields a violation
+/// that says `says`.
+fn kv_bug_found(seeds: std::ops::Range<u64>, plant: Plant, says: &str) -> Option<u64> {
+    seeds.into_iter().find(|seed| {
+        let mut s = Scenario::generate(*seed, 3, ALL_FAULTS);
+        plant(&mut s);
+        run(&s).violations.iter().any(|v| v.contains(says))
+    })
+}
+
+/// The replica-digest check has teeth: replicas that apply one entry differently are
+/// found at the first sample.
+#[test]
+fn the_digest_check_finds_replicas_that_apply_differently_within_five_seeds() {
+    let seed = kv_bug_found(0..5, |s| s.bug_drop_foreign_ttls = true, "replicas diverge");
+    assert!(seed.is_some(), "--bug drop-foreign-ttls survived 5 seeds");
+}
+
+/// The acknowledged-write check has teeth of its own: writes answered before they are
+/// committed are lost when their leader goes, and the final reads miss them.
+#[test]
+fn the_acknowledged_write_check_finds_lost_writes_within_twenty_seeds() {
+    let plant: Plant = |s| s.bug_ack_on_propose = true;
+    let seed = kv_bug_found(0..20, plant, "acknowledged write lost");
+    assert!(
+        seed.is_some(),
+        "no acknowledged write was found lost in 20 ack-on-propose seeds"
+    );
+}
+
 /// The agent's planted bug (no fencing on a lost lease) is caught by the lease-bound
 /// checker: a unit runs on two live machines for longer than fencing allows.
 #[test]
@@ -279,7 +309,12 @@ fn stack_bug_found(seeds: std::ops::Range<u64>, plant: impl Fn(&mut Scenario)) -
 
 /// Each planted bug across the layers, and what its violation must say.
 type Plant = fn(&mut Scenario);
-const STACK_BUGS: [(&str, Plant, &[&str]); 5] = [
+const STACK_BUGS: [(&str, Plant, &[&str]); 6] = [
+    (
+        "reshuffle-on-takeover",
+        |s| s.bug_reshuffle_on_takeover = true,
+        &["the leader change restarted"],
+    ),
     (
         "no-fencing",
         |s| s.bug_no_fencing = true,

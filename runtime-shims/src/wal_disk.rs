@@ -184,6 +184,8 @@ pub struct WalDisk {
     watermark_at: Option<std::time::Instant>,
     /// Set by a failed sync: the node must stop; every later call fails.
     broken: bool,
+    /// Planted bug (tests only, see [`WalDisk::plant_ignore_sync_errors`]).
+    ignore_sync_errors: bool,
     /// The file holding each file-backed metadata record.
     blobs: BTreeMap<String, String>,
     /// Files to delete once the pending batch is durable (superseded), and files no
@@ -311,6 +313,14 @@ impl WalDisk {
         Self::open_with(dir, SEGMENT_BYTES)
     }
 
+    /// Planted bug, for the suite to show its fsync-failure test has teeth: a failed
+    /// `fdatasync` is logged and ignored, so writes are acknowledged that no sync made
+    /// durable. Never set in production (`flotilla node` sets it only when the test
+    /// suite asks, through `FLOTILLA_TEST_PLANTED_BUG=ignore-sync-errors`).
+    pub fn plant_ignore_sync_errors(&mut self) {
+        self.ignore_sync_errors = true;
+    }
+
     /// [`WalDisk::open`] with another segment size (tests use small ones).
     pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<Self, DiskError> {
         let path = dir.display().to_string();
@@ -359,6 +369,7 @@ impl WalDisk {
             torn_at: rp.torn_at,
             watermark_at: None,
             broken: false,
+            ignore_sync_errors: false,
             blobs: rp.refs.into_iter().map(|(k, b)| (k, b.name)).collect(),
             garbage_after_sync: rp.orphans,
             blob_no: 0,
@@ -393,6 +404,7 @@ impl WalDisk {
             torn_at: None,
             watermark_at: None,
             broken: false,
+            ignore_sync_errors: false,
             blobs: BTreeMap::new(),
             garbage_after_sync: vec![],
             blob_no: 0,
@@ -618,6 +630,7 @@ fn write_batch(
     at: u64,
     torn: Option<(u64, u64)>,
     mut zeroed: u64,
+    ignore_sync_errors: bool,
 ) -> io::Result<u64> {
     if let Some((t, size)) = torn {
         file.set_len(t)?;
@@ -631,7 +644,12 @@ fn write_batch(
         zero_fill(file, zeroed, end + ZERO_AHEAD_BYTES)?;
         zeroed = end + ZERO_AHEAD_BYTES;
     }
-    file.sync_data()?;
+    match file.sync_data() {
+        Err(e) if ignore_sync_errors => {
+            tracing::error!(error = %e, "planted bug: a failed fdatasync ignored")
+        }
+        r => r?,
+    }
     Ok(zeroed)
 }
 
@@ -992,8 +1010,9 @@ impl Disk for WalDisk {
             let batch = std::mem::take(&mut self.batch);
             let torn = self.torn_at.map(|t| (t, self.segment_bytes));
             let (file, at, zeroed) = (self.active().file.clone(), self.written, self.zeroed);
+            let careless = self.ignore_sync_errors;
             let job = tokio::task::spawn_blocking(move || {
-                let r = write_batch(&file, &batch, at, torn, zeroed);
+                let r = write_batch(&file, &batch, at, torn, zeroed, careless);
                 (r, batch)
             });
             let (r, mut batch) = match job.await {

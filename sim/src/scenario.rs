@@ -118,6 +118,18 @@ pub struct Scenario {
     /// without a renewal, after their machine's key expired.
     #[serde(default)]
     pub bug_fence_late: bool,
+    /// Planted bug (test-only): writes are answered as done once proposed, before they
+    /// are committed.
+    #[serde(default)]
+    pub bug_ack_on_propose: bool,
+    /// Planted bug (test-only): a replica drops the TTL of a write another member
+    /// proposed, so replicas disagree at the same index.
+    #[serde(default)]
+    pub bug_drop_foreign_ttls: bool,
+    /// Planted bug (test-only): a new leader's engine re-places units as if none were
+    /// placed, moving correctly placed ones.
+    #[serde(default)]
+    pub bug_reshuffle_on_takeover: bool,
     /// Renderer workload (`chaos run --scenario render`): every node runs confd over the
     /// KV clients' keys, and its destinations are checked.
     #[serde(default)]
@@ -542,6 +554,9 @@ impl Scenario {
             bug_ignore_conflicts: false,
             bug_no_fencing: false,
             bug_fence_late: false,
+            bug_ack_on_propose: false,
+            bug_drop_foreign_ttls: false,
+            bug_reshuffle_on_takeover: false,
             render: false,
             stack: false,
             bug_render_skip_sync: false,
@@ -639,6 +654,9 @@ impl Scenario {
             bug_ignore_conflicts: false,
             bug_no_fencing: false,
             bug_fence_late: false,
+            bug_ack_on_propose: false,
+            bug_drop_foreign_ttls: false,
+            bug_reshuffle_on_takeover: false,
             render: false,
             stack: false,
             bug_render_skip_sync: false,

@@ -203,6 +203,8 @@ fn node_config(s: &Scenario, i: usize) -> NodeConfig {
             snapshot_entries: if s.bench { 10_000 } else { 100 },
             catchup_entries: if s.bench { 5_000 } else { 20 },
             bug_skip_sync: s.bug_skip_sync,
+            bug_drop_foreign_ttls: s.bug_drop_foreign_ttls,
+            bug_ack_on_propose: s.bug_ack_on_propose,
             ..RaftConfig::default()
         },
         request_timeout_ms: 1_200,
@@ -224,6 +226,7 @@ fn node_config(s: &Scenario, i: usize) -> NodeConfig {
             reconcile_ms: 500,
             bugs: Bugs {
                 ignore_conflicts: s.bug_ignore_conflicts,
+                forget_schedule_on_takeover: s.bug_reshuffle_on_takeover,
             },
             ..Default::default()
         },

@@ -239,6 +239,11 @@ impl Client {
             ))
             .into());
         }
+        // Not an etcd error, not a success either (a member not ready yet, a proxy).
+        if r.status >= 400 {
+            let why = v["message"].as_str().unwrap_or("");
+            return Err(ServerError(format!("Error:  {} {why}", r.status)).into());
+        }
         if let (Some(obj), Some(i)) = (v.as_object_mut(), index) {
             obj.insert(INDEX_FIELD.into(), Value::from(i));
         }

@@ -227,6 +227,12 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
     // identity check below passes, so a refused dir is left exactly as it was.
     let mut disk = WalDisk::open(&a.data_dir).with_context(|| format!("opening data dir {dir}"))?;
     crate::node::check_disk(&cfg, &mut disk).with_context(|| format!("checking data dir {dir}"))?;
+    if std::env::var("FLOTILLA_TEST_PLANTED_BUG").as_deref() == Ok("ignore-sync-errors") {
+        tracing::error!(
+            "FLOTILLA_TEST_PLANTED_BUG: this member ignores failed fsyncs (tests only)"
+        );
+        disk.plant_ignore_sync_errors();
+    }
     if let Some(m) = cfg.machine.as_mut().filter(|m| m.id.is_empty()) {
         m.id = stored_machine_id(&a.data_dir)?;
     }

@@ -21,6 +21,8 @@ pub struct Applier<'a> {
     pub shared: &'a Shared,
     pub pending: &'a mut BTreeMap<u64, Reply>,
     pub net: &'a dyn PeerNet,
+    /// Planted bug (see [`super::RaftConfig::bug_drop_foreign_ttls`]).
+    pub bug_drop_foreign_ttls: bool,
 }
 
 impl Applier<'_> {
@@ -62,6 +64,23 @@ impl Applier<'_> {
                 return Ok(());
             }
             match &p.req {
+                Request::Kv(Command::Put {
+                    key,
+                    value,
+                    dir,
+                    refresh,
+                    prev,
+                    ..
+                }) if self.bug_drop_foreign_ttls && p.origin != self.id => {
+                    m.store.apply(&Command::Put {
+                        key: key.clone(),
+                        value: value.clone(),
+                        dir: *dir,
+                        expire_ms: None,
+                        refresh: *refresh,
+                        prev: prev.clone(),
+                    })
+                }
                 Request::Kv(cmd) => m.store.apply(cmd),
                 Request::Publish {
                     id,

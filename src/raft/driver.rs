@@ -65,6 +65,12 @@ pub struct RaftConfig {
     /// Planted bug for the simulator's teeth test: never sync, so acknowledged writes
     /// live only in the pending layer and a crash loses them.
     pub bug_skip_sync: bool,
+    /// Planted bug for the acknowledged-write check's teeth: a write is answered as done
+    /// as soon as it is proposed, before any quorum has it.
+    pub bug_ack_on_propose: bool,
+    /// Planted bug for the replica-digest check's teeth: a replica applying a TTL write
+    /// that another member proposed drops its TTL, so replicas disagree at one index.
+    pub bug_drop_foreign_ttls: bool,
 }
 
 impl Default for RaftConfig {
@@ -79,6 +85,8 @@ impl Default for RaftConfig {
             batch_inputs_max: 4096,
             pending_max: 100_000,
             bug_skip_sync: false,
+            bug_ack_on_propose: false,
+            bug_drop_foreign_ttls: false,
         }
     }
 }
@@ -426,6 +434,14 @@ impl Driver {
                 };
                 let data = p.encode();
                 match self.raw.propose(vec![], data) {
+                    Ok(()) if self.cfg.bug_ack_on_propose => {
+                        let done = Outcome {
+                            result: Ok(None),
+                            raft_index: 0,
+                            raft_term: 0,
+                        };
+                        let _ = reply.send(Ok(done));
+                    }
                     Ok(()) => {
                         self.shared.metrics.proposals.inc();
                         self.pending.insert(seq, reply);
@@ -532,6 +548,7 @@ impl Driver {
                 shared: &self.shared,
                 pending: &mut self.pending,
                 net: &*self.net,
+                bug_drop_foreign_ttls: self.cfg.bug_drop_foreign_ttls,
             };
             applier.apply(committed)?;
             let synced = match first {
@@ -586,6 +603,7 @@ impl Driver {
             shared: &self.shared,
             pending: &mut self.pending,
             net: &*self.net,
+            bug_drop_foreign_ttls: self.cfg.bug_drop_foreign_ttls,
         }
     }
 

@@ -166,7 +166,11 @@ impl Engine {
             _ => {
                 let index = self.claim(status.term).await?;
                 let view = self.read();
-                plan = self.plan(view).await?;
+                if self.cfg.bugs.forget_schedule_on_takeover {
+                    plan.decisions = unscheduled(&view.schedule);
+                } else {
+                    plan = self.plan(view).await?;
+                }
                 index
             }
         };
@@ -322,6 +326,21 @@ impl Engine {
         }
         (guards.into_values().collect(), ops)
     }
+}
+
+/// The planted takeover bug: every plain unit taken off its machine, to be placed
+/// afresh by the next pass (a restart at the least).
+fn unscheduled(placed: &place::Schedule) -> Vec<Decision> {
+    let plain = placed.iter().filter(|(_, on)| on.len() == 1);
+    plain
+        .flat_map(|(unit, on)| {
+            on.keys().map(|machine| Decision::Unschedule {
+                unit: unit.clone(),
+                machine: machine.clone(),
+                reason: "planted bug: unscheduled on takeover".into(),
+            })
+        })
+        .collect()
 }
 
 fn put(key: String, value: String) -> Command {

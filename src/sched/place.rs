@@ -112,6 +112,10 @@ pub struct Plan {
 pub struct Bugs {
     /// Place units as if no `Conflicts` were declared.
     pub ignore_conflicts: bool,
+    /// (The engine's.) A new leader's engine takes every plain unit off its machine in
+    /// its first pass, and places them afresh in the next: correctly placed units
+    /// restart.
+    pub forget_schedule_on_takeover: bool,
 }
 
 /// The pass's working view: who is where, and each machine's load.

@@ -231,8 +231,19 @@ pub(super) async fn leader_change_probe(w: &Arc<World>) {
         }
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
-    // The dead machine's units move once its key expires.
+    // The dead machine's units move once its key expires: wait for that, so the passes
+    // of the new leader that place them are the ones judged.
     let ttl = Duration::from_secs(w.s.sched.as_ref().map_or(0, |l| l.agent_ttl_s));
+    let dead = format!("m{leader}");
+    let expiry_bound = ttl + EXPIRY_SLACK + Duration::from_millis(2 * w.max_skew_ms());
+    while machine_keys(w).is_some_and(|(_, ids)| ids.contains(&dead)) {
+        if elapsed() - killed > expiry_bound {
+            return w.violation(format!(
+                "stack probe: the dead machine {dead}'s key outlived it by more than {expiry_bound:?}"
+            ));
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
     sched_liveness(w, LIVENESS_BOUND + ttl).await;
     converged(w).await;
     for (i, ids) in before {
