@@ -26,7 +26,8 @@ use std::process::ExitCode;
 #[command(
     name = "flotilla",
     version,
-    about = "Raft KV with etcd's v2 API, and more, in one node daemon"
+    about = "The CoreOS stack in one node daemon: etcd's v2 API, fleet's scheduler and agent, confd",
+    after_help = "The handbook: docs/ in the source tree (README.md links every page)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -36,15 +37,26 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run a node (the default: a single-node cluster on 127.0.0.1:2379, data in ./flotilla.data).
+    #[command(
+        after_help = "More: docs/kv.md (the store), docs/operations.md (the data dir, \
+        containers, upgrades), docs/security.md (TLS, auth, --cors)."
+    )]
     Node(Box<node::NodeArgs>),
     /// etcdctl-style key-value commands: get, set, mk, mkdir, update, rm, rmdir, ls, watch, member.
+    #[command(after_help = "More: docs/kv.md.")]
     Kv(kv::KvArgs),
     /// fleetctl-style unit commands: submit, load, start, stop, unload, destroy, cat,
     /// status, list-units, list-unit-files, list-machines.
+    #[command(
+        after_help = "More: docs/scheduling.md (units, [X-Fleet], the API) and \
+        docs/agent.md (how a machine runs them)."
+    )]
     Units(units::UnitsArgs),
     /// Run a machine that is not a cluster member: its units, through the client API.
+    #[command(after_help = "More: docs/agent.md.")]
     Agent(Box<agent::AgentArgs>),
     /// confd: render template resources (conf.d/*.toml) from the store into config files.
+    #[command(after_help = "More: docs/rendering.md.")]
     Confd(Box<confd::ConfdArgs>),
 }
 

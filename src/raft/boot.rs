@@ -168,6 +168,12 @@ pub fn recover(disk: &mut dyn Disk, want: &Identity) -> Result<Recovered, BootEr
             hs.commit
         )));
     }
+    // A snapshot holds only applied, so committed, entries; the commit index raft-rs
+    // learns between full Readies is not written (it is relearned from the leader), so a
+    // snapshot taken since may be ahead of the recorded one. raft-rs refuses to start
+    // with a commit index behind its snapshot (found by stack seed 2492 on five nodes).
+    let mut hs = hs;
+    hs.commit = hs.commit.max(snap_index);
     let log = LogStore::new(hs, conf_state, snapshot, entries);
     Ok(Recovered {
         identity,
