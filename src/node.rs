@@ -35,6 +35,18 @@ pub struct RunSeams {
     pub files: Arc<dyn flotilla_shims::Files>,
 }
 
+impl RunSeams {
+    /// These seams, and `kv` to reach the store by: what an agent runs through.
+    pub fn with_store(&self, kv: Arc<dyn crate::client::KvClient>) -> crate::agent::execute::Seams {
+        crate::agent::execute::Seams {
+            kv,
+            containers: self.containers.clone(),
+            procs: self.procs.clone(),
+            files: self.files.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClusterState {
     New,
@@ -55,36 +67,11 @@ pub struct NodeConfig {
     pub inbox_inputs_max: usize,
     /// Browser origins allowed to read answers (etcd's `--cors`).
     pub cors: crate::api::cors::Cors,
-    /// This member as a machine units run on; `None` with `--no-agent`.
-    pub machine: Option<crate::agent::presence::MachineConfig>,
+    /// This member as a machine units run on, and how; `None` with `--no-agent`.
+    pub agent: Option<crate::agent::AgentConfig>,
     pub engine: crate::sched::engine::EngineConfig,
-    pub agent: AgentOptions,
     /// An in-process confd (`--confdir`), watching through the member's own client.
     pub render: Option<crate::render::runner::RenderConfig>,
-}
-
-/// How this node's agent runs units (when it is a machine).
-#[derive(Debug, Clone)]
-pub struct AgentOptions {
-    pub allow_host_commands: bool,
-    pub name_prefix: String,
-    pub publish_ip: Option<String>,
-    pub reconcile_ms: u64,
-    pub host: crate::sched::name::Host,
-    pub bugs: crate::agent::run::AgentBugs,
-}
-
-impl Default for AgentOptions {
-    fn default() -> Self {
-        Self {
-            allow_host_commands: false,
-            name_prefix: String::new(),
-            publish_ip: None,
-            reconcile_ms: 5_000,
-            host: Default::default(),
-            bugs: Default::default(),
-        }
-    }
 }
 
 #[derive(Debug, Error)]
@@ -101,7 +88,7 @@ pub struct Started {
     pub id: u64,
     pub handle: RaftHandle,
     /// The agent's units, when this node is a machine.
-    pub agent: Option<crate::api::journal::AgentHandle>,
+    pub agent: Option<crate::agent::AgentHandle>,
     pub handler: Handler,
     /// Run this to completion; an `Err` means the node must stop.
     pub driver: Driver,
@@ -209,7 +196,7 @@ fn start_fleet(
     handle: &RaftHandle,
     id: u64,
     cfg: &NodeConfig,
-) -> Option<crate::api::journal::AgentHandle> {
+) -> Option<crate::agent::AgentHandle> {
     let kv = crate::client::inproc::InProc::new(handle.clone(), env.clock.clone());
     let engine_cfg = crate::sched::engine::EngineConfig {
         member: format!("{id:x}"),
@@ -224,56 +211,21 @@ fn start_fleet(
         );
         env.spawn.spawn("sched-engine", Box::pin(engine.run()));
     }
-    let m = cfg.machine.as_ref()?;
-    let (tx, renewed) = tokio::sync::watch::channel(None);
+    let agent = cfg.agent.clone()?;
     let kv: Arc<dyn crate::client::KvClient> = Arc::new(kv);
-    env.spawn.spawn(
-        "machine-presence",
-        Box::pin(crate::agent::presence::run(
-            kv.clone(),
-            env.clock.clone(),
-            m.clone(),
-            tx,
-        )),
-    );
-    // A machine without run seams (a simulation of the scheduler alone) only announces
-    // itself.
-    let seams = env.agent.as_ref()?;
-    let a = &cfg.agent;
-    let agent_cfg = crate::agent::run::AgentConfig {
-        machine: m.clone(),
-        allow_host_commands: a.allow_host_commands,
-        name_prefix: a.name_prefix.clone(),
-        publish_ip: a.publish_ip.clone(),
-        reconcile_ms: a.reconcile_ms,
-        host: crate::sched::name::Host {
-            machine_id: m.id.clone(),
-            ..a.host.clone()
-        },
-        bugs: a.bugs,
+    let Some(seams) = &env.agent else {
+        // A machine without run seams (a simulation of the scheduler alone) only
+        // announces itself.
+        crate::agent::start::announce(&agent.machine, kv, env.clock.clone(), &*env.spawn);
+        return None;
     };
-    let view = Arc::new(crate::agent::run::AgentView::default());
-    let run = crate::agent::execute::Seams {
-        kv,
-        containers: seams.containers.clone(),
-        procs: seams.procs.clone(),
-        files: seams.files.clone(),
-    };
-    let agent = crate::agent::run::Agent::new(
-        agent_cfg,
+    let run = seams.with_store(kv);
+    Some(crate::agent::start(
+        agent,
         run,
         env.clock.clone(),
         env.spawn.clone(),
-        renewed,
-        view.clone(),
-    );
-    env.spawn.spawn("agent", Box::pin(agent.run()));
-    Some(crate::api::journal::AgentHandle {
-        machine: m.id.clone(),
-        view,
-        containers: seams.containers.clone(),
-        procs: seams.procs.clone(),
-    })
+    ))
 }
 
 /// Recovers (or bootstraps) from `disk` and assembles the node. Nothing is served until

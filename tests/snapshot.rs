@@ -120,9 +120,8 @@ async fn writes_commit_while_a_snapshot_is_written_and_the_snapshot_is_of_its_in
         value_bytes_max: 1 << 20,
         inbox_inputs_max: 1024,
         cors: Default::default(),
-        machine: None,
         engine: Default::default(),
-        agent: Default::default(),
+        agent: None,
         render: None,
     };
     let env = Env {

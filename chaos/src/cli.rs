@@ -200,12 +200,24 @@ fn real_main() -> Result<ExitCode> {
                         .unwrap_or(1)
                 })
                 .max(1);
+            // What a chunk's child process is told besides its seeds.
+            let mut flags = vec![
+                format!("--nodes={nodes}"),
+                format!("--scenario={scenario}"),
+                format!("--out={}", out.display()),
+                format!("--jobs={jobs}"),
+            ];
+            flags.extend(faults.as_ref().map(|f| format!("--faults={f}")));
+            flags.extend(bug.as_ref().map(|b| format!("--bug={b}")));
             let plan = Plan {
                 nodes,
                 kinds,
                 scenario,
                 bug,
             };
+            if range.end - range.start > CHUNK_SEEDS && std::env::var_os(CHUNK_ENV).is_none() {
+                return in_chunks(range, &flags);
+            }
             campaign(range, plan, &out, jobs)
         }
         Cmd::Bench {
@@ -364,6 +376,54 @@ impl Plan {
     }
 }
 
+/// Seeds one process runs before a long campaign moves on to a fresh one: a finished
+/// simulation does not give all its memory back (madsim keeps what its tasks held), so
+/// a process that ran 10,000 seeds would hold tens of GiB.
+const CHUNK_SEEDS: u64 = 500;
+/// Set in a chunk's process: it runs its seeds itself and reports them as one JSON line.
+const CHUNK_ENV: &str = "FLOTILLA_CHAOS_CHUNK";
+/// The line a chunk's process reports its summary on.
+const CHUNK_LINE: &str = "CHAOS_CHUNK_SUMMARY ";
+
+/// Runs `range` as chunks, each in a child process of this program, and reports them
+/// as one campaign.
+fn in_chunks(range: std::ops::Range<u64>, flags: &[String]) -> Result<ExitCode> {
+    let started = Instant::now();
+    let exe = std::env::current_exe().context("finding this program")?;
+    let mut sum = Summary::default();
+    let mut start = range.start;
+    while start < range.end {
+        let end = (start + CHUNK_SEEDS).min(range.end);
+        let out = std::process::Command::new(&exe)
+            .args(["run", &format!("--seeds={start}..{end}")])
+            .args(flags)
+            .env(CHUNK_ENV, "1")
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("running seeds {start}..{end}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(CHUNK_LINE))
+            .with_context(|| format!("seeds {start}..{end}: no summary ({})", out.status))?;
+        let part: Summary = serde_json::from_str(line)?;
+        eprintln!(
+            "seeds {start}..{end}: {} violations, {} undecided ({:.0} s so far)",
+            part.failures.len(),
+            part.undecided.len(),
+            started.elapsed().as_secs_f64()
+        );
+        sum.merge(part);
+        start = end;
+    }
+    let jobs = flags
+        .iter()
+        .find_map(|f| f.strip_prefix("--jobs="))
+        .and_then(|j| j.parse().ok())
+        .unwrap_or(1);
+    report(&sum, started, jobs)
+}
+
 fn campaign(
     range: std::ops::Range<u64>,
     plan: Plan,
@@ -428,8 +488,17 @@ fn campaign(
         let _ = w.join();
     }
     bar.finish();
-    let wall = started.elapsed().as_secs_f64();
     let sum = summary.lock().expect("summary").clone();
+    if std::env::var_os(CHUNK_ENV).is_some() {
+        println!("{CHUNK_LINE}{}", serde_json::to_string(&sum)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    report(&sum, started, jobs)
+}
+
+/// The campaign's summary, as a reader sees it; failure if any seed was not clean.
+fn report(sum: &Summary, started: Instant, jobs: usize) -> Result<ExitCode> {
+    let wall = started.elapsed().as_secs_f64();
     println!("seeds run:          {}", sum.seeds);
     println!(
         "seeds per second:   {:.2}  ({} jobs, {:.1} s wall)",

@@ -36,7 +36,7 @@ impl SeedFile {
     }
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub seeds: u64,
     pub failures: Vec<(u64, String)>,
@@ -52,6 +52,20 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Folds another part of the campaign into this one.
+    pub fn merge(&mut self, other: Summary) {
+        self.seeds += other.seeds;
+        self.failures.extend(other.failures);
+        self.undecided.extend(other.undecided);
+        self.sim_ms += other.sim_ms;
+        self.ops += other.ops;
+        for (k, v) in other.faults {
+            *self.faults.entry(k).or_default() += v;
+        }
+        self.messages += other.messages;
+        self.traces.extend(other.traces);
+    }
+
     /// One hash over every seed's trace hash, in seed order: the same seeds give the same
     /// campaign hash, whatever order the jobs ran them in.
     pub fn campaign_hash(&self) -> u64 {

@@ -149,6 +149,20 @@ async fn serve_tls(
     }
 }
 
+/// A request that got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Nothing came back within the request's time: the server may still act on it.
+    #[error("{url}: timed out after {after:?}")]
+    TimedOut {
+        url: String,
+        after: std::time::Duration,
+    },
+    /// It could not be sent, or the connection failed (refused, reset, TLS).
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// A whole response, as a client sees it.
 pub struct ClientResponse {
     pub status: u16,
@@ -163,7 +177,7 @@ pub async fn request(
     url: &str,
     form: Option<String>,
     timeout: std::time::Duration,
-) -> Result<ClientResponse, String> {
+) -> Result<ClientResponse, RequestError> {
     let body = form.map(|f| ("application/x-www-form-urlencoded", Bytes::from(f)));
     request_body(method, url, body, timeout).await
 }
@@ -198,7 +212,7 @@ pub async fn request_body(
     url: &str,
     body: Option<(&str, Bytes)>,
     timeout: std::time::Duration,
-) -> Result<ClientResponse, String> {
+) -> Result<ClientResponse, RequestError> {
     let auth = BASIC_AUTH.get().map(String::as_str);
     request_as(method, url, body, auth, timeout).await
 }
@@ -210,11 +224,13 @@ pub async fn request_as(
     body: Option<(&str, Bytes)>,
     authorization: Option<&str>,
     timeout: std::time::Duration,
-) -> Result<ClientResponse, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+) -> Result<ClientResponse, RequestError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| RequestError::Failed(format!("{url}: {e}")))?;
     let host = uri
         .host()
-        .ok_or_else(|| format!("{url}: no host"))?
+        .ok_or_else(|| RequestError::Failed(format!("{url}: no host")))?
         .to_string();
     let https = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
@@ -255,7 +271,10 @@ pub async fn request_as(
         })
     };
     match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("{url}: timed out after {timeout:?}")),
+        Ok(r) => r.map_err(RequestError::Failed),
+        Err(_) => Err(RequestError::TimedOut {
+            url: url.to_string(),
+            after: timeout,
+        }),
     }
 }

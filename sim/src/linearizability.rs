@@ -27,10 +27,11 @@
 use crate::history::{Op, Outcome, Record};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-/// Configurations held at once while one return is closed, before the key is called
-/// undecided. A configuration is a few dozen bytes plus one bit per unanswered
-/// operation, so the bound keeps the search under a few hundred MiB.
-pub const CONFIGS_MAX: usize = 2_000_000;
+/// Configurations held at once (explored, resulting and waiting) while one return is
+/// closed, before the key is called undecided. A configuration is a few dozen bytes
+/// plus one bit per unanswered operation, so the bound keeps the search under a few
+/// hundred MiB (measured: 1,000,000 held with 60 unanswered operations, ~150 MiB).
+pub const CONFIGS_MAX: usize = 1_000_000;
 
 /// A verdict on a history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +50,7 @@ type Val = u32;
 type State = Option<(Val, bool)>;
 
 /// An operation and what it answered, over interned values.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Step {
     /// A read that saw this (`None`: not found).
     Read(Option<Val>),
@@ -266,8 +267,57 @@ enum Stuck {
 struct Key {
     /// By operation: its step.
     steps: Vec<Step>,
-    /// Unanswered operations' steps, by their number among them.
+    /// Unanswered operations' steps, by their number among them (in call order).
     pending: Vec<Step>,
+    /// Unanswered operations with the same step are interchangeable once called: by
+    /// number, the first of the same step (its own number if it is the first).
+    same_as: Vec<usize>,
+}
+
+/// The value written values nobody observes are all replaced by.
+const UNOBSERVED: Val = Val::MAX;
+
+/// Values no operation can tell apart are one: a written value no read returned and no
+/// compare named only makes the key exist. Replacing them all by [`UNOBSERVED`] makes
+/// unanswered writes of such values interchangeable (most unanswered writes are never
+/// seen), so the search takes the first available one instead of every subset.
+fn merge_unobserved(steps: &mut [Step]) {
+    let mut observed = std::collections::HashSet::new();
+    for s in steps.iter() {
+        match *s {
+            Step::Read(Some(v)) | Step::CompareFailed(v) => {
+                observed.insert(v);
+            }
+            Step::Cas { prev, .. } | Step::Cad { prev, .. } => {
+                observed.insert(prev);
+            }
+            _ => {}
+        }
+    }
+    let merge = |v: Val| if observed.contains(&v) { v } else { UNOBSERVED };
+    for s in steps.iter_mut() {
+        match s {
+            Step::Set(v, _) => *v = merge(*v),
+            Step::Cas { value, .. } => *value = merge(*value),
+            _ => {}
+        }
+    }
+}
+
+/// For each unanswered step, the number of the first one equal to it.
+fn classes(pending: &[Step]) -> Vec<usize> {
+    let mut first: Vec<(Step, usize)> = vec![];
+    pending
+        .iter()
+        .enumerate()
+        .map(|(u, s)| match first.iter().find(|(f, _)| f == s) {
+            Some((_, at)) => *at,
+            None => {
+                first.push((*s, u));
+                u
+            }
+        })
+        .collect()
 }
 
 /// Extends every configuration until the operation in `slot` (`op`) is linearized —
@@ -292,8 +342,10 @@ fn close(
         if !seen.insert(&c) {
             continue;
         }
-        if seen.len + next.len > budget {
-            return Err(Stuck::TooLarge(seen.len + next.len));
+        // Waiting configurations count too: each is as large as a held one.
+        let held = seen.len + next.len + queue.len();
+        if held > budget {
+            return Err(Stuck::TooLarge(held));
         }
         if c.lin & bit != 0 {
             next.insert(&Config {
@@ -318,7 +370,14 @@ fn close(
                 });
             }
         }
+        // Of interchangeable unanswered operations, only the first available is taken.
+        let mut taken_steps: Vec<usize> = vec![];
         for u in c.avail.iter() {
+            let class = key.same_as[u];
+            if taken_steps.contains(&class) {
+                continue;
+            }
+            taken_steps.push(class);
             if let Some(state) = step(c.state, key.pending[u]) {
                 if state != c.state {
                     queue.push_back(Config {
@@ -330,7 +389,7 @@ fn close(
             }
         }
     }
-    *peak = (*peak).max(seen.len + next.len);
+    *peak = (*peak).max(seen.len + next.len + queue.len());
     match next.len {
         0 => Err(Stuck::Impossible),
         _ => Ok(next.configs()),
@@ -368,10 +427,11 @@ pub fn search_key(ops: &[&Record], budget: usize) -> Search {
 fn decide(ops: &[&Record], budget: usize, peak: &mut usize) -> Verdict {
     let n = ops.len();
     let mut vals = HashMap::new();
-    let steps: Vec<Step> = ops
+    let mut steps: Vec<Step> = ops
         .iter()
         .map(|r| compile(&mut vals, &r.op, &r.outcome))
         .collect();
+    merge_unobserved(&mut steps);
     // Unanswered operations are numbered among themselves, for the available sets.
     let mut pending_no = vec![usize::MAX; n];
     let mut pending = vec![];
@@ -381,7 +441,12 @@ fn decide(ops: &[&Record], budget: usize, peak: &mut usize) -> Verdict {
             pending.push(steps[i]);
         }
     }
-    let key = Key { steps, pending };
+    let same_as = classes(&pending);
+    let key = Key {
+        steps,
+        pending,
+        same_as,
+    };
     // Calls at invocation, returns at completion; a call sorts before a return at the
     // same instant (they are concurrent).
     let mut events: Vec<(u64, u8, usize)> = vec![];

@@ -12,9 +12,10 @@ use crate::scenario::{Event, Fault, Net, Scenario, UnitAction, UnitOp};
 use crate::trace::Trace;
 use flotilla::agent::presence::MachineConfig;
 use flotilla::agent::run::AgentBugs;
+use flotilla::agent::AgentConfig;
 use flotilla::client::{inproc::InProc, ClientError, KvClient, SetOpts};
 use flotilla::kv::{Command, Precondition};
-use flotilla::node::{AgentOptions, RunSeams};
+use flotilla::node::RunSeams;
 use flotilla::node::{ClusterState, Env, NodeConfig};
 use flotilla::raft::{ProposeError, RaftConfig, RaftHandle};
 use flotilla::sched::engine::EngineConfig;
@@ -113,7 +114,7 @@ struct Slot {
     /// (crash count, applied index) at the last digest sample.
     digested: Mutex<Option<(u64, u64)>>,
     /// The running node's agent (for what it says of a unit when a check fails).
-    agent: Mutex<Option<flotilla::api::journal::AgentHandle>>,
+    agent: Mutex<Option<flotilla::agent::AgentHandle>>,
 }
 
 impl Slot {
@@ -211,17 +212,6 @@ fn node_config(s: &Scenario, i: usize) -> NodeConfig {
         value_bytes_max: 1 << 20,
         inbox_inputs_max: 4096,
         cors: Default::default(),
-        machine: s.sched.as_ref().map(|l| MachineConfig {
-            id: format!("m{i}"),
-            public_ip: format!("10.0.0.{}", i + 1),
-            metadata: [(
-                "zone".to_string(),
-                if i.is_multiple_of(2) { "a" } else { "b" }.to_string(),
-            )]
-            .into(),
-            ttl_s: l.agent_ttl_s,
-            agent_url: String::new(),
-        }),
         engine: EngineConfig {
             reconcile_ms: 500,
             bugs: Bugs {
@@ -230,14 +220,24 @@ fn node_config(s: &Scenario, i: usize) -> NodeConfig {
             },
             ..Default::default()
         },
-        agent: AgentOptions {
+        agent: s.sched.as_ref().map(|l| AgentConfig {
             reconcile_ms: 1_000,
             bugs: AgentBugs {
                 no_fencing: s.bug_no_fencing,
                 fence_late: s.bug_fence_late,
             },
-            ..Default::default()
-        },
+            ..AgentConfig::new(MachineConfig {
+                id: format!("m{i}"),
+                public_ip: format!("10.0.0.{}", i + 1),
+                metadata: [(
+                    "zone".to_string(),
+                    if i.is_multiple_of(2) { "a" } else { "b" }.to_string(),
+                )]
+                .into(),
+                ttl_s: l.agent_ttl_s,
+                agent_url: String::new(),
+            })
+        }),
         render: s.render.then(|| {
             let mut rc = flotilla::render::runner::RenderConfig::new(crate::render::CONFDIR);
             rc.debounce_ms = 50;
@@ -1355,7 +1355,7 @@ async fn simulate(s: Scenario) -> Report {
     let violations = w.violations.lock().expect("violations lock").clone();
     let undecided = w.undecided.lock().expect("undecided lock").clone();
     let faults = w.faults.lock().expect("faults lock").clone();
-    Report {
+    let report = Report {
         seed: s.seed,
         violations,
         undecided,
@@ -1366,7 +1366,16 @@ async fn simulate(s: Scenario) -> Report {
         messages: w.fabric.stats(),
         outcomes,
         history,
+    };
+    // Every task still holding the world (the nodes', the harness's loops) goes with its
+    // node: the runtime keeps its tasks, and they the world, so a campaign of thousands
+    // of seeds in one process would otherwise keep every seed's world (~5 MB each).
+    for i in 0..w.s.nodes {
+        w.rt.kill(w.node_id(i));
     }
+    w.rt.kill(helpers.id());
+    w.nodes.lock().expect("nodes lock").clear();
+    report
 }
 
 /// Ends every fault: links restored, message faults off, paused nodes resumed, downed

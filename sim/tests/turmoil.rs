@@ -71,9 +71,8 @@ fn config(i: usize) -> NodeConfig {
         value_bytes_max: 1 << 20,
         inbox_inputs_max: 4096,
         cors: Default::default(),
-        machine: None,
         engine: Default::default(),
-        agent: Default::default(),
+        agent: None,
         render: None,
     }
 }

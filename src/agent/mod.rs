@@ -12,6 +12,8 @@
 //! - [`run`]: the loop — watch this machine's schedule, load units, start and stop them
 //!   in dependency order, fence on a lost lease, adopt and clean up containers, publish
 //!   states.
+//! - [`start`]: the one wiring of all this ([`start::start`]), its configuration and the
+//!   handle journals are read through.
 //!
 //! Data flow: schedule entry (store) → [`run`] loads the unit → [`spec::prepare`] →
 //! [`lifecycle::Unit`] → `Cmd::Exec` → [`execute::run_step`] → `Event` back → state
@@ -23,3 +25,6 @@ pub mod lifecycle;
 pub mod presence;
 pub mod run;
 pub mod spec;
+pub mod start;
+
+pub use start::{start, AgentConfig, AgentHandle};

@@ -17,11 +17,11 @@ use super::execute::{
     run_step, Ctx, Outcome, Seams, LABEL_HASH, LABEL_MACHINE, LABEL_ROLE, LABEL_UNIT,
 };
 use super::lifecycle::{self, Cmd, Event, Reported};
-use super::presence::{MachineConfig, Renewed};
+use super::presence::Renewed;
 use super::spec::{env_files, prepare, Deps};
+pub use super::start::AgentConfig;
 use crate::client::SetOpts;
 use crate::kv::Precondition;
-use crate::sched::name::Host;
 use crate::sched::place::{Desired, Entry};
 use crate::sched::registry::{self, StoredUnit, UnitState};
 use flotilla_shims::containers::{ContainerState, ExitEvent};
@@ -49,20 +49,6 @@ pub struct AgentBugs {
     /// Fence late: at one and a half TTLs without a renewal, after the machine's key
     /// has expired and its units may have been placed elsewhere.
     pub fence_late: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct AgentConfig {
-    pub machine: MachineConfig,
-    pub allow_host_commands: bool,
-    /// `--container-name-prefix`.
-    pub name_prefix: String,
-    /// `--publish-ip`.
-    pub publish_ip: Option<String>,
-    /// A full look at the schedule and the containers at least this often.
-    pub reconcile_ms: u64,
-    pub host: Host,
-    pub bugs: AgentBugs,
 }
 
 /// What the agent reports of a unit (for the journal endpoint and tests).

@@ -3,56 +3,15 @@
 //! answers: for a unit on another machine it asks that machine's agent (its `agentURL`).
 //! An agent-only machine serves the same path on its own listener.
 
-use crate::agent::run::AgentView;
+use crate::agent::AgentHandle;
 use bytes::Bytes;
-use flotilla_shims::containers::Containers;
 use flotilla_shims::http::{full, Body, Handler};
-use flotilla_shims::process::Processes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Lines of output a journal request may ask for.
 pub const LINES_MAX: usize = 10_000;
-
-/// What a machine's agent exposes for its journal.
-#[derive(Clone)]
-pub struct AgentHandle {
-    pub machine: String,
-    pub view: Arc<AgentView>,
-    pub containers: Arc<dyn Containers>,
-    pub procs: Arc<dyn Processes>,
-}
-
-impl AgentHandle {
-    /// The unit's journal here, or `None` if this machine does not run it.
-    pub async fn journal(&self, unit: &str, n: usize) -> Option<Vec<String>> {
-        let r = self
-            .view
-            .units
-            .lock()
-            .expect("view lock")
-            .get(unit)
-            .cloned()?;
-        let mut lines: Vec<String> = r.journal.clone();
-        let status = format!(
-            "state: {}/{}/{}",
-            r.reported.load, r.reported.active, r.reported.sub
-        );
-        lines.push(status);
-        if let Some(c) = &r.container {
-            match self.containers.logs(c, n).await {
-                Ok(out) => lines.extend(out.into_iter().map(|l| format!("{c}: {l}"))),
-                Err(e) => lines.push(format!("{c}: (no output: {e})")),
-            }
-        }
-        if let Some(h) = r.process {
-            lines.extend(self.procs.output(h));
-        }
-        let skip = lines.len().saturating_sub(n);
-        Some(lines.split_off(skip))
-    }
-}
 
 pub fn lines_param(query: Option<&str>) -> Result<usize, String> {
     let n = form_urlencoded::parse(query.unwrap_or("").as_bytes())

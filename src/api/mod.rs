@@ -53,7 +53,7 @@ pub struct Api {
     pub cluster_id: u64,
     pub value_bytes_max: usize,
     /// This member's agent, when it is a machine (for unit journals).
-    pub agent: Option<journal::AgentHandle>,
+    pub agent: Option<crate::agent::AgentHandle>,
     /// Salts for password hashes (seeded: node logic draws randomness only from here).
     pub rng: std::sync::Mutex<flotilla_shims::SeededRng>,
     /// (user, SHA-1 of a password) → the hash it was verified against; bounded by

@@ -3,8 +3,8 @@
 //! number of machines — and runs the units placed on it as a member's agent does.
 
 use super::machine::{stored_machine_id, MachineArgs};
-use crate::agent::run::{Agent, AgentConfig, AgentView};
-use crate::api::journal::{agent_handler, AgentHandle};
+use crate::api::journal::agent_handler;
+use crate::client::endpoints::Endpoints;
 use crate::client::http::HttpKv;
 use crate::client::KvClient;
 use anyhow::{bail, Context, Result};
@@ -47,21 +47,8 @@ pub fn run(a: AgentArgs) -> Result<()> {
 }
 
 async fn serve(a: AgentArgs) -> Result<()> {
-    let endpoints: Vec<String> = a
-        .endpoints
-        .split(',')
-        .map(|e| e.trim().to_string())
-        .filter(|e| !e.is_empty())
-        .collect();
-    if endpoints.is_empty() {
-        bail!("--endpoints: no URL given");
-    }
-    for e in &endpoints {
-        if !e.starts_with("http://") && !e.starts_with("https://") {
-            bail!("--endpoints: {e:?} must be an http:// or https:// URL");
-        }
-    }
-    a.tls.install(&endpoints)?;
+    let endpoints = Endpoints::parse("--endpoints", &a.endpoints).map_err(anyhow::Error::msg)?;
+    a.tls.install(endpoints.urls())?;
     let listen = a
         .listen
         .strip_prefix("http://")
@@ -79,49 +66,16 @@ async fn serve(a: AgentArgs) -> Result<()> {
             .with_context(|| format!("creating {}", a.data_dir.display()))?;
         machine.id = stored_machine_id(&a.data_dir)?;
     }
-    let opts = a.machine.options()?;
+    let cfg = a.machine.agent_config(machine)?;
+    let seams = a.machine.seams(&cfg.machine.id);
     let clock = Arc::new(TokioClock::new());
     let spawn: Arc<dyn Spawn> = Arc::new(TokioSpawn);
     let kv: Arc<dyn KvClient> = Arc::new(HttpKv::new(
         endpoints,
         Duration::from_millis(a.request_timeout_ms),
     ));
-    let seams = a.machine.seams(&machine.id);
-    let (tx, renewed) = tokio::sync::watch::channel(None);
-    spawn.spawn(
-        "machine-presence",
-        Box::pin(crate::agent::presence::run(
-            kv.clone(),
-            clock.clone(),
-            machine.clone(),
-            tx,
-        )),
-    );
-    let view = Arc::new(AgentView::default());
-    let cfg = AgentConfig {
-        host: crate::sched::name::Host {
-            machine_id: machine.id.clone(),
-            ..opts.host.clone()
-        },
-        machine: machine.clone(),
-        allow_host_commands: opts.allow_host_commands,
-        name_prefix: opts.name_prefix.clone(),
-        publish_ip: opts.publish_ip.clone(),
-        reconcile_ms: opts.reconcile_ms,
-        bugs: Default::default(),
-    };
-    let run = crate::agent::execute::Seams {
-        kv,
-        containers: seams.containers.clone(),
-        procs: seams.procs.clone(),
-        files: seams.files.clone(),
-    };
-    let handle = AgentHandle {
-        machine: machine.id.clone(),
-        view: view.clone(),
-        containers: seams.containers.clone(),
-        procs: seams.procs.clone(),
-    };
+    let id = cfg.machine.id.clone();
+    let handle = crate::agent::start(cfg, seams.with_store(kv), clock, spawn.clone());
     let listener = flotilla_shims::tcp::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -135,9 +89,7 @@ async fn serve(a: AgentArgs) -> Result<()> {
             None,
         )),
     );
-    tracing::info!(machine = %machine.id, listen = %a.listen, "flotilla agent running");
-    Agent::new(cfg, run, clock, spawn, renewed, view)
-        .run()
-        .await;
+    tracing::info!(machine = %id, listen = %a.listen, "flotilla agent running");
+    std::future::pending::<()>().await;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! template resources from `--confdir` and renders them from flotilla or a real etcd
 //! (etcd's v2 API, through [`crate::client::http::HttpKv`]).
 
+use crate::client::endpoints::Endpoints;
 use crate::client::http::HttpKv;
 use crate::render::commit::{WriteOpts, WriteSeams};
 use crate::render::runner::{RenderConfig, Renderer};
@@ -77,21 +78,16 @@ pub fn parse_duration_ms(flag: &str, v: &str) -> Result<u64> {
 }
 
 impl ConfdArgs {
-    fn endpoints(&self) -> Result<Vec<String>> {
+    fn endpoints(&self) -> Result<Endpoints> {
         let mut eps: Vec<String> = self.nodes.clone();
         if let Some(e) = &self.endpoints {
-            eps.extend(e.split(',').map(|s| s.trim().to_string()));
+            eps.push(e.clone());
         }
-        eps.retain(|e| !e.is_empty());
-        if eps.is_empty() {
-            eps.push("http://127.0.0.1:2379".into());
-        }
-        for e in &eps {
-            if !e.starts_with("http://") && !e.starts_with("https://") {
-                bail!("--node {e:?}: must be an http:// or https:// URL");
-            }
-        }
-        Ok(eps)
+        let list = match eps.join(",") {
+            l if l.trim_matches([',', ' ']).is_empty() => "http://127.0.0.1:2379".to_string(),
+            l => l,
+        };
+        Endpoints::parse("--node", &list).map_err(anyhow::Error::msg)
     }
 
     /// The renderer's configuration from the flags.
@@ -146,7 +142,7 @@ pub fn real_seams(clock: Arc<TokioClock>) -> WriteSeams {
 pub fn run(a: ConfdArgs) -> Result<()> {
     let cfg = a.render_config()?;
     let endpoints = a.endpoints()?;
-    a.tls.install(&endpoints)?;
+    a.tls.install(endpoints.urls())?;
     if !(1..=600_000).contains(&a.request_timeout_ms) {
         bail!("--request-timeout-ms must be between 1 and 600000");
     }

@@ -1,9 +1,10 @@
 //! `flotilla kv`: etcdctl v2's commands, output formats and exit codes, against
 //! flotilla (or etcd).
 
-use anyhow::{anyhow, bail, Result};
+use crate::client::endpoints::{key_path, query_value, Endpoints};
+use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use flotilla_shims::http::{request_body, ClientResponse};
+use flotilla_shims::http::ClientResponse;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 use serde_json::Value;
@@ -147,27 +148,13 @@ pub struct ServerError(pub String);
 #[error("{0}")]
 pub struct PlainError(pub String);
 
+/// A query value, escaped (the one encoder every client shares).
 fn enc(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-fn key_path(key: &str) -> String {
-    let key = if key.starts_with('/') {
-        key.to_string()
-    } else {
-        format!("/{key}")
-    };
-    key.split('/')
-        .map(|seg| {
-            percent_encoding::utf8_percent_encode(seg, percent_encoding::NON_ALPHANUMERIC)
-                .to_string()
-        })
-        .collect::<Vec<_>>()
-        .join("/")
+    query_value(s)
 }
 
 struct Client {
-    endpoints: Vec<String>,
+    endpoints: Endpoints,
     timeout: Duration,
 }
 
@@ -177,29 +164,19 @@ impl Client {
         self.call_body(method, path, body).await
     }
 
-    /// [`Client::call`] with a body of any type: `(content type, text)`.
+    /// [`Client::call`] with a body of any type: `(content type, text)`, by the
+    /// endpoints' failover rule.
     async fn call_body(
         &self,
         method: &str,
         path: &str,
         body: Option<(&'static str, String)>,
     ) -> Result<ClientResponse> {
-        let mut errors = vec![];
-        for ep in &self.endpoints {
-            let body = body.clone().map(|(ct, b)| (ct, bytes::Bytes::from(b)));
-            match request_body(
-                method,
-                &format!("{}{path}", ep.trim_end_matches('/')),
-                body,
-                self.timeout,
-            )
+        let body = body.map(|(ct, b)| (ct, bytes::Bytes::from(b)));
+        self.endpoints
+            .call(method, path, body, self.timeout)
             .await
-            {
-                Ok(r) => return Ok(r),
-                Err(e) => errors.push(e),
-            }
-        }
-        bail!("no endpoint answered: {}", errors.join("; "))
+            .map_err(|e| anyhow!("no endpoint answered: {e}"))
     }
 
     /// A keys-API call; etcd errors become [`ServerError`].
@@ -215,7 +192,7 @@ impl Client {
             .map(|(k, v)| format!("{k}={}", enc(v)))
             .collect();
         let path = format!(
-            "/v2/keys{}{}{}",
+            "{}{}{}",
             key_path(key),
             if q.is_empty() { "" } else { "?" },
             q.join("&")
@@ -353,16 +330,10 @@ pub fn run(a: KvArgs) -> Result<()> {
 
 async fn exec(a: KvArgs) -> Result<()> {
     let c = Client {
-        endpoints: a
-            .endpoints
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(String::from)
-            .collect(),
+        endpoints: Endpoints::parse("--endpoints", &a.endpoints).map_err(anyhow::Error::msg)?,
         timeout: Duration::from_secs(a.timeout_s),
     };
-    a.tls.install(&c.endpoints)?;
+    a.tls.install(c.endpoints.urls())?;
     let out = a.output;
     match a.cmd {
         KvCmd::Get { key, quorum } => {

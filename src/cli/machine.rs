@@ -2,7 +2,8 @@
 //! member that is also a machine) and `flotilla agent` (a machine only).
 
 use crate::agent::presence::MachineConfig;
-use crate::node::{AgentOptions, RunSeams};
+use crate::agent::AgentConfig;
+use crate::node::RunSeams;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use flotilla_shims::SeededRng;
@@ -68,18 +69,19 @@ impl MachineArgs {
         })
     }
 
-    pub fn options(&self) -> Result<AgentOptions> {
+    /// How `machine` runs its units, from the flags.
+    pub fn agent_config(&self, machine: MachineConfig) -> Result<AgentConfig> {
         check_prefix(&self.container_name_prefix)?;
         if let Some(ip) = &self.publish_ip {
             ip.parse::<std::net::IpAddr>()
                 .map_err(|_| anyhow::anyhow!("--publish-ip {ip:?}: not an IP address"))?;
         }
-        Ok(AgentOptions {
+        Ok(AgentConfig {
             allow_host_commands: self.allow_host_commands,
             name_prefix: self.container_name_prefix.clone(),
             publish_ip: self.publish_ip.clone(),
             host: host_facts(),
-            ..Default::default()
+            ..AgentConfig::new(machine)
         })
     }
 

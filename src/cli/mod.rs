@@ -60,6 +60,11 @@ enum Cmd {
     Confd(Box<confd::ConfdArgs>),
 }
 
+/// A command that has said why it failed: exit with this code, printing nothing more.
+#[derive(Debug, thiserror::Error)]
+#[error("exit {0}")]
+pub struct Exit(pub u8);
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let cmd = cli
@@ -95,6 +100,7 @@ pub fn main() -> ExitCode {
             eprintln!("{e}");
             ExitCode::from(4)
         }
+        Err(e) if e.is::<Exit>() => ExitCode::from(e.downcast_ref::<Exit>().map_or(1, |x| x.0)),
         Err(e) if e.is::<kv::PlainError>() => {
             eprintln!("{e}");
             ExitCode::FAILURE

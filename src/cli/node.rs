@@ -156,11 +156,12 @@ fn config(a: &NodeArgs) -> Result<NodeConfig> {
     if a.snapshot_count == 0 {
         bail!("--snapshot-count must be positive");
     }
-    let machine = if a.no_agent {
+    let agent = if a.no_agent {
         None
     } else {
         let url = client_urls.first().cloned().unwrap_or_default();
-        Some(a.machine.config(&client_urls, &url)?)
+        let machine = a.machine.config(&client_urls, &url)?;
+        Some(a.machine.agent_config(machine)?)
     };
     if !(a.engine_reconcile_interval > 0.0 && a.engine_reconcile_interval <= 3600.0) {
         bail!("--engine-reconcile-interval must be between 0 and 3600 seconds");
@@ -170,8 +171,7 @@ fn config(a: &NodeArgs) -> Result<NodeConfig> {
             .confdir
             .as_deref()
             .map(crate::render::runner::RenderConfig::new),
-        agent: a.machine.options()?,
-        machine,
+        agent,
         engine: crate::sched::engine::EngineConfig {
             reconcile_ms: (a.engine_reconcile_interval * 1000.0) as u64,
             ..Default::default()
@@ -233,12 +233,14 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
         );
         disk.plant_ignore_sync_errors();
     }
-    if let Some(m) = cfg.machine.as_mut().filter(|m| m.id.is_empty()) {
-        m.id = stored_machine_id(&a.data_dir)?;
+    if let Some(m) = cfg.agent.as_mut().map(|a| &mut a.machine) {
+        if m.id.is_empty() {
+            m.id = stored_machine_id(&a.data_dir)?;
+        }
     }
     let clock = Arc::new(TokioClock::new());
     let spawn = Arc::new(TokioSpawn);
-    let agent = cfg.machine.as_ref().map(|m| a.machine.seams(&m.id));
+    let agent = cfg.agent.as_ref().map(|c| a.machine.seams(&c.machine.id));
     let env = Env {
         clock: clock.clone(),
         spawn: spawn.clone(),
@@ -313,7 +315,7 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
     tracing::info!(
         name = %cfg.name, id = format!("{:x}", started.id),
         clients = %a.listen_client_urls, peers = %a.listen_peer_urls,
-        machine = cfg.machine.as_ref().map(|m| m.id.as_str()).unwrap_or("-"),
+        machine = cfg.agent.as_ref().map(|c| c.machine.id.as_str()).unwrap_or("-"),
         "flotilla member serving"
     );
     let Some(renderer) = started.renderer else {

@@ -4,14 +4,17 @@
 //! not wait in silence. It prints why (which constraint refuses which machine) and, if
 //! the unit stays unplaceable, gives up with a non-zero exit.
 
+use super::kv::PlainError;
 use super::table::Table;
+use super::Exit;
+use crate::client::endpoints::{segment, Endpoints};
 use crate::sched::name::{validate as validate_name, NameInfo};
 use crate::sched::require::validate as validate_options;
 use crate::sched::unit::{hash, parse, serialize, UnitOption};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use flotilla_shims::http::{request_body, ClientResponse};
+use flotilla_shims::http::ClientResponse;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -113,25 +116,18 @@ enum UnitsCmd {
 }
 
 struct Client {
-    endpoints: Vec<String>,
+    endpoints: Endpoints,
     timeout: Duration,
 }
 
 impl Client {
+    /// One request to the fleet API by the endpoints' failover rule.
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<ClientResponse> {
-        let mut last = String::new();
-        for ep in &self.endpoints {
-            let url = format!("{}{path}", ep.trim_end_matches('/'));
-            let b = body
-                .as_ref()
-                .map(|v| ("application/json", Bytes::from(v.to_string())));
-            match request_body(method, &url, b, self.timeout).await {
-                Ok(r) if r.status >= 500 => last = format!("{url}: HTTP {}", r.status),
-                Ok(r) => return Ok(r),
-                Err(e) => last = e,
-            }
-        }
-        Err(anyhow!("error attempting to reach the fleet API: {last}"))
+        let b = body.map(|v| ("application/json", Bytes::from(v.to_string())));
+        self.endpoints
+            .call(method, path, b, self.timeout)
+            .await
+            .map_err(|e| anyhow!("error attempting to reach the fleet API: {e}"))
     }
 
     async fn json(&self, path: &str) -> Result<Value> {
@@ -198,8 +194,9 @@ fn s(v: &Value) -> String {
     v.as_str().unwrap_or("").to_string()
 }
 
+/// A unit's name (or a page token) in a path, escaped as every client escapes.
 fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    segment(s)
 }
 
 fn api_error(r: &ClientResponse) -> String {
@@ -259,15 +256,10 @@ async fn exec(a: UnitsArgs) -> Result<()> {
         bail!("--request-timeout must be between 0 and 3600 seconds");
     }
     let c = Client {
-        endpoints: a
-            .endpoint
-            .split(',')
-            .map(|e| e.trim().to_string())
-            .filter(|e| !e.is_empty())
-            .collect(),
+        endpoints: Endpoints::parse("--endpoint", &a.endpoint).map_err(anyhow::Error::msg)?,
         timeout: Duration::from_secs_f64(a.request_timeout),
     };
-    a.tls.install(&c.endpoints)?;
+    a.tls.install(c.endpoints.urls())?;
     let wait = Wait {
         block: !a.no_block,
         attempts: a.block_attempts,
@@ -440,7 +432,7 @@ async fn activate(
         }
     }
     if failed {
-        std::process::exit(1);
+        return Err(Exit(1).into());
     }
     Ok(())
 }
@@ -574,8 +566,8 @@ async fn stop(c: &Client, args: &[String], w: Wait) -> Result<()> {
     for (name, u) in &units {
         let global = u["currentState"].is_null();
         if !global && s(&u["currentState"]) == "inactive" {
-            eprintln!("Unable to stop unit {name} in state inactive");
-            std::process::exit(1);
+            let why = format!("Unable to stop unit {name} in state inactive");
+            return Err(PlainError(why).into());
         }
         if s(&u["desiredState"]) == "loaded" {
             continue;
@@ -611,8 +603,7 @@ async fn finish(c: &Client, names: &[String], want: &str, w: Wait, done: &str) -
     }
     for n in names {
         if let Err(why) = wait_for(c, n, want, w.attempts).await? {
-            eprintln!("{why}");
-            std::process::exit(1);
+            return Err(PlainError(why).into());
         }
     }
     if !names.is_empty() {
@@ -641,8 +632,7 @@ async fn restart(c: &Client, args: &[String], w: Wait) -> Result<()> {
                 c.set_state(&name, "loaded").await?;
                 if w.block {
                     if let Err(why) = wait_for(c, &name, "loaded", w.attempts).await? {
-                        eprintln!("{why}");
-                        std::process::exit(1);
+                        return Err(PlainError(why).into());
                     }
                 }
             }
@@ -662,12 +652,11 @@ async fn status(c: &Client, args: &[String]) -> Result<()> {
     for a in args {
         let name = unit_name(a);
         let Some(u) = c.unit(&name).await? else {
-            eprintln!("Unit {name} does not exist.");
-            std::process::exit(1);
+            return Err(PlainError(format!("Unit {name} does not exist.")).into());
         };
         if s(&u["desiredState"]) == "inactive" {
-            eprintln!("Unit {name} does not appear to be loaded.");
-            std::process::exit(1);
+            let why = format!("Unit {name} does not appear to be loaded.");
+            return Err(PlainError(why).into());
         }
         let states = c
             .json(&format!("/fleet/v1/state?unitName={}", enc(&name)))

@@ -2,9 +2,11 @@
 //! agent`), the renderer and the CLIs — against flotilla or a real etcd. Endpoints are
 //! tried in turn; a request that gets no answer moves on to the next.
 
+use super::endpoints::{key_path, Endpoints};
 use super::{ClientError, Got, KvClient, SetOpts};
 use crate::kv::{Action, Event, NodeView, Precondition, StoreError};
-use flotilla_shims::http::{request, ClientResponse};
+use bytes::Bytes;
+use flotilla_shims::http::{ClientResponse, RequestError};
 use flotilla_shims::BoxFuture;
 use serde_json::Value;
 use std::time::Duration;
@@ -14,55 +16,38 @@ pub const WATCH_POLL: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct HttpKv {
-    endpoints: Vec<String>,
+    endpoints: Endpoints,
     timeout: Duration,
 }
 
 impl HttpKv {
-    pub fn new(endpoints: Vec<String>, timeout: Duration) -> Self {
-        assert!(!endpoints.is_empty(), "at least one endpoint");
+    pub fn new(endpoints: Endpoints, timeout: Duration) -> Self {
         Self { endpoints, timeout }
     }
 
+    /// One request by the endpoints' failover rule.
     async fn call(
         &self,
         method: &str,
         path_query: &str,
         form: Option<String>,
         timeout: Duration,
-    ) -> Result<ClientResponse, ClientError> {
-        let mut last = String::new();
-        for ep in &self.endpoints {
-            let url = format!("{}{path_query}", ep.trim_end_matches('/'));
-            match request(method, &url, form.clone(), timeout).await {
-                Ok(r) if r.status >= 500 && r.body.is_empty() => {
-                    last = format!("{url}: HTTP {}", r.status)
-                }
-                Ok(r) => return Ok(r),
-                Err(e) => last = e,
-            }
-        }
-        Err(ClientError::Unavailable(last))
+    ) -> Result<ClientResponse, RequestError> {
+        let body = form.map(|f| ("application/x-www-form-urlencoded", Bytes::from(f)));
+        self.endpoints.call(method, path_query, body, timeout).await
     }
-}
 
-/// Everything but RFC 3986's unreserved characters and `@`, `:` is escaped.
-const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~')
-    .remove(b'@')
-    .remove(b':');
-
-fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
-}
-
-/// `/v2/keys/a/b` with each segment escaped.
-fn key_path(key: &str) -> String {
-    let segs: Vec<String> = key.split('/').filter(|s| !s.is_empty()).map(enc).collect();
-    format!("/v2/keys/{}", segs.join("/"))
+    /// [`HttpKv::call`], with no answer as the store being unavailable.
+    async fn ask(
+        &self,
+        method: &str,
+        path_query: &str,
+        form: Option<String>,
+    ) -> Result<ClientResponse, ClientError> {
+        self.call(method, path_query, form, self.timeout)
+            .await
+            .map_err(|e| ClientError::Unavailable(e.to_string()))
+    }
 }
 
 fn index_header(r: &ClientResponse) -> u64 {
@@ -206,7 +191,7 @@ impl KvClient for HttpKv {
     ) -> BoxFuture<'_, Result<Option<Got>, ClientError>> {
         let path = format!("{}?recursive={recursive}&quorum={quorum}", key_path(key));
         Box::pin(async move {
-            let r = self.call("GET", &path, None, self.timeout).await?;
+            let r = self.ask("GET", &path, None).await?;
             match r.status {
                 200 => {
                     let got: WireGet = serde_json::from_slice(&r.body).map_err(|e| {
@@ -245,9 +230,7 @@ impl KvClient for HttpKv {
         prev_params(&opts.prev, &mut params);
         let path = key_path(key);
         Box::pin(async move {
-            let r = self
-                .call("PUT", &path, Some(query(&params)), self.timeout)
-                .await?;
+            let r = self.ask("PUT", &path, Some(query(&params))).await?;
             match r.status {
                 200 | 201 => Ok(event_of(&body(&r)?, index_header(&r))),
                 _ => Err(error_of(&r)),
@@ -269,7 +252,7 @@ impl KvClient for HttpKv {
         prev_params(&prev, &mut params);
         let path = format!("{}?{}", key_path(key), query(&params));
         Box::pin(async move {
-            let r = self.call("DELETE", &path, None, self.timeout).await?;
+            let r = self.ask("DELETE", &path, None).await?;
             match r.status {
                 200 => Ok(event_of(&body(&r)?, index_header(&r))),
                 _ => Err(error_of(&r)),
@@ -293,8 +276,8 @@ impl KvClient for HttpKv {
                     Ok(r) if r.status == 200 => return Ok(event_of(&body(&r)?, index_header(&r))),
                     Ok(r) => return Err(error_of(&r)),
                     // A long poll that timed out with nothing to say: ask again.
-                    Err(ClientError::Unavailable(e)) if e.contains("timed out") => continue,
-                    Err(e) => return Err(e),
+                    Err(RequestError::TimedOut { .. }) => continue,
+                    Err(e) => return Err(ClientError::Unavailable(e.to_string())),
                 }
             }
         })
@@ -304,15 +287,6 @@ impl KvClient for HttpKv {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_are_escaped_segment_by_segment() {
-        assert_eq!(
-            key_path("/_flotilla/units/apache@1.service"),
-            "/v2/keys/_flotilla/units/apache@1.service"
-        );
-        assert_eq!(key_path("/"), "/v2/keys/");
-    }
 
     #[test]
     fn etcd_json_to_events() {

@@ -12,6 +12,7 @@
 //! Keys and values are etcd's v2 keys; errors carry etcd's codes, so callers treat
 //! "compare failed" and "not found" the same whichever way they reached the store.
 
+pub mod endpoints;
 pub mod http;
 pub mod inproc;
 

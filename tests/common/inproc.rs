@@ -33,12 +33,11 @@ pub async fn one_member() -> InProc {
         value_bytes_max: 1 << 20,
         inbox_inputs_max: 1024,
         cors: Default::default(),
-        machine: None,
         engine: EngineConfig {
             enabled: false,
             ..Default::default()
         },
-        agent: Default::default(),
+        agent: None,
         render: None,
     };
     let clock = Arc::new(TokioClock::new());
