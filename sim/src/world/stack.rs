@@ -8,9 +8,15 @@
 //!   election), the schedule and the upstream converge again, and nothing that was
 //!   correctly placed and running on another machine was restarted.
 
-use super::*;
+use super::scheduling::{agent_says, machine_keys, running, sched_liveness};
+use super::{Life, World, LIVENESS_BOUND};
 use crate::engine::Presence;
+use crate::env::elapsed;
 use crate::scenario::PRESENCE_TTL_S;
+use flotilla::client::{inproc::InProc, ClientError, KvClient, SetOpts};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// How often a presence container writes its key (the real image: every 45 s for a 60 s
 /// TTL; here 1 s for 3 s).
