@@ -336,18 +336,7 @@ async fn exec(a: KvArgs) -> Result<()> {
     a.tls.install(c.endpoints.urls())?;
     let out = a.output;
     match a.cmd {
-        KvCmd::Get { key, quorum } => {
-            let q = if quorum {
-                vec![("quorum", "true".to_string())]
-            } else {
-                vec![]
-            };
-            let v = c.keys("GET", &key, &q, None).await?;
-            if v["node"]["dir"].as_bool() == Some(true) {
-                return Err(PlainError(format!("{key}: is a directory")).into());
-            }
-            print_node(out, &v);
-        }
+        KvCmd::Get { key, quorum } => get(&c, out, &key, quorum).await,
         KvCmd::Set {
             key,
             value,
@@ -356,29 +345,20 @@ async fn exec(a: KvArgs) -> Result<()> {
             swap_with_index,
         } => {
             let mut q = ttl_param(ttl);
-            if let Some(p) = swap_with_value {
-                q.push(("prevValue", p));
-            }
-            if let Some(i) = swap_with_index {
-                q.push(("prevIndex", i.to_string()));
-            }
-            print_node(out, &c.keys("PUT", &key, &q, value_form(&value)).await?);
+            q.extend(swap_with_value.map(|p| ("prevValue", p)));
+            q.extend(swap_with_index.map(|i| ("prevIndex", i.to_string())));
+            put(&c, out, &key, q, &value).await
         }
         KvCmd::Mk { key, value, ttl } => {
             let mut q = ttl_param(ttl);
             q.push(("prevExist", "false".into()));
-            print_node(out, &c.keys("PUT", &key, &q, value_form(&value)).await?);
+            put(&c, out, &key, q, &value).await
         }
-        KvCmd::Mkdir { key, ttl } => {
-            let mut q = ttl_param(ttl);
-            q.push(("dir", "true".into()));
-            q.push(("prevExist", "false".into()));
-            c.keys("PUT", &key, &q, None).await?;
-        }
+        KvCmd::Mkdir { key, ttl } => mkdir(&c, &key, ttl).await,
         KvCmd::Update { key, value, ttl } => {
             let mut q = ttl_param(ttl);
             q.push(("prevExist", "true".into()));
-            print_node(out, &c.keys("PUT", &key, &q, value_form(&value)).await?);
+            put(&c, out, &key, q, &value).await
         }
         KvCmd::Rm {
             key,
@@ -388,30 +368,16 @@ async fn exec(a: KvArgs) -> Result<()> {
             with_index,
         } => {
             let mut q = vec![];
-            if dir {
-                q.push(("dir", "true".to_string()));
-            }
-            if recursive {
-                q.push(("recursive", "true".to_string()));
-            }
-            if let Some(v) = with_value {
-                q.push(("prevValue", v));
-            }
-            if let Some(i) = with_index {
-                q.push(("prevIndex", i.to_string()));
-            }
-            let v = c.keys("DELETE", &key, &q, None).await?;
-            if out == Output::Simple {
-                if let Some(p) = v["prevNode"]["value"].as_str() {
-                    println!("PrevNode.Value: {p}");
-                }
-            } else {
-                print_node(out, &v);
-            }
+            q.extend(dir.then(|| ("dir", "true".to_string())));
+            q.extend(recursive.then(|| ("recursive", "true".to_string())));
+            q.extend(with_value.map(|v| ("prevValue", v)));
+            q.extend(with_index.map(|i| ("prevIndex", i.to_string())));
+            rm(&c, out, &key, &q).await
         }
         KvCmd::Rmdir { key } => {
             c.keys("DELETE", &key, &[("dir", "true".into())], None)
                 .await?;
+            Ok(())
         }
         KvCmd::Ls {
             key,
@@ -420,66 +386,138 @@ async fn exec(a: KvArgs) -> Result<()> {
             slash,
             quorum,
         } => {
-            let mut q = vec![
-                ("recursive", recursive.to_string()),
-                ("sorted", sort.to_string()),
-            ];
-            if quorum {
-                q.push(("quorum", "true".into()));
-            }
-            let v = c.keys("GET", &key, &q, None).await?;
-            if out == Output::Json {
-                print_node(out, &v);
-                return Ok(());
-            }
-            let n = &v["node"];
-            if n["dir"].as_bool() != Some(true) {
-                println!("{}", n["key"].as_str().unwrap_or(""));
-                return Ok(());
-            }
-            let mut keys = vec![];
-            list(n, recursive, slash, &mut keys);
-            for k in keys {
-                println!("{k}");
-            }
+            ls(
+                &c,
+                out,
+                &key,
+                Listing {
+                    sort,
+                    recursive,
+                    slash,
+                    quorum,
+                },
+            )
+            .await
         }
         KvCmd::Watch {
             key,
             forever,
             recursive,
             after_index,
-        } => {
-            let mut next = after_index.map(|i| i + 1);
-            loop {
-                let mut q = vec![("wait", "true".to_string())];
-                if recursive {
-                    q.push(("recursive", "true".into()));
-                }
-                if let Some(i) = next {
-                    q.push(("waitIndex", i.to_string()));
-                }
-                let watch = Client {
-                    endpoints: c.endpoints.clone(),
-                    timeout: Duration::from_secs(24 * 3600),
-                };
-                let v = watch.keys("GET", &key, &q, None).await?;
-                if recursive && out == Output::Simple {
-                    println!(
-                        "[{}] {}",
-                        v["action"].as_str().unwrap_or(""),
-                        v["node"]["key"].as_str().unwrap_or("")
-                    );
-                }
-                print_node(out, &v);
-                if !forever {
-                    return Ok(());
-                }
-                next = v["node"]["modifiedIndex"].as_u64().map(|i| i + 1);
-            }
-        }
-        KvCmd::Member { cmd } => member(&c, cmd).await?,
+        } => watch(&c, out, &key, forever, recursive, after_index).await,
+        KvCmd::Member { cmd } => member(&c, cmd).await,
+    }
+}
+
+/// `get`: a value (a directory is an error, as etcdctl says).
+async fn get(c: &Client, out: Output, key: &str, quorum: bool) -> Result<()> {
+    let q: Vec<(&str, String)> = quorum
+        .then(|| ("quorum", "true".into()))
+        .into_iter()
+        .collect();
+    let v = c.keys("GET", key, &q, None).await?;
+    if v["node"]["dir"].as_bool() == Some(true) {
+        return Err(PlainError(format!("{key}: is a directory")).into());
+    }
+    print_node(out, &v);
+    Ok(())
+}
+
+/// `set`, `mk`, `update`: a PUT of `value` with these parameters.
+async fn put(
+    c: &Client,
+    out: Output,
+    key: &str,
+    q: Vec<(&str, String)>,
+    value: &str,
+) -> Result<()> {
+    print_node(out, &c.keys("PUT", key, &q, value_form(value)).await?);
+    Ok(())
+}
+
+async fn mkdir(c: &Client, key: &str, ttl: Option<u64>) -> Result<()> {
+    let mut q = ttl_param(ttl);
+    q.push(("dir", "true".into()));
+    q.push(("prevExist", "false".into()));
+    c.keys("PUT", key, &q, None).await?;
+    Ok(())
+}
+
+/// `rm`: etcdctl's simple output shows only the value that was there.
+async fn rm(c: &Client, out: Output, key: &str, q: &[(&str, String)]) -> Result<()> {
+    let v = c.keys("DELETE", key, q, None).await?;
+    if out != Output::Simple {
+        print_node(out, &v);
+    } else if let Some(p) = v["prevNode"]["value"].as_str() {
+        println!("PrevNode.Value: {p}");
     }
     Ok(())
+}
+
+/// `ls`'s flags.
+struct Listing {
+    sort: bool,
+    recursive: bool,
+    slash: bool,
+    quorum: bool,
+}
+
+async fn ls(c: &Client, out: Output, key: &str, l: Listing) -> Result<()> {
+    let mut q = vec![
+        ("recursive", l.recursive.to_string()),
+        ("sorted", l.sort.to_string()),
+    ];
+    q.extend(l.quorum.then(|| ("quorum", "true".into())));
+    let v = c.keys("GET", key, &q, None).await?;
+    if out == Output::Json {
+        print_node(out, &v);
+        return Ok(());
+    }
+    let n = &v["node"];
+    if n["dir"].as_bool() != Some(true) {
+        println!("{}", n["key"].as_str().unwrap_or(""));
+        return Ok(());
+    }
+    let mut keys = vec![];
+    list(n, l.recursive, l.slash, &mut keys);
+    for k in keys {
+        println!("{k}");
+    }
+    Ok(())
+}
+
+/// How long one watch request may wait for a change.
+const WATCH_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// `watch`: the next change (every change, with `--forever`), from `after_index`.
+async fn watch(
+    c: &Client,
+    out: Output,
+    key: &str,
+    forever: bool,
+    recursive: bool,
+    after_index: Option<u64>,
+) -> Result<()> {
+    let watcher = Client {
+        endpoints: c.endpoints.clone(),
+        timeout: WATCH_WAIT,
+    };
+    let mut next = after_index.map(|i| i + 1);
+    loop {
+        let mut q = vec![("wait", "true".to_string())];
+        q.extend(recursive.then(|| ("recursive", "true".into())));
+        q.extend(next.map(|i| ("waitIndex", i.to_string())));
+        let v = watcher.keys("GET", key, &q, None).await?;
+        if recursive && out == Output::Simple {
+            let action = v["action"].as_str().unwrap_or("");
+            println!("[{action}] {}", v["node"]["key"].as_str().unwrap_or(""));
+        }
+        print_node(out, &v);
+        if !forever {
+            return Ok(());
+        }
+        next = v["node"]["modifiedIndex"].as_u64().map(|i| i + 1);
+    }
 }
 
 async fn member(c: &Client, cmd: MemberCmd) -> Result<()> {

@@ -139,23 +139,8 @@ fn config(a: &NodeArgs) -> Result<NodeConfig> {
             .collect::<Vec<_>>()
             .join(","),
     };
-    let mut initial_cluster = vec![];
-    for item in split_urls(&cluster) {
-        let Some((name, url)) = item.split_once('=') else {
-            bail!("--initial-cluster: {item:?} is not name=peerURL");
-        };
-        host_port("--initial-cluster", url)?;
-        initial_cluster.push((name.to_string(), url.to_string()));
-    }
-    if a.heartbeat_interval == 0 || a.election_timeout < 5 * a.heartbeat_interval {
-        bail!("--election-timeout must be at least 5 x --heartbeat-interval (and both non-zero)");
-    }
-    if a.worker_threads > 1024 {
-        bail!("--worker-threads must be at most 1024 (0 runs the node on one thread)");
-    }
-    if a.snapshot_count == 0 {
-        bail!("--snapshot-count must be positive");
-    }
+    let initial_cluster = parse_cluster(&cluster)?;
+    check_numbers(a)?;
     let agent = if a.no_agent {
         None
     } else {
@@ -163,9 +148,6 @@ fn config(a: &NodeArgs) -> Result<NodeConfig> {
         let machine = a.machine.config(&client_urls, &url)?;
         Some(a.machine.agent_config(machine)?)
     };
-    if !(a.engine_reconcile_interval > 0.0 && a.engine_reconcile_interval <= 3600.0) {
-        bail!("--engine-reconcile-interval must be between 0 and 3600 seconds");
-    }
     Ok(NodeConfig {
         render: a
             .confdir
@@ -185,20 +167,57 @@ fn config(a: &NodeArgs) -> Result<NodeConfig> {
         } else {
             ClusterState::New
         },
-        raft: RaftConfig {
-            tick_ms: a.heartbeat_interval,
-            election_ticks: (a.election_timeout / a.heartbeat_interval) as usize,
-            heartbeat_ticks: 1,
-            snapshot_entries: a.snapshot_count,
-            snapshot_log_percent: a.snapshot_log_percent,
-            catchup_entries: a.snapshot_catchup_entries,
-            ..RaftConfig::default()
-        },
+        raft: raft_config(a),
         request_timeout_ms: a.request_timeout_ms,
         value_bytes_max: a.max_request_bytes,
-        inbox_inputs_max: 65_536,
+        inbox_inputs_max: INBOX_INPUTS_MAX,
         cors: crate::api::cors::Cors::parse(&a.cors).map_err(anyhow::Error::msg)?,
     })
+}
+
+/// Client requests queued for the Ready loop at most (more wait in their handlers).
+const INBOX_INPUTS_MAX: usize = 65_536;
+
+/// `--initial-cluster`'s `name=peerURL,...`.
+fn parse_cluster(cluster: &str) -> Result<Vec<(String, String)>> {
+    let mut out = vec![];
+    for item in split_urls(cluster) {
+        let Some((name, url)) = item.split_once('=') else {
+            bail!("--initial-cluster: {item:?} is not name=peerURL");
+        };
+        host_port("--initial-cluster", url)?;
+        out.push((name.to_string(), url.to_string()));
+    }
+    Ok(out)
+}
+
+/// The numeric flags that must make sense together.
+fn check_numbers(a: &NodeArgs) -> Result<()> {
+    if a.heartbeat_interval == 0 || a.election_timeout < 5 * a.heartbeat_interval {
+        bail!("--election-timeout must be at least 5 x --heartbeat-interval (and both non-zero)");
+    }
+    if a.worker_threads > 1024 {
+        bail!("--worker-threads must be at most 1024 (0 runs the node on one thread)");
+    }
+    if a.snapshot_count == 0 {
+        bail!("--snapshot-count must be positive");
+    }
+    if !(a.engine_reconcile_interval > 0.0 && a.engine_reconcile_interval <= 3600.0) {
+        bail!("--engine-reconcile-interval must be between 0 and 3600 seconds");
+    }
+    Ok(())
+}
+
+fn raft_config(a: &NodeArgs) -> RaftConfig {
+    RaftConfig {
+        tick_ms: a.heartbeat_interval,
+        election_ticks: (a.election_timeout / a.heartbeat_interval) as usize,
+        heartbeat_ticks: 1,
+        snapshot_entries: a.snapshot_count,
+        snapshot_log_percent: a.snapshot_log_percent,
+        catchup_entries: a.snapshot_catchup_entries,
+        ..RaftConfig::default()
+    }
 }
 
 pub fn run(a: NodeArgs) -> Result<()> {
@@ -223,16 +242,7 @@ pub fn run(a: NodeArgs) -> Result<()> {
 
 async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
     let dir = a.data_dir.display().to_string();
-    // Opening replays and checks the dir read-only; nothing is written before the
-    // identity check below passes, so a refused dir is left exactly as it was.
-    let mut disk = WalDisk::open(&a.data_dir).with_context(|| format!("opening data dir {dir}"))?;
-    crate::node::check_disk(&cfg, &mut disk).with_context(|| format!("checking data dir {dir}"))?;
-    if std::env::var("FLOTILLA_TEST_PLANTED_BUG").as_deref() == Ok("ignore-sync-errors") {
-        tracing::error!(
-            "FLOTILLA_TEST_PLANTED_BUG: this member ignores failed fsyncs (tests only)"
-        );
-        disk.plant_ignore_sync_errors();
-    }
+    let disk = open_disk(&a, &cfg)?;
     if let Some(m) = cfg.agent.as_mut().map(|a| &mut a.machine) {
         if m.id.is_empty() {
             m.id = stored_machine_id(&a.data_dir)?;
@@ -240,77 +250,47 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
     }
     let clock = Arc::new(TokioClock::new());
     let spawn = Arc::new(TokioSpawn);
-    let agent = cfg.agent.as_ref().map(|c| a.machine.seams(&c.machine.id));
     let env = Env {
         clock: clock.clone(),
         spawn: spawn.clone(),
         seed: SeededRng::from_entropy().next_u64(),
-        agent,
+        agent: cfg.agent.as_ref().map(|c| a.machine.seams(&c.machine.id)),
         render: cfg
             .render
             .as_ref()
             .map(|_| super::confd::real_seams(clock.clone())),
     };
-    let members = crate::node::initial_members(&cfg)?;
-    let my_id = members
-        .iter()
-        .find(|m| m.name == cfg.name)
-        .map(|m| m.id)
-        .unwrap_or(0);
     let peer_tls = a.tls.peer(&split_urls(&a.listen_peer_urls))?;
     let client_tls = a.tls.client_listener(&split_urls(&a.listen_client_urls))?;
     a.tls.install_client()?;
-    let net: Arc<dyn flotilla_shims::PeerNet> = match &peer_tls {
-        Some((_, connect)) => Arc::new(StreamTransport::new(
-            my_id,
-            TlsConnect(connect.clone()),
-            clock.clone(),
-            spawn.clone(),
-        )),
-        None => Arc::new(StreamTransport::new(
-            my_id,
-            TokioConnect,
-            clock.clone(),
-            spawn.clone(),
-        )),
-    };
+    let net = peer_transport(&cfg, &peer_tls, &env)?;
     let (peer_tx, peer_rx) = mpsc::channel(INBOUND_QUEUE_FRAMES_MAX);
     let peer_listen = host_port("--listen-peer-urls", &a.listen_peer_urls)?;
     let peer_listener = flotilla_shims::tcp::bind(&peer_listen)
         .await
         .with_context(|| format!("listening for peers on {peer_listen}"))?;
-    let mut client_listeners = vec![];
-    for u in split_urls(&a.listen_client_urls) {
-        let addr = host_port("--listen-client-urls", &u)?;
-        let l = flotilla_shims::tcp::bind(&addr)
-            .await
-            .with_context(|| format!("listening for clients on {addr}"))?;
-        client_listeners.push(l);
-    }
+    let client_listeners = bind_clients(&a).await?;
     let started = start(&cfg, &env, Box::new(disk), net, peer_rx)
         .await
         .with_context(|| format!("starting from data dir {dir}"))?;
-    spawn.spawn(
-        "peer-accept",
-        Box::pin(flotilla_shims::tcp::accept_tokio(
-            peer_listener,
-            peer_tx,
-            spawn.clone(),
-            peer_tls.map(|(listener, _)| listener),
-        )),
+    let peer_accept = flotilla_shims::tcp::accept_tokio(
+        peer_listener,
+        peer_tx,
+        spawn.clone(),
+        peer_tls.map(|(listener, _)| listener),
     );
+    spawn.spawn("peer-accept", Box::pin(peer_accept));
     for l in client_listeners {
-        let h = started.handler.clone();
-        spawn.spawn(
-            "http-accept",
-            Box::pin(flotilla_shims::http::accept_tokio(
-                l,
-                h,
-                spawn.clone(),
-                a.max_request_bytes + 4096,
-                client_tls.clone(),
-            )),
+        let body_max = a.max_request_bytes + 4096;
+        let tls = client_tls.clone();
+        let accept = flotilla_shims::http::accept_tokio(
+            l,
+            started.handler.clone(),
+            spawn.clone(),
+            body_max,
+            tls,
         );
+        spawn.spawn("http-accept", Box::pin(accept));
     }
     tracing::info!(
         name = %cfg.name, id = format!("{:x}", started.id),
@@ -327,4 +307,61 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
         e = renderer.run_watch() => return Err(e).context("renderer stopped the member"),
     }
     Ok(())
+}
+
+/// The data dir, replayed and checked read-only: nothing is written before the identity
+/// check passes, so a refused dir is left exactly as it was.
+fn open_disk(a: &NodeArgs, cfg: &NodeConfig) -> Result<WalDisk> {
+    let dir = a.data_dir.display().to_string();
+    let mut disk = WalDisk::open(&a.data_dir).with_context(|| format!("opening data dir {dir}"))?;
+    crate::node::check_disk(cfg, &mut disk).with_context(|| format!("checking data dir {dir}"))?;
+    if std::env::var("FLOTILLA_TEST_PLANTED_BUG").as_deref() == Ok("ignore-sync-errors") {
+        tracing::error!(
+            "FLOTILLA_TEST_PLANTED_BUG: this member ignores failed fsyncs (tests only)"
+        );
+        disk.plant_ignore_sync_errors();
+    }
+    Ok(disk)
+}
+
+/// The peer listener's TLS and what peers are dialled with.
+type PeerTls = (
+    Arc<flotilla_shims::tls::Listener>,
+    Arc<flotilla_shims::tls::ClientConfig>,
+);
+
+/// Peer connections, over TLS when the peer flags ask for it.
+fn peer_transport(
+    cfg: &NodeConfig,
+    peer_tls: &Option<PeerTls>,
+    env: &Env,
+) -> Result<Arc<dyn flotilla_shims::PeerNet>> {
+    let members = crate::node::initial_members(cfg)?;
+    let my_id = members
+        .iter()
+        .find(|m| m.name == cfg.name)
+        .map_or(0, |m| m.id);
+    let (clock, spawn) = (env.clock.clone(), env.spawn.clone());
+    Ok(match peer_tls {
+        Some((_, connect)) => Arc::new(StreamTransport::new(
+            my_id,
+            TlsConnect(connect.clone()),
+            clock,
+            spawn,
+        )),
+        None => Arc::new(StreamTransport::new(my_id, TokioConnect, clock, spawn)),
+    })
+}
+
+/// Every `--listen-client-urls` address, bound.
+async fn bind_clients(a: &NodeArgs) -> Result<Vec<tokio::net::TcpListener>> {
+    let mut out = vec![];
+    for u in split_urls(&a.listen_client_urls) {
+        let addr = host_port("--listen-client-urls", &u)?;
+        let l = flotilla_shims::tcp::bind(&addr)
+            .await
+            .with_context(|| format!("listening for clients on {addr}"))?;
+        out.push(l);
+    }
+    Ok(out)
 }

@@ -444,11 +444,38 @@ async fn wait_for(
     want: &str,
     attempts: u32,
 ) -> Result<Result<String, String>> {
-    let mut said = String::new();
-    let mut failed_polls = 0;
-    let mut unplaced_polls = 0;
-    let mut polls = 0;
+    let mut w = Waiting::default();
     loop {
+        if let Some(done) = w.poll(c, name, want, attempts).await? {
+            return Ok(done);
+        }
+        flotilla_shims::Clock::sleep(
+            &flotilla_shims::TokioClock::new(),
+            Duration::from_millis(250),
+        )
+        .await;
+    }
+}
+
+/// What a wait has seen so far.
+#[derive(Default)]
+struct Waiting {
+    /// The last placement refusal printed.
+    said: String,
+    failed_polls: u32,
+    unplaced_polls: u32,
+    polls: u32,
+}
+
+impl Waiting {
+    /// One look: `Some` when the wait is over (done, or given up with why).
+    async fn poll(
+        &mut self,
+        c: &Client,
+        name: &str,
+        want: &str,
+        attempts: u32,
+    ) -> Result<Option<Result<String, String>>> {
         let u = c.unit(name).await?;
         let cur = u
             .as_ref()
@@ -464,15 +491,14 @@ async fn wait_for(
         };
         // A failed state just after the start was asked for may be the last run's: only
         // one that stays failed for a second is this start's.
-        failed_polls = if state.as_deref() == Some("failed") {
-            failed_polls + 1
-        } else {
-            0
+        self.failed_polls = match state.as_deref() {
+            Some("failed") => self.failed_polls + 1,
+            _ => 0,
         };
-        if failed_polls >= 4 {
-            return Ok(Err(format!(
-                "Unit {name} failed on {machine}: see `flotilla units journal {name}`"
-            )));
+        if self.failed_polls >= 4 {
+            let why =
+                format!("Unit {name} failed on {machine}: see `flotilla units journal {name}`");
+            return Ok(Some(Err(why)));
         }
         // Stopped means all the way down: ExecStop and ExecStopPost done.
         let active = match want {
@@ -480,45 +506,59 @@ async fn wait_for(
             "loaded" => matches!(state.as_deref(), None | Some("inactive" | "failed")),
             _ => true,
         };
-        if (cur == want && active) || (want == "inactive" && u.is_none()) {
-            if want == "inactive" {
-                return Ok(Ok(String::new()));
-            }
-            let ips = c.machines().await?;
-            let ip = ips.get(&machine).cloned().unwrap_or_default();
-            return Ok(Ok(format!(
-                "Unit {name} {want} on {}",
-                legend(&machine, &ip, false)
-            )));
+        if want == "inactive" && u.is_none() {
+            return Ok(Some(Ok(String::new())));
         }
-        if machine.is_empty() && want != "inactive" {
-            unplaced_polls += 1;
-            let why = placement_reason(c, name).await.unwrap_or_default();
-            if !why.is_empty() && why != said {
-                eprintln!("Unit {name} is not placed: {why}");
-                said = why.clone();
+        if cur == want && active {
+            if want == "inactive" {
+                return Ok(Some(Ok(String::new())));
             }
-            if attempts == 0 && unplaced_polls >= UNPLACEABLE_ATTEMPTS_MAX * POLLS_PER_ATTEMPT {
-                return Ok(Err(format!(
+            let ip = c
+                .machines()
+                .await?
+                .get(&machine)
+                .cloned()
+                .unwrap_or_default();
+            let legend = legend(&machine, &ip, false);
+            return Ok(Some(Ok(format!("Unit {name} {want} on {legend}"))));
+        }
+        self.placement(c, name, want, &machine, attempts).await
+    }
+
+    /// Counts the polls, says why an unplaced unit waits, and gives up in time.
+    async fn placement(
+        &mut self,
+        c: &Client,
+        name: &str,
+        want: &str,
+        machine: &str,
+        attempts: u32,
+    ) -> Result<Option<Result<String, String>>> {
+        if machine.is_empty() && want != "inactive" {
+            self.unplaced_polls += 1;
+            let why = placement_reason(c, name).await.unwrap_or_default();
+            if !why.is_empty() && why != self.said {
+                eprintln!("Unit {name} is not placed: {why}");
+                self.said = why.clone();
+            }
+            if attempts == 0 && self.unplaced_polls >= UNPLACEABLE_ATTEMPTS_MAX * POLLS_PER_ATTEMPT
+            {
+                return Ok(Some(Err(format!(
                     "Unit {name} cannot be placed (gave up after {UNPLACEABLE_ATTEMPTS_MAX} attempts): {why}"
-                )));
+                ))));
             }
         } else {
-            unplaced_polls = 0;
+            self.unplaced_polls = 0;
         }
-        polls += 1;
-        if attempts > 0 && polls >= attempts * POLLS_PER_ATTEMPT {
+        self.polls += 1;
+        if attempts > 0 && self.polls >= attempts * POLLS_PER_ATTEMPT {
             let mut msg = format!("timed out waiting for unit {name} to report state {want}");
-            if machine.is_empty() && !said.is_empty() {
-                msg.push_str(&format!(": not placed: {said}"));
+            if machine.is_empty() && !self.said.is_empty() {
+                msg.push_str(&format!(": not placed: {}", self.said));
             }
-            return Ok(Err(msg));
+            return Ok(Some(Err(msg)));
         }
-        flotilla_shims::Clock::sleep(
-            &flotilla_shims::TokioClock::new(),
-            Duration::from_millis(250),
-        )
-        .await;
+        Ok(None)
     }
 }
 
