@@ -290,6 +290,23 @@ fn sample_of_stack_seeds_passes_every_checker() {
     assert!(reloads > 0, "no upstream was ever reloaded");
 }
 
+/// Agent-only machines (`flotilla agent`, reaching the store through `HttpKv` over the
+/// fabric) take part in placement, fencing and the probe, and every checker still holds.
+#[test]
+fn stack_seeds_with_agent_only_machines_pass_every_checker() {
+    let (mut requests, mut running) = (0, 0);
+    for seed in 100..110 {
+        let mut s = Scenario::generate_stack(seed, 3, ALL_FAULTS);
+        s.agents = 2;
+        let r = run(&s);
+        assert!(r.clean(), "{}", failure(&s, &r));
+        requests += r.faults.get("agent-request").copied().unwrap_or(0);
+        running += r.faults.get("agent-only-running").copied().unwrap_or(0);
+    }
+    assert!(running > 0, "no agent-only machine ever ran a unit");
+    assert!(requests > 0, "no agent-only machine ever reached the store");
+}
+
 #[test]
 fn stack_seeds_are_deterministic() {
     let s = Scenario::generate_stack(11, 3, ALL_FAULTS);

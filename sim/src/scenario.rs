@@ -145,6 +145,9 @@ pub struct Scenario {
     /// Planted bug (test-only): presence containers write their keys without a TTL.
     #[serde(default)]
     pub bug_presence_no_ttl: bool,
+    /// Machines that are not members (`flotilla agent`), reaching the cluster over HTTP.
+    #[serde(default)]
+    pub agents: usize,
 }
 
 /// Timed operations on units (each through a member's in-process client, as the fleet API
@@ -561,6 +564,7 @@ impl Scenario {
             stack: false,
             bug_render_skip_sync: false,
             bug_presence_no_ttl: false,
+            agents: 0,
         }
     }
 
@@ -594,6 +598,8 @@ impl Scenario {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x57ac_c0de);
         s.schedule
             .extend(stack_faults(&mut rng, nodes, s.fault_phase_ms));
+        // Some machines are not members: they run units through the HTTP client path.
+        s.agents = rng.gen_range(0..=2);
         s.schedule.sort_by_key(|e| e.at_ms);
         if let Some(load) = s.sched.as_mut() {
             // An agent renews every third of the TTL and fences at two thirds, so a
@@ -661,6 +667,7 @@ impl Scenario {
             stack: false,
             bug_render_skip_sync: false,
             bug_presence_no_ttl: false,
+            agents: 0,
         }
     }
 }

@@ -11,12 +11,49 @@
 
 use bytes::Bytes;
 use flotilla_shims::http::{request_body, ClientResponse, RequestError};
+use flotilla_shims::BoxFuture;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// A cluster's client URLs, in the order they are tried.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How one HTTP request reaches one URL: TCP (and TLS) in production, the simulated
+/// fabric in the simulator — so the client's logic above runs in both.
+pub trait Transport: Send + Sync + 'static {
+    fn request<'a>(
+        &'a self,
+        method: &'a str,
+        url: &'a str,
+        body: Option<(&'static str, Bytes)>,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ClientResponse, RequestError>>;
+}
+
+/// Production's transport: a fresh connection per request (a command-line client's and
+/// an agent's needs).
+pub struct Tcp;
+
+impl Transport for Tcp {
+    fn request<'a>(
+        &'a self,
+        method: &'a str,
+        url: &'a str,
+        body: Option<(&'static str, Bytes)>,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ClientResponse, RequestError>> {
+        Box::pin(request_body(method, url, body, timeout))
+    }
+}
+
+/// A cluster's client URLs, in the order they are tried, and how requests reach them.
+#[derive(Clone)]
 pub struct Endpoints {
     urls: Vec<String>,
+    transport: Arc<dyn Transport>,
+}
+
+impl std::fmt::Debug for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.urls).finish()
+    }
 }
 
 impl Endpoints {
@@ -39,7 +76,15 @@ impl Endpoints {
                 return Err(format!("{flag}: {u:?} must be an http:// or https:// URL"));
             }
         }
-        Ok(Self { urls })
+        Ok(Self {
+            urls,
+            transport: Arc::new(Tcp),
+        })
+    }
+
+    /// These endpoints, reached by `transport` instead of TCP.
+    pub fn with_transport(self, transport: Arc<dyn Transport>) -> Self {
+        Self { transport, ..self }
     }
 
     pub fn urls(&self) -> &[String] {
@@ -58,7 +103,11 @@ impl Endpoints {
         let mut last_error = RequestError::Failed("no endpoint".into());
         for ep in &self.urls {
             let url = format!("{ep}{path_query}");
-            match request_body(method, &url, body.clone(), timeout).await {
+            match self
+                .transport
+                .request(method, &url, body.clone(), timeout)
+                .await
+            {
                 Ok(r) if moves_on(r.status) => last_answer = Some(r),
                 Ok(r) => return Ok(r),
                 Err(e) => last_error = e,

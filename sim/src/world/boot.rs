@@ -105,6 +105,7 @@ pub(super) async fn boot(w: Arc<World>, i: usize) {
         Ok(started) => {
             *slot.handle.lock().expect("slot lock") = Some(started.handle.clone());
             *slot.agent.lock().expect("slot lock") = started.agent.clone();
+            *slot.api.lock().expect("slot lock") = Some(started.handler.clone());
             slot.set_life(Life::Up);
             let r = match started.renderer {
                 None => started.driver.run().await.map_err(|e| e.to_string()),
@@ -167,6 +168,7 @@ impl World {
         let slot = &self.slots[i];
         self.rt.kill(self.node_id(i));
         *slot.handle.lock().expect("slot lock") = None;
+        *slot.api.lock().expect("slot lock") = None;
         self.fabric.unregister(i as u64);
         let pending = slot.disk.pending_len();
         let keep = pending * keep_permille as usize / 1000;
@@ -200,8 +202,9 @@ impl World {
         self.rt.restart(self.node_id(i));
     }
 
+    /// Cuts (or restores) both ways between machines `a` and `b`.
     pub(super) fn cut_both(&self, a: usize, b: usize, on: bool) {
-        let (a, b) = (a as u64, b as u64);
+        let (a, b) = (self.endpoint(a), self.endpoint(b));
         if on {
             self.fabric.cut(a, b);
             self.fabric.cut(b, a);

@@ -13,7 +13,7 @@ pub(super) async fn inject(w: Arc<World>, ev: Event) {
                 .into_iter()
                 .max_by_key(|(i, units)| (units.len(), std::cmp::Reverse(*i)));
             if let Some((node, _)) = busiest {
-                w.trace(format!("isolate: n{node}"));
+                w.trace(format!("isolate: m{node}"));
                 let cut = Fault::Partition {
                     side: vec![node],
                     ms,
@@ -97,7 +97,7 @@ pub(super) async fn inject(w: Arc<World>, ev: Event) {
             }
         }
         Fault::Partition { side, ms } => {
-            let others: Vec<usize> = (0..w.s.nodes).filter(|i| !side.contains(i)).collect();
+            let others: Vec<usize> = (0..w.machines()).filter(|i| !side.contains(i)).collect();
             for a in &side {
                 for b in &others {
                     w.cut_both(*a, *b, true);

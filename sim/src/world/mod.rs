@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+mod agents;
 mod boot;
 mod checks;
 mod clients;
@@ -42,6 +43,7 @@ mod rendering;
 mod scheduling;
 mod stack;
 
+use agents::{start_agents, AgentMachine, AGENT_BASE};
 use boot::*;
 use checks::*;
 use clients::*;
@@ -128,6 +130,8 @@ struct Slot {
     digested: Mutex<Option<(u64, u64)>>,
     /// The running node's agent (for what it says of a unit when a check fails).
     agent: Mutex<Option<flotilla::agent::AgentHandle>>,
+    /// The running node's client API (agent-only machines' requests are answered by it).
+    api: Mutex<Option<flotilla_shims::http::Handler>>,
 }
 
 impl Slot {
@@ -153,6 +157,7 @@ impl Slot {
             steady_since_ms: Default::default(),
             digested: Mutex::new(None),
             agent: Mutex::new(None),
+            api: Mutex::new(None),
         }
     }
 
@@ -191,6 +196,9 @@ struct World {
     digests: Mutex<BTreeMap<u64, (u64, usize)>>,
     /// Set by the heal: faults still running stop there.
     healed: std::sync::atomic::AtomicBool,
+    /// Machines that are not members, indexed after the members.
+    agents: Vec<Arc<AgentMachine>>,
+    agent_nodes: Mutex<Vec<NodeHandle>>,
     /// The largest clock disagreement any sample saw: a lease stamped and expired on
     /// different clocks may end early by up to twice this.
     skew_seen_ms: std::sync::atomic::AtomicU64,
@@ -257,6 +265,9 @@ async fn simulate(s: Scenario) -> Report {
     for i in 0..w.s.nodes {
         w.rt.kill(w.node_id(i));
     }
+    for a in w.agent_nodes.lock().expect("nodes lock").drain(..) {
+        w.rt.kill(a.id());
+    }
     w.rt.kill(helpers.id());
     w.nodes.lock().expect("nodes lock").clear();
     report
@@ -277,7 +288,15 @@ fn build(s: &Scenario) -> Arc<World> {
             Arc::new(Slot::new(s))
         })
         .collect();
-    Arc::new(World {
+    let faults = EngineFaults {
+        pull_fail_permille: s.sched.as_ref().map_or(0, |l| l.pull_fail_permille),
+        start_fail_permille: s.sched.as_ref().map_or(0, |l| l.start_fail_permille),
+    };
+    Arc::new_cyclic(|world| World {
+        agents: (0..s.agents)
+            .map(|j| Arc::new(AgentMachine::new(world, j, s.nodes, faults.clone())))
+            .collect(),
+        agent_nodes: Mutex::new(vec![]),
         s: s.clone(),
         rt: Handle::current(),
         fabric,
@@ -306,6 +325,7 @@ fn start(w: &Arc<World>) -> NodeHandle {
                 .build();
         w.nodes.lock().expect("nodes lock").push(node);
     }
+    start_agents(w);
     let helpers = w.rt.create_node().name("harness").build();
     helpers.spawn(supervise(w.clone()));
     if !w.s.bench {
@@ -390,5 +410,53 @@ fn report(w: &World) -> Report {
         messages: w.fabric.stats(),
         outcomes,
         history,
+    }
+}
+
+/// Machines by index: the members' first, then the agent-only ones.
+impl World {
+    fn machines(&self) -> usize {
+        self.s.nodes + self.agents.len()
+    }
+
+    fn engine(&self, i: usize) -> &SimEngine {
+        match self.slots.get(i) {
+            Some(slot) => &slot.engine,
+            None => &self.agents[i - self.s.nodes].engine,
+        }
+    }
+
+    /// Up and running now (a paused member cannot fence; an agent-only machine always runs).
+    fn machine_live(&self, i: usize) -> bool {
+        match self.slots.get(i) {
+            Some(s) => s.life() == Life::Up && *s.paused.lock().expect("slot lock") == 0,
+            None => true,
+        }
+    }
+
+    /// When the machine last began to run without interruption (simulated ms).
+    fn steady_since_ms(&self, i: usize) -> u64 {
+        self.slots
+            .get(i)
+            .map_or(0, |s| s.steady_since_ms.load(Ordering::Relaxed))
+    }
+
+    fn machine_agent(&self, i: usize) -> Option<flotilla::agent::AgentHandle> {
+        match self.slots.get(i) {
+            Some(s) => s.agent.lock().expect("slot lock").clone(),
+            None => self.agents[i - self.s.nodes]
+                .agent
+                .lock()
+                .expect("agent lock")
+                .clone(),
+        }
+    }
+
+    /// The fabric endpoint of machine `i`.
+    fn endpoint(&self, i: usize) -> u64 {
+        match i < self.s.nodes {
+            true => i as u64,
+            false => AGENT_BASE + (i - self.s.nodes) as u64,
+        }
     }
 }

@@ -164,7 +164,7 @@ pub(super) async fn sched_liveness(w: &Arc<World>, bound: Duration) {
 
 /// The unit's state and last journal lines on machine `i`, as its agent has them.
 pub(super) fn agent_says(w: &World, i: usize, unit: &str) -> String {
-    let Some(a) = w.slots[i].agent.lock().expect("slot lock").clone() else {
+    let Some(a) = w.machine_agent(i) else {
         return "(no agent)".into();
     };
     let r = a.view.units.lock().expect("view lock").get(unit).cloned();
@@ -272,11 +272,11 @@ pub(super) fn sample_leases(w: &World, seen: &mut Leases) {
         let Some(i) = id.strip_prefix('m').and_then(|n| n.parse::<usize>().ok()) else {
             continue;
         };
-        let slot = &w.slots[i];
-        let steady = slot.life() == Life::Up
-            && *slot.paused.lock().expect("slot lock") == 0
-            && now.saturating_sub(slot.steady_since_ms.load(Ordering::Relaxed)) >= lease_ms;
-        let units = slot.engine.running_units();
+        if i >= w.machines() {
+            continue;
+        }
+        let steady = w.machine_live(i) && now.saturating_sub(w.steady_since_ms(i)) >= lease_ms;
+        let units = w.engine(i).running_units();
         if steady && !units.is_empty() {
             w.violation(format!(
                 "{id}'s key expired while it still ran {units:?}, up all along: its agent \
@@ -294,11 +294,9 @@ pub fn lease_bound(ttl_s: u64) -> Duration {
 
 /// Containers running on live machines (nodes that are up and not paused), by machine.
 pub(super) fn running(w: &World) -> BTreeMap<usize, Vec<String>> {
-    (0..w.s.nodes)
-        .filter(|i| {
-            w.slots[*i].life() == Life::Up && *w.slots[*i].paused.lock().expect("slot lock") == 0
-        })
-        .map(|i| (i, w.slots[i].engine.running_units()))
+    (0..w.machines())
+        .filter(|i| w.machine_live(*i))
+        .map(|i| (i, w.engine(i).running_units()))
         .collect()
 }
 
@@ -309,6 +307,10 @@ pub(super) fn sample_running(w: &World, doubled: &mut BTreeMap<String, Duration>
     let by_machine = running(w);
     let mut where_: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (m, units) in &by_machine {
+        if *m >= w.s.nodes && !units.is_empty() {
+            // Evidence that agent-only machines run units, not only register.
+            w.count("agent-only-running");
+        }
         for (a, ua) in units.iter().enumerate() {
             where_.entry(ua.as_str()).or_default().push(*m);
             let ra = crate::sched_check::requirements(ua);

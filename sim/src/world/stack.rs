@@ -40,25 +40,39 @@ pub(super) async fn presence_keeper(w: Arc<World>) {
                 continue;
             }
             let Some(h) = slot.handle() else { continue };
-            for p in slot.engine.presences() {
-                let kv = InProc::new(h.clone(), Arc::new(slot.clock.clone()));
-                let ttl_s = if w.s.bug_presence_no_ttl {
-                    None
-                } else {
-                    p.ttl_s
-                };
-                let w2 = w.clone();
-                madsim::task::spawn(async move {
-                    let opts = SetOpts {
-                        ttl_s,
-                        ..Default::default()
-                    };
-                    if let Err(e) = kv.set(&p.key, &p.value, opts).await {
-                        w2.trace(format!("presence {} on n{i}: {e}", p.key));
-                    }
-                });
-            }
+            let kv: Arc<dyn KvClient> = Arc::new(InProc::new(h, Arc::new(slot.clock.clone())));
+            keep_presences(&w, i, &slot.engine, kv);
         }
+        // An agent-only machine's containers write over HTTP, as its agent does.
+        for (j, m) in w.agents.iter().enumerate() {
+            keep_presences(&w, w.s.nodes + j, &m.engine, m.kv.clone());
+        }
+    }
+}
+
+/// Machine `i`'s presence containers each write their key through `kv`, on its own task.
+fn keep_presences(
+    w: &Arc<World>,
+    i: usize,
+    engine: &crate::engine::SimEngine,
+    kv: Arc<dyn KvClient>,
+) {
+    for p in engine.presences() {
+        let ttl_s = if w.s.bug_presence_no_ttl {
+            None
+        } else {
+            p.ttl_s
+        };
+        let (w2, kv) = (w.clone(), kv.clone());
+        madsim::task::spawn(async move {
+            let opts = SetOpts {
+                ttl_s,
+                ..Default::default()
+            };
+            if let Err(e) = kv.set(&p.key, &p.value, opts).await {
+                w2.trace(format!("presence {} on m{i}: {e}", p.key));
+            }
+        });
     }
 }
 
@@ -87,7 +101,7 @@ async fn make_app_dir(w: &Arc<World>) {
 fn announced(w: &World) -> BTreeMap<String, (usize, Presence)> {
     let mut out = BTreeMap::new();
     for i in running(w).keys() {
-        for p in w.slots[*i].engine.presences() {
+        for p in w.engine(*i).presences() {
             out.insert(p.key.clone(), (*i, p));
         }
     }
@@ -201,7 +215,7 @@ pub(super) async fn leader_change_probe(w: &Arc<World>) {
     let before: BTreeMap<usize, BTreeMap<String, String>> = running(w)
         .keys()
         .filter(|i| **i != leader)
-        .map(|i| (*i, w.slots[*i].engine.running_ids()))
+        .map(|i| (*i, w.engine(*i).running_ids()))
         .collect();
     let gone: Vec<String> = announced(w)
         .into_iter()
@@ -253,7 +267,7 @@ pub(super) async fn leader_change_probe(w: &Arc<World>) {
     sched_liveness(w, LIVENESS_BOUND + ttl).await;
     converged(w).await;
     for (i, ids) in before {
-        let now = w.slots[i].engine.running_ids();
+        let now = w.engine(i).running_ids();
         for (u, id) in ids {
             if now.get(&u) != Some(&id) {
                 w.violation(format!(
