@@ -2,7 +2,7 @@
 //! process, through the seams. What a step did comes back as a lifecycle [`Event`].
 
 use super::exec::{DockerOp, KvOp, Op, RunSpec};
-use super::lifecycle::{Event, Stage, Step};
+use super::lifecycle::{Event, Stage, Step, StepResult};
 use crate::client::{ClientError, KvClient, SetOpts};
 use crate::kv::Precondition;
 use flotilla_shims::containers::{ContainerError, ContainerSpec, Containers, PortSpec};
@@ -21,7 +21,7 @@ pub const LABEL_ROLE: &str = "flotilla.role";
 pub const STOP_TIMEOUT_S: u32 = 10;
 
 /// What a step needs to know beyond the step itself.
-#[derive(Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Ctx {
     pub unit: String,
     pub hash: String,
@@ -45,10 +45,7 @@ pub struct Seams {
 /// How a step ended, for the agent to record and feed to the lifecycle.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Done {
-        ok: bool,
-        detail: String,
-    },
+    Done(StepResult),
     /// The main step started a long-running container (its name and id).
     MainContainer {
         name: String,
@@ -63,21 +60,49 @@ pub enum Outcome {
 impl Outcome {
     pub fn event(&self, id: u64) -> Event {
         match self {
-            Outcome::Done { ok, detail } => Event::StepDone {
+            Outcome::Done(result) => Event::StepDone {
                 id,
-                ok: *ok,
-                detail: detail.clone(),
+                result: result.clone(),
             },
             _ => Event::MainStarted { id },
         }
     }
 }
 
-fn done(r: Result<String, String>) -> Outcome {
-    match r {
-        Ok(detail) => Outcome::Done { ok: true, detail },
-        Err(detail) => Outcome::Done { ok: false, detail },
+/// A failed step: what went wrong, and whether the container runtime was to blame
+/// (decided by the error's kind, never by its text).
+struct Failed {
+    detail: String,
+    runtime: bool,
+}
+
+impl From<ContainerError> for Failed {
+    fn from(e: ContainerError) -> Self {
+        Self {
+            runtime: matches!(e, ContainerError::Unavailable(_)),
+            detail: e.to_string(),
+        }
     }
+}
+
+impl From<String> for Failed {
+    fn from(detail: String) -> Self {
+        Self {
+            detail,
+            runtime: false,
+        }
+    }
+}
+
+fn done(r: Result<String, Failed>) -> Outcome {
+    Outcome::Done(match r {
+        Ok(detail) => StepResult::Ok(detail),
+        Err(Failed {
+            detail,
+            runtime: true,
+        }) => StepResult::RuntimeDown(detail),
+        Err(Failed { detail, .. }) => StepResult::Failed(detail),
+    })
 }
 
 /// A container name as the agent's machine sees it: the prefix keeps several machines
@@ -107,12 +132,12 @@ pub async fn run_step(s: &Seams, ctx: &Ctx, stage: Stage, step: &Step) -> Outcom
     match &step.op {
         Op::Docker(DockerOp::Run(r)) => docker_run(s, ctx, r, main).await,
         Op::Docker(d) => done(docker(s, ctx, d).await),
-        Op::Kv(k) => done(kv(&*s.kv, k).await),
+        Op::Kv(k) => done(kv(&*s.kv, k).await.map_err(Failed::from)),
         Op::Host(argv) => host(s, ctx, argv, main).await,
     }
 }
 
-async fn docker(s: &Seams, ctx: &Ctx, op: &DockerOp) -> Result<String, String> {
+async fn docker(s: &Seams, ctx: &Ctx, op: &DockerOp) -> Result<String, Failed> {
     let c = &s.containers;
     let each = |names: &[String]| {
         names
@@ -120,48 +145,43 @@ async fn docker(s: &Seams, ctx: &Ctx, op: &DockerOp) -> Result<String, String> {
             .map(|n| container_name(ctx, n))
             .collect::<Vec<_>>()
     };
-    let err = |e: ContainerError| e.to_string();
     match op {
         DockerOp::Pull { image } => match c.pull(image).await {
             Ok(()) => Ok(format!("pulled {image}")),
             // Air-gapped machines: a local image will do.
             Err(e) => match c.image_present(image).await {
                 Ok(true) => Ok(format!("warning: {e}; using the local image")),
-                _ => Err(err(e)),
+                _ => Err(e.into()),
             },
         },
         DockerOp::Kill { names, signal } => {
             for n in each(names) {
-                c.kill(&n, signal).await.map_err(err)?;
+                c.kill(&n, signal).await?;
             }
             Ok(String::new())
         }
         DockerOp::Rm { names, force } => {
             for n in each(names) {
-                c.remove(&n, *force).await.map_err(err)?;
+                c.remove(&n, *force).await?;
             }
             Ok(String::new())
         }
         DockerOp::Stop { names, timeout_s } => {
             for n in each(names) {
-                c.stop(&n, timeout_s.unwrap_or(STOP_TIMEOUT_S))
-                    .await
-                    .map_err(err)?;
+                c.stop(&n, timeout_s.unwrap_or(STOP_TIMEOUT_S)).await?;
             }
             Ok(String::new())
         }
         DockerOp::Start { names } => {
             for n in each(names) {
-                c.start(&n).await.map_err(err)?;
+                c.start(&n).await?;
             }
             Ok(String::new())
         }
         DockerOp::Restart { names, timeout_s } => {
             for n in each(names) {
-                c.stop(&n, timeout_s.unwrap_or(STOP_TIMEOUT_S))
-                    .await
-                    .map_err(err)?;
-                c.start(&n).await.map_err(err)?;
+                c.stop(&n, timeout_s.unwrap_or(STOP_TIMEOUT_S)).await?;
+                c.start(&n).await?;
             }
             Ok(String::new())
         }
@@ -173,23 +193,27 @@ async fn docker(s: &Seams, ctx: &Ctx, op: &DockerOp) -> Result<String, String> {
 async fn docker_run(s: &Seams, ctx: &Ctx, r: &RunSpec, main: bool) -> Outcome {
     let spec = match container_spec(s, ctx, r, main).await {
         Ok(spec) => spec,
-        Err(e) => return done(Err(e)),
+        Err(e) => return done(Err(e.into())),
     };
     let name = spec.name.clone();
     let c = &s.containers;
     let id = match c.create(spec.clone()).await {
         Err(ContainerError::ImageNotFound(_)) => match c.pull(&r.image).await {
             Ok(()) => c.create(spec).await,
-            Err(e) => return done(Err(format!("image {} is not here and {e}", r.image))),
+            Err(e) => {
+                let runtime = matches!(e, ContainerError::Unavailable(_));
+                let detail = format!("image {} is not here and {e}", r.image);
+                return done(Err(Failed { detail, runtime }));
+            }
         },
         other => other,
     };
     let id = match id {
         Ok(id) => id,
-        Err(e) => return done(Err(e.to_string())),
+        Err(e) => return done(Err(e.into())),
     };
     if let Err(e) = c.start(&name).await {
-        return done(Err(e.to_string()));
+        return done(Err(e.into()));
     }
     if main && !r.detach {
         Outcome::MainContainer { name, id }
@@ -323,10 +347,10 @@ async fn kv(kv: &dyn KvClient, op: &KvOp) -> Result<String, String> {
 
 async fn host(s: &Seams, ctx: &Ctx, argv: &[String], main: bool) -> Outcome {
     if !ctx.allow_host_commands {
-        return done(Err(format!(
+        return done(Err(Failed::from(format!(
             "{} is a host command: host commands run only on a node started with --allow-host-commands",
             argv.first().cloned().unwrap_or_default()
-        )));
+        ))));
     }
     let spec = ProcSpec {
         argv: argv.to_vec(),
@@ -338,7 +362,7 @@ async fn host(s: &Seams, ctx: &Ctx, argv: &[String], main: bool) -> Outcome {
     };
     let handle = match s.procs.spawn(spec).await {
         Ok(h) => h,
-        Err(e) => return done(Err(e.to_string())),
+        Err(e) => return done(Err(e.to_string().into())),
     };
     if main {
         return Outcome::MainProcess { handle };
@@ -347,15 +371,15 @@ async fn host(s: &Seams, ctx: &Ctx, argv: &[String], main: bool) -> Outcome {
         Ok(0) => done(Ok(String::new())),
         Ok(code) => {
             let last = s.procs.output(handle).pop().unwrap_or_default();
-            done(Err(format!(
+            done(Err(Failed::from(format!(
                 "exit code {code}{}",
                 if last.is_empty() {
                     String::new()
                 } else {
                     format!(": {last}")
                 }
-            )))
+            ))))
         }
-        Err(e) => done(Err(e.to_string())),
+        Err(e) => done(Err(e.to_string().into())),
     }
 }

@@ -17,8 +17,37 @@ use std::collections::VecDeque;
 /// systemd's defaults.
 pub const START_LIMIT_BURST: usize = 5;
 pub const START_LIMIT_INTERVAL_MS: u64 = 10_000;
-/// The failure a unit reports when its restarts hit the start limit.
-pub const START_LIMIT_HIT: &str = "start-limit-hit";
+/// Why a unit failed. The agent treats the kinds apart: its own failures stay failed,
+/// the others are retried once their cause can have passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// A step failed, the main process exited badly, the start timed out.
+    Unit(String),
+    /// A step failed because the container runtime was unavailable: not the unit's doing.
+    Runtime(String),
+    /// Restarts came too quickly (systemd's `start-limit-hit`): allowed after the interval.
+    StartLimit,
+    /// The unit's file cannot be run (a bad Exec line, a missing environment file).
+    Broken(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Unit(why) | Failure::Runtime(why) | Failure::Broken(why) => f.write_str(why),
+            Failure::StartLimit => f.write_str("start-limit-hit"),
+        }
+    }
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepResult {
+    Ok(String),
+    Failed(String),
+    /// Failed because the container runtime did not answer.
+    RuntimeDown(String),
+}
 pub const DEFAULT_RESTART_MS: u64 = 100;
 pub const DEFAULT_TIMEOUT_MS: u64 = 90_000;
 /// Journal lines kept per unit.
@@ -90,8 +119,7 @@ pub enum Event {
     Fence,
     StepDone {
         id: u64,
-        ok: bool,
-        detail: String,
+        result: StepResult,
     },
     /// The main step's process (container) is running; it stays the main process.
     MainStarted {
@@ -107,7 +135,7 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     Dead,
-    Failed(String),
+    Failed(Failure),
     Starting {
         stage: Stage,
         idx: usize,
@@ -146,7 +174,7 @@ pub struct Unit {
     main_started: bool,
     want_running: bool,
     /// How the current run ends: `None` so far, `Some(Err(why))` on a failure.
-    result: Option<Result<(), String>>,
+    result: Option<Result<(), Failure>>,
     start_deadline_ms: Option<u64>,
     /// A start arrived while a stop sequence ran.
     pending_start: bool,
@@ -190,7 +218,7 @@ impl Unit {
             restart_ms: 0,
         });
         u.log(format!("cannot load: {why}"));
-        u.phase = Phase::Failed(why);
+        u.phase = Phase::Failed(Failure::Broken(why));
         u.broken = true;
         u
     }
@@ -243,7 +271,7 @@ impl Unit {
         matches!(self.phase, Phase::Dead | Phase::Failed(_))
     }
 
-    pub fn failure(&self) -> Option<&str> {
+    pub fn failure(&self) -> Option<&Failure> {
         match &self.phase {
             Phase::Failed(why) => Some(why),
             _ => None,
@@ -297,20 +325,16 @@ impl Unit {
                         self.stop_sequence(now_ms, &mut out);
                     }
                     Phase::AutoRestart { .. } => self.finish(now_ms, &mut out),
-                    Phase::Draining { killed: false, .. } if fence => {
-                        self.kill(now_ms, &mut out);
-                    }
                     // Mid-start: the running step ends first, then the stop follows.
                     _ => {}
                 }
-                if fence && self.main_alive && !matches!(self.phase, Phase::Draining { .. }) {
-                    self.log("lease lost: killing the main process");
-                    out.push(Cmd::KillMain);
+                if fence {
+                    self.fence(now_ms, &mut out);
                 }
             }
-            Event::StepDone { id, ok, detail } if self.waiting == Some(id) => {
+            Event::StepDone { id, result } if self.waiting == Some(id) => {
                 self.waiting = None;
-                self.step_done(ok, detail, now_ms, &mut out);
+                self.step_done(result, now_ms, &mut out);
             }
             Event::StepDone { .. } => {}
             Event::MainStarted { id } if self.waiting == Some(id) => {
@@ -329,6 +353,22 @@ impl Unit {
         out
     }
 
+    /// The machine lost its lease: the main process is killed now, never given a grace
+    /// period (a unit without ExecStop would otherwise get `TimeoutStopSec`, 90 s by
+    /// default, past the moment its machine's key expires).
+    fn fence(&mut self, now_ms: u64, out: &mut Vec<Cmd>) {
+        if !self.main_alive {
+            return;
+        }
+        out.retain(|c| !matches!(c, Cmd::StopMain { .. }));
+        self.log("lease lost: killing the main process");
+        match self.phase {
+            Phase::Draining { killed: true, .. } => {}
+            Phase::Draining { killed: false, .. } => self.kill(now_ms, out),
+            _ => out.push(Cmd::KillMain),
+        }
+    }
+
     /// Starts a run, unless the start limit is hit.
     fn begin(&mut self, now_ms: u64, out: &mut Vec<Cmd>) {
         if self.broken {
@@ -343,7 +383,7 @@ impl Unit {
         }
         if self.starts.len() >= START_LIMIT_BURST {
             self.log("start request repeated too quickly, refusing to start");
-            self.phase = Phase::Failed(START_LIMIT_HIT.into());
+            self.phase = Phase::Failed(Failure::StartLimit);
             return;
         }
         self.starts.push_back(now_ms);
@@ -393,7 +433,7 @@ impl Unit {
         match stage {
             Stage::Pre => {
                 if self.spec.main.is_none() {
-                    self.result = Some(Err("no ExecStart".into()));
+                    self.result = Some(Err(Failure::Unit("no ExecStart".into())));
                     self.stop_sequence(now_ms, out);
                     return false;
                 }
@@ -446,7 +486,12 @@ impl Unit {
         }
     }
 
-    fn step_done(&mut self, ok: bool, detail: String, now_ms: u64, out: &mut Vec<Cmd>) {
+    fn step_done(&mut self, result: StepResult, now_ms: u64, out: &mut Vec<Cmd>) {
+        let (ok, detail, runtime) = match result {
+            StepResult::Ok(d) => (true, d, false),
+            StepResult::Failed(d) => (false, d, false),
+            StepResult::RuntimeDown(d) => (false, d, true),
+        };
         let (stage, idx) = match self.phase {
             Phase::Starting { stage, idx } | Phase::Stopping { stage, idx } => (stage, idx),
             _ => return,
@@ -478,7 +523,12 @@ impl Unit {
         ));
         let starting = matches!(self.phase, Phase::Starting { .. });
         if !ok && !ignore && starting {
-            self.result = Some(Err(format!("{line}: {detail}")));
+            let why = format!("{line}: {detail}");
+            self.result = Some(Err(if runtime {
+                Failure::Runtime(why)
+            } else {
+                Failure::Unit(why)
+            }));
             self.stop_sequence(now_ms, out);
             return;
         }
@@ -542,11 +592,19 @@ impl Unit {
         match self.phase {
             Phase::Running => {
                 // Nobody asked it to stop: an exit other than 0 is a failure.
-                self.result = Some(if code == 0 && !oom { Ok(()) } else { Err(how) });
+                self.result = Some(if code == 0 && !oom {
+                    Ok(())
+                } else {
+                    Err(Failure::Unit(how))
+                });
                 self.stop_sequence(now_ms, out);
             }
             Phase::Starting { .. } => {
-                self.result = Some(if code == 0 && !oom { Ok(()) } else { Err(how) });
+                self.result = Some(if code == 0 && !oom {
+                    Ok(())
+                } else {
+                    Err(Failure::Unit(how))
+                });
             }
             Phase::Draining { .. } => {
                 self.phase = Phase::Stopping {
@@ -563,7 +621,7 @@ impl Unit {
         match self.phase {
             Phase::Starting { .. } if self.start_deadline_ms.is_some_and(|d| now_ms >= d) => {
                 self.log("start timed out");
-                self.result = Some(Err("start timed out".into()));
+                self.result = Some(Err(Failure::Unit("start timed out".into())));
                 self.waiting = None;
                 if self.main_alive {
                     self.phase = Phase::Draining {
@@ -673,14 +731,12 @@ mod tests {
     }
 
     fn done(u: &mut Unit, id: u64, ok: bool, now: u64) -> Vec<Cmd> {
-        u.handle(
-            Event::StepDone {
-                id,
-                ok,
-                detail: String::new(),
-            },
-            now,
-        )
+        let result = if ok {
+            StepResult::Ok(String::new())
+        } else {
+            StepResult::Failed(String::new())
+        };
+        u.handle(Event::StepDone { id, result }, now)
     }
 
     /// Starts the apache unit up to active; returns the unit.
@@ -767,7 +823,7 @@ mod tests {
         assert_eq!(st, Stage::StopPost);
         assert!(done(&mut u, id, true, 0).is_empty());
         assert_eq!(u.reported().active, "failed");
-        assert!(u.failure().unwrap().contains("pull"));
+        assert!(matches!(u.failure(), Some(Failure::Unit(why)) if why.contains("pull")));
     }
 
     #[test]
@@ -845,7 +901,7 @@ mod tests {
             cmds = u.handle(Event::Tick, now);
         }
         assert_eq!(runs, START_LIMIT_BURST);
-        assert_eq!(u.failure(), Some("start-limit-hit"));
+        assert_eq!(u.failure(), Some(&Failure::StartLimit));
     }
 
     #[test]
@@ -895,6 +951,43 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn fencing_a_unit_without_exec_stop_kills_it_with_no_grace_period() {
+        let mut spec = apache(Restart::Always);
+        spec.stop.clear();
+        let mut u = Unit::new(spec);
+        let (id, ..) = exec(&u.handle(Event::Start, 0));
+        let (id, ..) = exec(&done(&mut u, id, true, 1));
+        let (id, ..) = exec(&done(&mut u, id, true, 2));
+        let (id, st, _) = exec(&done(&mut u, id, true, 3));
+        assert_eq!(st, Stage::Main);
+        let (id, ..) = exec(&u.handle(Event::MainStarted { id }, 4));
+        assert!(done(&mut u, id, true, 5).is_empty());
+        assert!(u.is_active());
+        assert_eq!(u.handle(Event::Fence, 50), [Cmd::KillMain]);
+        assert_eq!(u.reported().sub, "final-sigkill");
+        // Already killed: a second fence sends nothing more.
+        assert!(u.handle(Event::Fence, 60).is_empty());
+    }
+
+    #[test]
+    fn fencing_a_unit_draining_after_a_stop_kills_it_at_once() {
+        let mut spec = apache(Restart::No);
+        spec.stop.clear();
+        let mut u = Unit::new(spec);
+        let (id, ..) = exec(&u.handle(Event::Start, 0));
+        let (id, ..) = exec(&done(&mut u, id, true, 1));
+        let (id, ..) = exec(&done(&mut u, id, true, 2));
+        let (id, ..) = exec(&done(&mut u, id, true, 3));
+        let (id, ..) = exec(&u.handle(Event::MainStarted { id }, 4));
+        done(&mut u, id, true, 5);
+        assert_eq!(
+            u.handle(Event::Stop, 10),
+            [Cmd::StopMain { timeout_ms: 10_000 }]
+        );
+        assert_eq!(u.handle(Event::Fence, 20), [Cmd::KillMain]);
     }
 
     #[test]

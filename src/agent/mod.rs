@@ -9,15 +9,19 @@
 //! - [`lifecycle`]: one unit's systemd semantics as a state machine: events in, commands
 //!   out (pure).
 //! - [`execute`]: one step carried out through the seams (containers, store, processes).
-//! - [`run`]: the loop — watch this machine's schedule, load units, start and stop them
-//!   in dependency order, fence on a lost lease, adopt and clean up containers, publish
-//!   states.
+//! - [`supervisor`]: the machine's set of units as a state machine (pure): the schedule,
+//!   the lease, step results and exits in; effects out — start and stop units in
+//!   dependency order, fence on a lost lease, retry what was not the unit's fault, adopt
+//!   and clean up containers, publish states.
+//! - [`run`]: the executor — reads the schedule and containers, carries out the
+//!   supervisor's effects through the seams and feeds their results back.
 //! - [`start`]: the one wiring of all this ([`start::start`]), its configuration and the
 //!   handle journals are read through.
 //!
-//! Data flow: schedule entry (store) → [`run`] loads the unit → [`spec::prepare`] →
-//! [`lifecycle::Unit`] → `Cmd::Exec` → [`execute::run_step`] → `Event` back → state
-//! published under `/_flotilla/states`.
+//! Data flow: schedule entry (store) → [`run`] reads the unit → [`supervisor`] prepares
+//! it ([`spec::prepare`]) into a [`lifecycle::Unit`] → `Cmd::Exec` → `Effect::Exec` →
+//! [`execute::run_step`] → `Input::Step` back → state published under
+//! `/_flotilla/states`.
 
 pub mod exec;
 pub mod execute;
@@ -26,5 +30,6 @@ pub mod presence;
 pub mod run;
 pub mod spec;
 pub mod start;
+pub mod supervisor;
 
 pub use start::{start, AgentConfig, AgentHandle};

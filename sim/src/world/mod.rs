@@ -11,7 +11,7 @@ use crate::render::{RenderProcs, WatchedFiles};
 use crate::scenario::{Event, Fault, Net, Scenario, UnitAction, UnitOp};
 use crate::trace::Trace;
 use flotilla::agent::presence::MachineConfig;
-use flotilla::agent::run::AgentBugs;
+use flotilla::agent::supervisor::AgentBugs;
 use flotilla::agent::AgentConfig;
 use flotilla::client::{inproc::InProc, ClientError, KvClient, SetOpts};
 use flotilla::kv::{Command, Precondition};
