@@ -16,7 +16,7 @@
 use bytes::Bytes;
 use flotilla::sched::place::{plan, Desired, Machine, Schedule, Unit};
 use flotilla::sched::require::Requirements;
-use flotilla::sched::unit::UnitOption;
+use flotilla::unitfile::file::UnitOption;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;

@@ -10,7 +10,10 @@
 //! - [`client`]: [`client::KvClient`], how the scheduler, agent, renderer and CLIs reach
 //!   the store (in-process on a member).
 //! - [`agent`]: what runs on each machine (its presence key; the units placed on it).
-//! - [`sched`]: fleet — unit files, placement (a pure function), the leader's engine.
+//! - [`unitfile`]: the unit-file language — systemd's lexer, fleet's normalised text
+//!   and hash, unit names and specifiers, Go's glob — used by the scheduler, the agent,
+//!   the renderer and the CLI alike.
+//! - [`sched`]: fleet — placement (a pure function), the registry, the leader's engine.
 //! - [`render`]: confd — template resources render store keys into config files.
 //! - [`node`]: wiring — config + environment + disk → a running node.
 //! - [`cli`]: the `flotilla` command line (thin; production wiring of the shims).
@@ -30,3 +33,4 @@ pub mod node;
 pub mod raft;
 pub mod render;
 pub mod sched;
+pub mod unitfile;

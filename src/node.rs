@@ -37,8 +37,11 @@ pub struct RunSeams {
 
 impl RunSeams {
     /// These seams, and `kv` to reach the store by: what an agent runs through.
-    pub fn with_store(&self, kv: Arc<dyn crate::client::KvClient>) -> crate::agent::execute::Seams {
-        crate::agent::execute::Seams {
+    pub fn with_store(
+        &self,
+        kv: Arc<dyn crate::client::KvClient>,
+    ) -> crate::agent::run_step::Seams {
+        crate::agent::run_step::Seams {
             kv,
             containers: self.containers.clone(),
             procs: self.procs.clone(),

@@ -10,7 +10,7 @@ use flotilla::client::{inproc::InProc, KvClient, SetOpts};
 use flotilla::sched::engine::{Engine, EngineConfig};
 use flotilla::sched::place::Desired;
 use flotilla::sched::registry::{self, MachineRecord, UnitRecord};
-use flotilla::sched::unit::UnitOption;
+use flotilla::unitfile::file::UnitOption;
 use flotilla_shims::TokioSpawn;
 use std::sync::Arc;
 use std::time::Duration;

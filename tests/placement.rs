@@ -2,10 +2,10 @@
 //! clusters (no decision breaks a constraint; everything that can be placed is; a second
 //! pass over the result decides nothing).
 
-use flotilla::sched::glob::matches;
 use flotilla::sched::place::{plan, Decision, Desired, Entry, Machine, Plan, Schedule, Unit};
 use flotilla::sched::require::Requirements;
-use flotilla::sched::unit::parse;
+use flotilla::unitfile::file::parse;
+use flotilla::unitfile::glob::matches;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 

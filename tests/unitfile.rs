@@ -1,7 +1,7 @@
 //! The unit-file parser under random input: it never panics, and rendering any options it
 //! can represent then parsing them gives the same options back (go-systemd's round trip).
 
-use flotilla::sched::unit::{hash, parse, serialize, UnitOption};
+use flotilla::unitfile::file::{hash, parse, serialize, UnitOption};
 use proptest::prelude::*;
 
 fn section() -> impl Strategy<Value = String> {

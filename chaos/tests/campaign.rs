@@ -326,7 +326,27 @@ fn stack_bug_found(seeds: std::ops::Range<u64>, plant: impl Fn(&mut Scenario)) -
 
 /// Each planted bug across the layers, and what its violation must say.
 type Plant = fn(&mut Scenario);
-const STACK_BUGS: [(&str, Plant, &[&str]); 6] = [
+const STACK_BUGS: [(&str, Plant, &[&str]); 9] = [
+    (
+        "skip-sync",
+        |s| s.bug_skip_sync = true,
+        &[
+            "acknowledged write lost",
+            "linearizab",
+            "diverge",
+            "refused",
+        ],
+    ),
+    (
+        "ack-on-propose",
+        |s| s.bug_ack_on_propose = true,
+        &["acknowledged write lost", "linearizab"],
+    ),
+    (
+        "drop-foreign-ttls",
+        |s| s.bug_drop_foreign_ttls = true,
+        &["replicas diverge", "outlived"],
+    ),
     (
         "reshuffle-on-takeover",
         |s| s.bug_reshuffle_on_takeover = true,

@@ -6,7 +6,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(opts) = flotilla::sched::unit::parse(text) {
-        let _ = flotilla::sched::unit::hash(&opts);
+    if let Ok(opts) = flotilla::unitfile::file::parse(text) {
+        let _ = flotilla::unitfile::file::hash(&opts);
     }
 });

@@ -7,7 +7,8 @@
 //!   ([`wire`]) is generic over any `AsyncRead + AsyncWrite`, and [`tcp`] runs it on Tokio TCP.
 //! - [`http`]: an HTTP/1.1 server on hyper, generic over the listener's stream type.
 //! - [`disk`]: the durable store node logic writes to ([`Disk`], [`Files`]); [`wal_disk`]
-//!   is the production store (a write-ahead log of segment files), [`mem_disk`] the
+//!   is the production store (a write-ahead log of segment files; its records' pure
+//!   codec and replay step in [`wal_record`]), [`mem_disk`] the
 //!   in-memory one (durable + pending layers) that tests and the simulator crash;
 //!   [`files`] writes small files atomically.
 //! - [`host`]: what a config template may ask of its host (environment, files, DNS).
@@ -32,6 +33,7 @@ pub mod task;
 pub mod tcp;
 pub mod tls;
 pub mod wal_disk;
+pub mod wal_record;
 pub mod wire;
 
 pub use clock::{Clock, TokioClock};

@@ -13,9 +13,9 @@
 //! `snap/`, synced there, and referenced from the log by a small record carrying their
 //! length and CRC; a superseded file is deleted once its successor's reference is durable.
 //!
-//! Record layout (little-endian): `len u32` (bytes after the crc) · `crc32 u32` (of those
-//! bytes) · `seq u64` · `kind u8` · body. `seq` runs on across segments without gaps;
-//! zeros (`len` 0) mark the unwritten, preallocated rest of a segment.
+//! Records are [`crate::wal_record`]'s (encoded, parsed and applied there, without I/O).
+//! `seq` runs on across segments without gaps; zeros (`len` 0) mark the unwritten,
+//! preallocated rest of a segment.
 //!
 //! Damage: a record that fails its checksum in any segment but the last, a gap in `seq`,
 //! or a log that ends before the record the side file [`WATERMARK_FILE`] says was durable
@@ -25,6 +25,10 @@
 
 use crate::disk::{seal, unseal, Blob, Disk, DiskError, Loaded, Producer, StreamFn};
 use crate::files::write_atomic_blocking;
+use crate::wal_record::{
+    apply, blob_body, encode, meta_body, parse, u64_at, BlobRef, Parse, BLOB, META, PUT,
+    TRUNCATE_BEFORE, TRUNCATE_FROM,
+};
 use crate::BoxFuture;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -46,69 +50,10 @@ const MARKER_TEXT: &[u8] = b"flotilla data dir, format 2 (wal)\n";
 /// how a restart notices that synced records went missing from the tail.
 pub const WATERMARK_FILE: &str = "DURABLE_SEQ";
 const WATERMARK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-const HEADER_BYTES: usize = 8;
-/// No record is this large; a header claiming more is damage, not a record.
-const RECORD_BYTES_MAX: usize = 1 << 30;
 /// The batch buffer keeps its capacity between syncs unless it grew past this.
 const BATCH_CAPACITY_KEEP: usize = 4 << 20;
 /// How far ahead of the last record a segment is kept zero-filled.
 const ZERO_AHEAD_BYTES: u64 = 4 << 20;
-
-const PUT: u8 = 1;
-const TRUNCATE_FROM: u8 = 2;
-const TRUNCATE_BEFORE: u8 = 3;
-const META: u8 = 4;
-/// A metadata record whose value is a file in `snap/`: name, length and CRC.
-const BLOB: u8 = 5;
-
-/// A metadata value kept in a file of its own.
-#[derive(Debug, Clone, PartialEq)]
-struct BlobRef {
-    name: String,
-    len: u64,
-    crc: u32,
-}
-
-fn blob_body(key: &str, b: &BlobRef) -> Vec<u8> {
-    let mut out = vec![];
-    for s in [key, &b.name] {
-        out.extend_from_slice(&(s.len() as u16).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
-    out.extend_from_slice(&b.len.to_le_bytes());
-    out.extend_from_slice(&b.crc.to_le_bytes());
-    out
-}
-
-fn parse_blob(body: &[u8]) -> Result<(&str, BlobRef), String> {
-    let (key, rest) = meta_body(body)?;
-    let (name, rest) = meta_body(rest)?;
-    if rest.len() != 12 {
-        return Err("file reference has the wrong size".into());
-    }
-    // The name becomes a path under snap/: only what `write_blob` makes is accepted.
-    let plain =
-        |k: &str| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    let seq_hex = name
-        .strip_prefix(key)
-        .and_then(|r| r.strip_prefix('-'))
-        .and_then(|r| r.strip_suffix(".snap"));
-    if !plain(key)
-        || !seq_hex.is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return Err(format!(
-            "file reference names {name:?}, not a snapshot file of {key:?}"
-        ));
-    }
-    Ok((
-        key,
-        BlobRef {
-            name: name.to_string(),
-            len: u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")),
-            crc: u32::from_le_bytes(rest[8..].try_into().expect("4 bytes")),
-        },
-    ))
-}
 
 /// Counts and checksums what goes through it.
 struct Hashing<W> {
@@ -197,98 +142,8 @@ pub struct WalDisk {
     blob_in_flight: bool,
 }
 
-/// A record read back from a segment.
-struct Record<'a> {
-    seq: u64,
-    kind: u8,
-    body: &'a [u8],
-    /// Offset just past it.
-    next: usize,
-}
-
-enum Parse<'a> {
-    Record(Record<'a>),
-    End,
-    Bad(String),
-}
-
-fn parse(buf: &[u8], at: usize) -> Parse<'_> {
-    if at + HEADER_BYTES > buf.len() {
-        return if buf[at..].iter().all(|b| *b == 0) {
-            Parse::End
-        } else {
-            Parse::Bad("record header cut short".into())
-        };
-    }
-    let len = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(buf[at + 4..at + 8].try_into().expect("4 bytes"));
-    if len == 0 && crc == 0 {
-        return Parse::End;
-    }
-    let start = at + HEADER_BYTES;
-    if !(9..=RECORD_BYTES_MAX).contains(&len) || start + len > buf.len() {
-        return Parse::Bad(format!("record length {len} does not fit the segment"));
-    }
-    let data = &buf[start..start + len];
-    if crc32fast::hash(data) != crc {
-        return Parse::Bad("checksum mismatch".into());
-    }
-    Parse::Record(Record {
-        seq: u64::from_le_bytes(data[..8].try_into().expect("8 bytes")),
-        kind: data[8],
-        body: &data[9..],
-        next: start + len,
-    })
-}
-
 fn segment_name(id: u64) -> String {
     format!("{id:016x}.wal")
-}
-
-fn u64_at(body: &[u8], what: &str) -> Result<u64, String> {
-    body.get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-        .ok_or_else(|| format!("{what} record too short"))
-}
-
-/// Applies one record to the replayed state; `Err` names what is malformed. File-backed
-/// values are collected in `refs` and read once replay is done ([`resolve`]).
-fn apply(out: &mut Loaded, refs: &mut BTreeMap<String, BlobRef>, r: &Record) -> Result<(), String> {
-    match r.kind {
-        PUT => {
-            let index = u64_at(r.body, "log")?;
-            out.log.insert(index, r.body[8..].to_vec());
-        }
-        TRUNCATE_FROM => {
-            out.log.split_off(&u64_at(r.body, "truncation")?);
-        }
-        TRUNCATE_BEFORE => {
-            let keep = out.log.split_off(&u64_at(r.body, "compaction")?);
-            out.log = keep;
-        }
-        META => {
-            let (key, data) = meta_body(r.body)?;
-            refs.remove(key);
-            out.meta.insert(key.to_string(), data.to_vec());
-        }
-        BLOB => {
-            let (key, b) = parse_blob(r.body)?;
-            out.meta.remove(key);
-            refs.insert(key.to_string(), b);
-        }
-        k => return Err(format!("unknown record kind {k}")),
-    }
-    Ok(())
-}
-
-fn meta_body(body: &[u8]) -> Result<(&str, &[u8]), String> {
-    let n = body
-        .get(..2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
-        .ok_or("metadata record too short")?;
-    let key = body.get(2..2 + n).ok_or("metadata record too short")?;
-    let key = std::str::from_utf8(key).map_err(|_| "metadata key is not UTF-8")?;
-    Ok((key, &body[2 + n..]))
 }
 
 /// Everything replayed from the segments, and where appending resumes.
@@ -421,18 +276,7 @@ impl WalDisk {
     fn push(&mut self, kind: u8, parts: &[&[u8]]) -> u64 {
         let at = self.batch.len();
         self.seq += 1;
-        let body: usize = parts.iter().map(|p| p.len()).sum();
-        let len = 9 + body;
-        assert!(len <= RECORD_BYTES_MAX, "record of {len} bytes");
-        self.batch.extend_from_slice(&(len as u32).to_le_bytes());
-        self.batch.extend_from_slice(&[0; 4]);
-        self.batch.extend_from_slice(&self.seq.to_le_bytes());
-        self.batch.push(kind);
-        for p in parts {
-            self.batch.extend_from_slice(p);
-        }
-        let crc = crc32fast::hash(&self.batch[at + HEADER_BYTES..]);
-        self.batch[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        encode(&mut self.batch, self.seq, kind, parts);
         self.written + at as u64
     }
 

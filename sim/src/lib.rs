@@ -7,7 +7,7 @@
 //! - [`linearizability`]: per-key Wing–Gong–Lowe checker with memoisation.
 //! - [`trace`]: the trace hash (same seed → same hash).
 //! - [`sched_check`]: the scheduler's safety invariants on a replica's schedule.
-//! - `env`, `fabric`, `engine`, `world` (only with `--cfg madsim`): the runtime seam on
+//! - `env`, `fabric`, `docker`, `world` (only with `--cfg madsim`): the runtime seam on
 //!   madsim — clock/tasks, the message fabric (latency, loss, duplication, reordering,
 //!   partitions), the container engine with seeded failures, the renderer's checked
 //!   files and commands (`render`) — and [`world::run`], which
@@ -23,7 +23,7 @@ pub mod sched_check;
 pub mod trace;
 
 #[cfg(madsim)]
-pub mod engine;
+pub mod docker;
 #[cfg(madsim)]
 pub mod env;
 #[cfg(madsim)]

@@ -361,38 +361,44 @@ fn close(
                 avail: c.avail.clone(),
             });
         }
-        for (s, o) in open.iter().filter(|(s, _)| c.lin & (1 << s) == 0) {
-            if let Some(state) = step(c.state, key.steps[o]) {
-                queue.push_back(Config {
-                    state,
-                    lin: c.lin | (1 << s),
-                    avail: c.avail.clone(),
-                });
-            }
-        }
-        // Of interchangeable unanswered operations, only the first available is taken.
-        let mut taken_steps: Vec<usize> = vec![];
-        for u in c.avail.iter() {
-            let class = key.same_as[u];
-            if taken_steps.contains(&class) {
-                continue;
-            }
-            taken_steps.push(class);
-            if let Some(state) = step(c.state, key.pending[u]) {
-                if state != c.state {
-                    queue.push_back(Config {
-                        state,
-                        lin: c.lin,
-                        avail: c.avail.without(u),
-                    });
-                }
-            }
-        }
+        expand(key, &c, open, &mut queue);
     }
     *peak = (*peak).max(seen.len + next.len + queue.len());
     match next.len {
         0 => Err(Stuck::Impossible),
         _ => Ok(next.configs()),
+    }
+}
+
+/// The configurations one step from `c` other than closing the operation at hand: an
+/// open operation linearized, or an unanswered one taken (of interchangeable unanswered
+/// operations only the first available).
+fn expand(key: &Key, c: &Config, open: &Open, queue: &mut VecDeque<Config>) {
+    for (s, o) in open.iter().filter(|(s, _)| c.lin & (1 << s) == 0) {
+        if let Some(state) = step(c.state, key.steps[o]) {
+            queue.push_back(Config {
+                state,
+                lin: c.lin | (1 << s),
+                avail: c.avail.clone(),
+            });
+        }
+    }
+    let mut taken_steps: Vec<usize> = vec![];
+    for u in c.avail.iter() {
+        let class = key.same_as[u];
+        if taken_steps.contains(&class) {
+            continue;
+        }
+        taken_steps.push(class);
+        if let Some(state) = step(c.state, key.pending[u]) {
+            if state != c.state {
+                queue.push_back(Config {
+                    state,
+                    lin: c.lin,
+                    avail: c.avail.without(u),
+                });
+            }
+        }
     }
 }
 
@@ -424,8 +430,9 @@ pub fn search_key(ops: &[&Record], budget: usize) -> Search {
     }
 }
 
-fn decide(ops: &[&Record], budget: usize, peak: &mut usize) -> Verdict {
-    let n = ops.len();
+/// One key's operations compiled: their steps, the unanswered ones apart (and each one's
+/// number among them, `usize::MAX` for answered ones).
+fn compile_key(ops: &[&Record]) -> (Key, Vec<usize>) {
     let mut vals = HashMap::new();
     let mut steps: Vec<Step> = ops
         .iter()
@@ -433,7 +440,7 @@ fn decide(ops: &[&Record], budget: usize, peak: &mut usize) -> Verdict {
         .collect();
     merge_unobserved(&mut steps);
     // Unanswered operations are numbered among themselves, for the available sets.
-    let mut pending_no = vec![usize::MAX; n];
+    let mut pending_no = vec![usize::MAX; ops.len()];
     let mut pending = vec![];
     for (i, r) in ops.iter().enumerate() {
         if r.outcome == Outcome::Unknown {
@@ -447,8 +454,12 @@ fn decide(ops: &[&Record], budget: usize, peak: &mut usize) -> Verdict {
         pending,
         same_as,
     };
-    // Calls at invocation, returns at completion; a call sorts before a return at the
-    // same instant (they are concurrent).
+    (key, pending_no)
+}
+
+/// Calls at invocation, returns at completion (kind 0 and 1); a call sorts before a
+/// return at the same instant (they are concurrent).
+fn events(ops: &[&Record]) -> Vec<(u64, u8, usize)> {
     let mut events: Vec<(u64, u8, usize)> = vec![];
     for (i, r) in ops.iter().enumerate() {
         events.push((r.invoke_ns, 0, i));
@@ -458,6 +469,12 @@ fn decide(ops: &[&Record], budget: usize, peak: &mut usize) -> Verdict {
         }
     }
     events.sort();
+    events
+}
+
+fn decide(ops: &[&Record], budget: usize, peak: &mut usize) -> Verdict {
+    let n = ops.len();
+    let (key, pending_no) = compile_key(ops);
     let mut configs = vec![Config {
         state: None,
         lin: 0,
@@ -472,7 +489,7 @@ fn decide(ops: &[&Record], budget: usize, peak: &mut usize) -> Verdict {
             ops[0].key
         ))
     };
-    for (_, kind, i) in events {
+    for (_, kind, i) in events(ops) {
         match (kind, pending_no[i]) {
             (0, usize::MAX) => {
                 if open.call(i).is_none() {

@@ -206,27 +206,33 @@ pub fn xfleet_of(unit: &str) -> Vec<String> {
     }
 }
 
+/// The units of a scheduling workload: an app and its sidekick per machine and one
+/// more, a global unit, and units with metadata, single-machine and peer constraints.
+fn unit_names(nodes: usize) -> Vec<String> {
+    let mut names: Vec<String> = vec![];
+    for i in 1..=nodes + 1 {
+        names.push(format!("app@{i}.service"));
+        names.push(format!("side@{i}.service"));
+    }
+    names.extend(
+        [
+            "log.service",
+            "zone-a.service",
+            "solo.service",
+            "p1.service",
+            "p2.service",
+            "p3.service",
+        ]
+        .map(String::from),
+    );
+    names
+}
+
 impl SchedLoad {
     /// Units submitted early, then desired-state changes, destroys and re-submits, and
     /// scaling of the app instances, all through the fault phase.
     pub fn generate(rng: &mut impl Rng, nodes: usize, fault_phase_ms: u64) -> Self {
-        let apps = nodes + 1;
-        let mut names: Vec<String> = vec![];
-        for i in 1..=apps {
-            names.push(format!("app@{i}.service"));
-            names.push(format!("side@{i}.service"));
-        }
-        names.extend(
-            [
-                "log.service",
-                "zone-a.service",
-                "solo.service",
-                "p1.service",
-                "p2.service",
-                "p3.service",
-            ]
-            .map(String::from),
-        );
+        let names = unit_names(nodes);
         let mut ops = vec![];
         let desired = |rng: &mut dyn rand::RngCore| -> String {
             match rng.next_u32() % 5 {
@@ -452,6 +458,98 @@ pub const ALL_FAULTS: &[&str] = &[
     "client_cut",
 ];
 
+/// Draws each enabled kind's faults (one to four each) through the fault phase.
+fn draw_faults(
+    rng: &mut impl Rng,
+    enabled: &[&str],
+    nodes: usize,
+    clients: usize,
+    fault_phase_ms: u64,
+) -> Vec<Event> {
+    let mut schedule = vec![];
+    let mut corrupted = false;
+    for kind in enabled {
+        for _ in 0..rng.gen_range(1..=4) {
+            let at_ms = rng.gen_range(500..fault_phase_ms - 2_000);
+            let node = rng.gen_range(0..nodes);
+            let other = (node + 1 + rng.gen_range(0..nodes - 1)) % nodes;
+            if let Some(fault) =
+                draw_fault(rng, kind, (node, other), (nodes, clients), &mut corrupted)
+            {
+                schedule.push(Event { at_ms, fault });
+            }
+        }
+    }
+    schedule
+}
+
+/// One fault of `kind` on `node` (and `other`, for the kinds between two); at most one
+/// corruption per seed.
+/// `nodes`, `clients`: the cluster's sizes.
+fn draw_fault(
+    rng: &mut impl Rng,
+    kind: &str,
+    (node, other): (usize, usize),
+    (nodes, clients): (usize, usize),
+    corrupted: &mut bool,
+) -> Option<Fault> {
+    let fault = match kind {
+        "crash" => Fault::Crash {
+            node,
+            keep_permille: rng.gen_range(0..=1000),
+            down_ms: rng.gen_range(100..4_000),
+        },
+        "pause" => Fault::Pause {
+            node,
+            ms: rng.gen_range(100..3_000),
+        },
+        "partition" => {
+            let extra = usize::from(rng.gen_bool(0.2));
+            let minority = rng.gen_range(1..=(nodes - 1) / 2 + extra);
+            let mut side: Vec<usize> = (0..nodes).collect();
+            for i in (1..side.len()).rev() {
+                side.swap(i, rng.gen_range(0..=i));
+            }
+            side.truncate(minority.min(nodes - 1));
+            side.sort_unstable();
+            Fault::Partition {
+                side,
+                ms: rng.gen_range(200..5_000),
+            }
+        }
+        "one_way" => Fault::OneWay {
+            from: node,
+            to: other,
+            ms: rng.gen_range(200..5_000),
+        },
+        "flap" => Fault::Flap {
+            a: node,
+            b: other,
+            period_ms: rng.gen_range(50..500),
+            times: rng.gen_range(2..10),
+        },
+        "clock_jump" => Fault::ClockJump {
+            node,
+            delta_ms: rng.gen_range(-5_000..5_000),
+        },
+        "sync_fail" => Fault::SyncFail { node },
+        "corrupt" if !*corrupted => {
+            *corrupted = true;
+            Fault::Corrupt {
+                node,
+                pick: rng.gen(),
+            }
+        }
+        "client_cut" => Fault::ClientCut {
+            client: rng.gen_range(0..clients),
+            node,
+            ms: rng.gen_range(200..5_000),
+        },
+        _ => return None,
+    };
+    Some(fault)
+}
+
 impl Scenario {
     /// The scenario of `seed`, drawing faults only from `allowed` kinds.
     pub fn generate(seed: u64, nodes: usize, allowed: &[&str]) -> Self {
@@ -464,71 +562,7 @@ impl Scenario {
             .filter(|_| rng.gen_bool(0.6))
             .collect();
         let clients = 3 + rng.gen_range(0..3);
-        let mut schedule = vec![];
-        let mut corrupted = false;
-        for kind in &enabled {
-            let count = rng.gen_range(1..=4);
-            for _ in 0..count {
-                let at_ms = rng.gen_range(500..fault_phase_ms - 2_000);
-                let node = rng.gen_range(0..nodes);
-                let other = (node + 1 + rng.gen_range(0..nodes - 1)) % nodes;
-                let fault = match *kind {
-                    "crash" => Fault::Crash {
-                        node,
-                        keep_permille: rng.gen_range(0..=1000),
-                        down_ms: rng.gen_range(100..4_000),
-                    },
-                    "pause" => Fault::Pause {
-                        node,
-                        ms: rng.gen_range(100..3_000),
-                    },
-                    "partition" => {
-                        let extra = usize::from(rng.gen_bool(0.2));
-                        let minority = rng.gen_range(1..=(nodes - 1) / 2 + extra);
-                        let mut side: Vec<usize> = (0..nodes).collect();
-                        for i in (1..side.len()).rev() {
-                            side.swap(i, rng.gen_range(0..=i));
-                        }
-                        side.truncate(minority.min(nodes - 1));
-                        side.sort_unstable();
-                        Fault::Partition {
-                            side,
-                            ms: rng.gen_range(200..5_000),
-                        }
-                    }
-                    "one_way" => Fault::OneWay {
-                        from: node,
-                        to: other,
-                        ms: rng.gen_range(200..5_000),
-                    },
-                    "flap" => Fault::Flap {
-                        a: node,
-                        b: other,
-                        period_ms: rng.gen_range(50..500),
-                        times: rng.gen_range(2..10),
-                    },
-                    "clock_jump" => Fault::ClockJump {
-                        node,
-                        delta_ms: rng.gen_range(-5_000..5_000),
-                    },
-                    "sync_fail" => Fault::SyncFail { node },
-                    "corrupt" if !corrupted => {
-                        corrupted = true;
-                        Fault::Corrupt {
-                            node,
-                            pick: rng.gen(),
-                        }
-                    }
-                    "client_cut" => Fault::ClientCut {
-                        client: rng.gen_range(0..clients),
-                        node,
-                        ms: rng.gen_range(200..5_000),
-                    },
-                    _ => continue,
-                };
-                schedule.push(Event { at_ms, fault });
-            }
-        }
+        let mut schedule = draw_faults(&mut rng, &enabled, nodes, clients, fault_phase_ms);
         schedule.sort_by_key(|e| e.at_ms);
         let lossy = enabled.contains(&"partition") || rng.gen_bool(0.5);
         Self {

@@ -7,7 +7,7 @@
 use crate::scenario::xfleet_of;
 use flotilla::sched::place::Schedule;
 use flotilla::sched::require::Requirements;
-use flotilla::sched::unit::UnitOption;
+use flotilla::unitfile::file::UnitOption;
 use std::collections::BTreeMap;
 
 pub fn requirements(unit: &str) -> Requirements {

@@ -11,7 +11,7 @@
 //! `START_LIMIT_BURST` starts per `START_LIMIT_INTERVAL_MS` (systemd's start limit), then
 //! the unit stays failed.
 
-use super::exec::Op;
+use super::exec_line::Op;
 use std::collections::VecDeque;
 
 /// systemd's defaults.
@@ -692,7 +692,7 @@ impl Unit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::exec::{parse_op, split_exec};
+    use crate::agent::exec_line::{parse_op, split_exec};
 
     fn step(line: &str) -> Step {
         let l = split_exec(line, &Default::default()).unwrap();

@@ -2,10 +2,10 @@
 //! expanded, environment applied, parsed to operations), timeouts, restart policy, and
 //! the units it depends on on this machine. Pure: the environment files come in read.
 
-use super::exec::{parse_op, split_exec, split_words};
+use super::exec_line::{parse_op, split_exec, split_words};
 use super::lifecycle::{Restart, Spec, Step, DEFAULT_RESTART_MS, DEFAULT_TIMEOUT_MS};
-use crate::sched::name::{expand_exec, Host, NameInfo};
-use crate::sched::unit::{values, UnitOption};
+use crate::unitfile::file::{values, UnitOption};
+use crate::unitfile::name::{expand_exec, Host, NameInfo};
 use std::collections::BTreeMap;
 
 /// `After=`, `Requires=`, `BindsTo=` on this machine.
@@ -99,6 +99,48 @@ pub fn prepare(
 ) -> Result<Prepared, String> {
     let name = NameInfo::new(unit);
     let expand = |v: &str| expand_exec(v, &name, host);
+    let env = environment(unit, options, files, host, &expand)?;
+    let steps = |key: &str| exec_steps(options, key, &env, &expand);
+    let mut main = steps("ExecStart")?;
+    if main.len() > 1 {
+        return Err("ExecStart: a service has one ExecStart= line".into());
+    }
+    let t = timing(options)?;
+    let dep = |key: &str| -> Vec<String> {
+        values(options, "Unit", key)
+            .iter()
+            .flat_map(|v| v.split_whitespace().map(&expand).collect::<Vec<_>>())
+            .collect()
+    };
+    Ok(Prepared {
+        spec: Spec {
+            pre: steps("ExecStartPre")?,
+            main: main.pop(),
+            post: steps("ExecStartPost")?,
+            stop: steps("ExecStop")?,
+            stop_post: steps("ExecStopPost")?,
+            timeout_start_ms: t.timeout_start_ms,
+            timeout_stop_ms: t.timeout_stop_ms,
+            restart: t.restart,
+            restart_ms: t.restart_ms,
+        },
+        deps: Deps {
+            after: dep("After"),
+            requires: dep("Requires"),
+            binds_to: dep("BindsTo"),
+        },
+        env,
+    })
+}
+
+/// `EnvironmentFile=`s (in order), then `Environment=` on top.
+fn environment(
+    unit: &str,
+    options: &[UnitOption],
+    files: &BTreeMap<String, Option<String>>,
+    host: &Host,
+    expand: &dyn Fn(&str) -> String,
+) -> Result<BTreeMap<String, String>, String> {
     let mut env = BTreeMap::new();
     for (path, optional) in env_files(unit, options, host) {
         match files.get(&path).cloned().flatten() {
@@ -116,27 +158,44 @@ pub fn prepare(
             env.insert(k.to_string(), val.to_string());
         }
     }
-    let steps = |key: &str| -> Result<Vec<Step>, String> {
-        values(options, "Service", key)
-            .into_iter()
-            .map(|v| {
-                let line = expand(v);
-                let l = split_exec(&line, &env).map_err(|e| format!("{key}={v}: {e}"))?;
-                let op = parse_op(&l.argv).map_err(|e| format!("{key}={v}: {e}"))?;
-                Ok(Step {
-                    ignore_failure: l.ignore_failure,
-                    op,
-                    line: line
-                        .trim_start_matches(['-', '@', ':', '+', '!'])
-                        .to_string(),
-                })
+    Ok(env)
+}
+
+/// The `key=` lines of `[Service]`, each expanded, split and parsed into a step.
+fn exec_steps(
+    options: &[UnitOption],
+    key: &str,
+    env: &BTreeMap<String, String>,
+    expand: &dyn Fn(&str) -> String,
+) -> Result<Vec<Step>, String> {
+    values(options, "Service", key)
+        .into_iter()
+        .map(|v| {
+            let line = expand(v);
+            let l = split_exec(&line, env).map_err(|e| format!("{key}={v}: {e}"))?;
+            let op = parse_op(&l.argv).map_err(|e| format!("{key}={v}: {e}"))?;
+            Ok(Step {
+                ignore_failure: l.ignore_failure,
+                op,
+                line: line
+                    .trim_start_matches(['-', '@', ':', '+', '!'])
+                    .to_string(),
             })
-            .collect()
-    };
-    let mut main = steps("ExecStart")?;
-    if main.len() > 1 {
-        return Err("ExecStart: a service has one ExecStart= line".into());
-    }
+        })
+        .collect()
+}
+
+/// A service's timeouts and restart policy.
+struct Timing {
+    timeout_start_ms: Option<u64>,
+    timeout_stop_ms: u64,
+    restart: Restart,
+    restart_ms: u64,
+}
+
+/// `TimeoutSec=` (both), `TimeoutStartSec=`, `TimeoutStopSec=`, `Restart=`,
+/// `RestartSec=`: the last of each counts, as in systemd.
+fn timing(options: &[UnitOption]) -> Result<Timing, String> {
     let last = |key: &str| {
         values(options, "Service", key)
             .last()
@@ -151,6 +210,7 @@ pub fn prepare(
     let timeout_start_ms = time("TimeoutStartSec")?
         .or(both)
         .unwrap_or(Some(DEFAULT_TIMEOUT_MS));
+    // `infinity` (no bound) as a deadline that never comes, without overflowing `now + t`.
     let timeout_stop_ms = time("TimeoutStopSec")?
         .or(both)
         .unwrap_or(Some(DEFAULT_TIMEOUT_MS))
@@ -166,38 +226,19 @@ pub fn prepare(
         }
     };
     let restart_ms = time("RestartSec")?.map_or(DEFAULT_RESTART_MS, |t| t.unwrap_or(0));
-    let dep = |key: &str| -> Vec<String> {
-        values(options, "Unit", key)
-            .iter()
-            .flat_map(|v| v.split_whitespace().map(&expand).collect::<Vec<_>>())
-            .collect()
-    };
-    Ok(Prepared {
-        spec: Spec {
-            pre: steps("ExecStartPre")?,
-            main: main.pop(),
-            post: steps("ExecStartPost")?,
-            stop: steps("ExecStop")?,
-            stop_post: steps("ExecStopPost")?,
-            timeout_start_ms,
-            timeout_stop_ms,
-            restart,
-            restart_ms,
-        },
-        deps: Deps {
-            after: dep("After"),
-            requires: dep("Requires"),
-            binds_to: dep("BindsTo"),
-        },
-        env,
+    Ok(Timing {
+        timeout_start_ms,
+        timeout_stop_ms,
+        restart,
+        restart_ms,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::exec::{DockerOp, Op};
-    use crate::sched::unit::parse;
+    use crate::agent::exec_line::{DockerOp, Op};
+    use crate::unitfile::file::parse;
 
     const PRESENCE: &str = "[Unit]
 BindsTo=nginx-1.0.0@%i.service

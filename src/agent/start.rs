@@ -3,11 +3,11 @@
 //! through. Whatever reaches the store (a member's in-process client, the v2 HTTP API,
 //! the simulator's fabric) comes in as the seams' `kv`.
 
-use super::execute::Seams;
+use super::executor::{Agent, AgentBugs, AgentView};
 use super::presence::{self, MachineConfig};
-use super::run::{Agent, AgentBugs, AgentView};
+use super::run_step::Seams;
 use crate::client::KvClient;
-use crate::sched::name::Host;
+use crate::unitfile::name::Host;
 use flotilla_shims::containers::Containers;
 use flotilla_shims::process::Processes;
 use flotilla_shims::{Clock, Spawn};

@@ -24,8 +24,8 @@
 //!   TTL; a write that failed is retried after a twelfth of the TTL.
 //! - **Bounds**: at most [`UNITS_MAX`] units on one machine.
 
-use super::execute::{Ctx, Outcome};
 use super::lifecycle::{self, Cmd, Event, Failure, Reported, Stage, Step};
+use super::run_step::{Ctx, Outcome};
 use super::spec::{prepare, Deps};
 use super::start::AgentConfig;
 use crate::sched::place::{Desired, Entry};
@@ -740,9 +740,9 @@ fn report(m: &Managed) -> UnitReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::execute::Outcome;
     use crate::agent::lifecycle::StepResult;
     use crate::agent::presence::MachineConfig;
+    use crate::agent::run_step::Outcome;
     use crate::sched::registry::UnitRecord;
 
     const TTL_S: u64 = 30;
@@ -762,7 +762,7 @@ mod tests {
     }
 
     fn stored(name: &str, text: &str) -> StoredUnit {
-        let options = crate::sched::unit::parse(text).expect("test unit parses");
+        let options = crate::unitfile::file::parse(text).expect("test unit parses");
         let record = UnitRecord {
             name: name.into(),
             options,

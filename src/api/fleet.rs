@@ -10,11 +10,11 @@
 use super::{Api, Reply};
 use crate::client::{inproc::InProc, ClientError, KvClient, SetOpts};
 use crate::kv::{NodeView, Precondition};
-use crate::sched::name::{validate as validate_name, NameInfo};
 use crate::sched::place::{self, Desired};
 use crate::sched::registry::{self, DynMeta, MachineView, StoredUnit, UnitRecord, UnitState};
 use crate::sched::require::validate as validate_options;
-use crate::sched::unit::{hash, UnitOption};
+use crate::unitfile::file::{hash, UnitOption};
+use crate::unitfile::name::{validate as validate_name, NameInfo};
 use base64::Engine as _;
 use bytes::Bytes;
 use flotilla_shims::http::full;
@@ -49,21 +49,84 @@ pub struct UnitJson {
 }
 
 /// A unit state as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StateJson {
-    #[serde(skip_serializing_if = "String::is_empty")]
-    hash: String,
-    #[serde(rename = "machineID", skip_serializing_if = "String::is_empty")]
-    machine_id: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    name: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    systemd_active_state: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    systemd_load_state: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    systemd_sub_state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+    #[serde(
+        default,
+        rename = "machineID",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub machine_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub systemd_active_state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub systemd_load_state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub systemd_sub_state: String,
+}
+
+/// One page of a collection: `units`, `machines` or `states`, and the next page's token.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PageJson<T> {
+    #[serde(default = "Vec::new", alias = "units", alias = "machines", alias = "states")]
+    pub items: Vec<T>,
+    #[serde(default, rename = "nextPageToken")]
+    pub next_page_token: String,
+}
+
+/// flotilla's `GET /flotilla/v1/placement/<unit>`: where a unit is (`machineID`), or
+/// why it is nowhere (`reason`), or that it waits for the engine's next pass (`pending`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlacementJson {
+    pub name: String,
+    #[serde(
+        default,
+        rename = "machineID",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub machine_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+}
+
+/// A unit's journal on its machine (`GET /flotilla/v1/journal/<unit>`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JournalJson {
+    pub name: String,
+    #[serde(rename = "machineID")]
+    pub machine_id: String,
+    pub lines: Vec<String>,
+}
+
+/// fleet's error body: `{"error":{"code":N,"message":"…"}}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ErrorJson {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: u16,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl ErrorJson {
+    pub fn new(code: u16, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorBody {
+                code,
+                message: message.into(),
+            },
+        }
+    }
 }
 
 impl From<&UnitState> for StateJson {
@@ -319,13 +382,17 @@ impl Api {
         if !snap.units.contains_key(unit) {
             return fleet_error(StatusCode::NOT_FOUND, "unit does not exist");
         }
-        let body = match snap.machine_of(unit) {
-            Some(m) => serde_json::json!({"name": unit, "machineID": m}),
-            None => match snap.explain(unit) {
-                why if why.is_empty() => serde_json::json!({"name": unit, "pending": true}),
-                why => serde_json::json!({"name": unit, "reason": why}),
-            },
+        let mut body = PlacementJson {
+            name: unit.to_string(),
+            ..Default::default()
         };
+        match snap.machine_of(unit) {
+            Some(m) => body.machine_id = m.to_string(),
+            None => match snap.explain(unit) {
+                why if why.is_empty() => body.pending = true,
+                why => body.reason = why,
+            },
+        }
         fleet_json(StatusCode::OK, &body)
     }
 
@@ -657,7 +724,6 @@ fn fleet_empty(status: StatusCode) -> Reply {
     full(status, Bytes::new())
 }
 
-/// fleet's error body: `{"error":{"code":N,"message":"…"}}`.
 impl Api {
     /// With auth enabled, fleet's resources are checked as the keys that hold them: a
     /// unit as `/_flotilla/units/<name>` (writing it is submitting, starting or destroying
@@ -679,8 +745,7 @@ impl Api {
 }
 
 pub fn fleet_error(status: StatusCode, message: &str) -> Reply {
-    let body = serde_json::json!({"error": {"code": status.as_u16(), "message": message}});
-    fleet_json(status, &body)
+    fleet_json(status, &ErrorJson::new(status.as_u16(), message))
 }
 
 /// Internal errors are logged, not shown (as fleet).

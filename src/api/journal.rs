@@ -3,6 +3,7 @@
 //! answers: for a unit on another machine it asks that machine's agent (its `agentURL`).
 //! An agent-only machine serves the same path on its own listener.
 
+use super::fleet::{ErrorJson, JournalJson};
 use crate::agent::AgentHandle;
 use bytes::Bytes;
 use flotilla_shims::http::{full, Body, Handler};
@@ -24,6 +25,19 @@ pub fn lines_param(query: Option<&str>) -> Result<usize, String> {
             _ => Err(format!("n={v:?}: expected a number from 1 to {LINES_MAX}")),
         },
     }
+}
+
+fn error(code: u16, message: impl Into<String>) -> serde_json::Value {
+    serde_json::to_value(ErrorJson::new(code, message)).expect("an error serializes")
+}
+
+fn journal_json(unit: &str, machine: &str, lines: Vec<String>) -> serde_json::Value {
+    let j = JournalJson {
+        name: unit.to_string(),
+        machine_id: machine.to_string(),
+        lines,
+    };
+    serde_json::to_value(j).expect("a journal serializes")
 }
 
 pub fn reply(status: StatusCode, v: serde_json::Value) -> Response<Body> {
@@ -62,7 +76,7 @@ pub async fn remote(
         }
         Err(e) => reply(
             StatusCode::BAD_GATEWAY,
-            serde_json::json!({"error": {"code": 502, "message": format!("the unit's machine did not answer: {e}")}}),
+            error(502, format!("the unit's machine did not answer: {e}")),
         ),
     }
 }
@@ -79,28 +93,17 @@ pub fn agent_handler(agent: AgentHandle) -> Handler {
                 return reply(StatusCode::OK, serde_json::json!({"health": "true"}));
             }
             let Some(unit) = path.strip_prefix("/flotilla/v1/journal/") else {
-                return reply(
-                    StatusCode::NOT_FOUND,
-                    serde_json::json!({"error": {"code": 404, "message": ""}}),
-                );
+                return reply(StatusCode::NOT_FOUND, error(404, ""));
             };
             let n = match lines_param(req.uri().query()) {
                 Ok(n) => n,
-                Err(e) => {
-                    return reply(
-                        StatusCode::BAD_REQUEST,
-                        serde_json::json!({"error": {"code": 400, "message": e}}),
-                    )
-                }
+                Err(e) => return reply(StatusCode::BAD_REQUEST, error(400, e)),
             };
             match agent.journal(unit, n).await {
-                Some(lines) => reply(
-                    StatusCode::OK,
-                    serde_json::json!({"name": unit, "machineID": agent.machine, "lines": lines}),
-                ),
+                Some(lines) => reply(StatusCode::OK, journal_json(unit, &agent.machine, lines)),
                 None => reply(
                     StatusCode::NOT_FOUND,
-                    serde_json::json!({"error": {"code": 404, "message": format!("{unit} is not on machine {}", agent.machine)}}),
+                    error(404, format!("{unit} is not on machine {}", agent.machine)),
                 ),
             }
         })
@@ -111,19 +114,11 @@ impl super::Api {
     pub(super) async fn journal(&self, req: &Request<Bytes>, unit: &str) -> Response<Body> {
         let n = match lines_param(req.uri().query()) {
             Ok(n) => n,
-            Err(e) => {
-                return reply(
-                    StatusCode::BAD_REQUEST,
-                    serde_json::json!({"error": {"code": 400, "message": e}}),
-                )
-            }
+            Err(e) => return reply(StatusCode::BAD_REQUEST, error(400, e)),
         };
         if let Some(a) = &self.agent {
             if let Some(lines) = a.journal(unit, n).await {
-                return reply(
-                    StatusCode::OK,
-                    serde_json::json!({"name": unit, "machineID": a.machine, "lines": lines}),
-                );
+                return reply(StatusCode::OK, journal_json(unit, &a.machine, lines));
             }
         }
         let local_only = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
@@ -153,7 +148,7 @@ impl super::Api {
             }
             _ => reply(
                 StatusCode::NOT_FOUND,
-                serde_json::json!({"error": {"code": 404, "message": format!("no machine runs {unit}")}}),
+                error(404, format!("no machine runs {unit}")),
             ),
         }
     }

@@ -1,7 +1,7 @@
 //! `/v2/keys`: turns HTTP requests into store reads and Raft writes.
 
 use super::params::{KeyRequest, Params};
-use super::{render, Api, Reply};
+use super::{json, Api, Reply};
 use crate::kv::error::*;
 use crate::kv::{Action, Command, Event, Precondition, StoreError};
 use crate::raft::ProposeError;
@@ -197,7 +197,7 @@ impl Api {
         no_value: bool,
         etcd_index: u64,
     ) -> Reply {
-        let body = render::event(ev, self.clock.now_wall_ms(), no_value);
+        let body = json::event(ev, self.clock.now_wall_ms(), no_value);
         self.reply(status, body, Some(etcd_index))
     }
 
@@ -205,7 +205,7 @@ impl Api {
     /// no Raft headers: an error is not a point in the log.
     pub(super) fn error_reply(&self, e: &StoreError) -> Reply {
         let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-        let mut r = self.reply(status, render::error(e), None);
+        let mut r = self.reply(status, json::error(e), None);
         let index = HeaderValue::from_str(&e.index.to_string()).expect("digits");
         r.headers_mut().insert("X-Etcd-Index", index);
         r

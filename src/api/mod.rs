@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`params`]: query/form parsing and validation (etcd's 2xx error codes).
-//! - [`render`]: etcd's JSON shapes, `ttl` from the reader's clock.
+//! - [`json`]: etcd's JSON shapes, `ttl` from the reader's clock.
 //! - [`keys`]: `/v2/keys` — reads from the local store (or after a ReadIndex barrier with
 //!   `quorum=true`), writes through Raft, watches from the store's history.
 //! - [`auth`]: `/v2/auth` (etcd's v2 users and roles) and the checks on keys and units.
@@ -21,11 +21,11 @@ pub mod auth;
 pub mod cors;
 pub mod fleet;
 pub mod journal;
+pub mod json;
 pub mod keys;
 pub mod members;
 pub mod params;
 pub mod ready;
-pub mod render;
 pub mod stream;
 
 use crate::raft::RaftHandle;
@@ -239,11 +239,11 @@ impl Api {
                 "name": name,
                 "id": format!("{:x}", st.id),
                 "state": state,
-                "startTime": render::rfc3339(rs.start_wall_ms),
+                "startTime": json::rfc3339(rs.start_wall_ms),
                 "leaderInfo": {
                     "leader": format!("{:x}", st.leader),
                     "uptime": format!("{:?}", uptime),
-                    "startTime": render::rfc3339(rs.leader_since_wall_ms),
+                    "startTime": json::rfc3339(rs.leader_since_wall_ms),
                 },
                 "recvAppendRequestCnt": rs.recv_append,
                 "sendAppendRequestCnt": rs.send_append,

@@ -1,7 +1,7 @@
 //! `wait=true&stream=true`: one response that carries every matching event, a JSON
 //! object per event, until the client goes away or falls out of the event window.
 
-use super::{render, Api, Reply};
+use super::{json, Api, Reply};
 use crate::kv::StoreError;
 use crate::raft::Shared;
 use bytes::Bytes;
@@ -81,7 +81,7 @@ async fn pump(
         let line = match next {
             Ok(Some(ev)) => {
                 since = ev.index + 1;
-                render::event(&ev, clock.now_wall_ms(), false)
+                json::event(&ev, clock.now_wall_ms(), false)
             }
             Ok(None) => {
                 tokio::select! {
@@ -92,7 +92,7 @@ async fn pump(
             }
             // The reader fell out of the event window: say so and end the stream.
             Err(e) => {
-                let _ = tx.send(Bytes::from(render::error(&e))).await;
+                let _ = tx.send(Bytes::from(json::error(&e))).await;
                 break;
             }
         };

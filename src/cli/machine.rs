@@ -90,7 +90,7 @@ impl MachineArgs {
         RunSeams {
             containers: Arc::new(flotilla_shims::docker::DockerEngine::new(
                 self.docker_host.as_deref(),
-                crate::agent::execute::LABEL_MACHINE,
+                crate::agent::run_step::LABEL_MACHINE,
                 machine_id,
             )),
             procs: Arc::new(flotilla_shims::process::HostProcesses::new()),
@@ -124,9 +124,9 @@ pub fn check_prefix(p: &str) -> Result<()> {
 }
 
 /// `%H` and `%b` for Exec lines: this host's name and boot id.
-pub fn host_facts() -> crate::sched::name::Host {
+pub fn host_facts() -> crate::unitfile::name::Host {
     let read = |p: &str| flotilla_shims::files::read_small(p).unwrap_or_default();
-    crate::sched::name::Host {
+    crate::unitfile::name::Host {
         hostname: read("/proc/sys/kernel/hostname"),
         machine_id: String::new(),
         boot_id: read("/proc/sys/kernel/random/boot_id").replace('-', ""),

@@ -7,15 +7,15 @@
 use super::kv::PlainError;
 use super::table::Table;
 use super::Exit;
+use crate::api::fleet::UnitJson;
 use crate::client::endpoints::{segment, Endpoints};
-use crate::sched::name::{validate as validate_name, NameInfo};
+use crate::client::fleet::FleetClient;
+use crate::sched::place::Desired;
 use crate::sched::require::validate as validate_options;
-use crate::sched::unit::{hash, parse, serialize, UnitOption};
-use anyhow::{anyhow, bail, Context, Result};
-use bytes::Bytes;
+use crate::unitfile::file::{hash, parse, serialize, UnitOption};
+use crate::unitfile::name::{validate as validate_name, NameInfo};
+use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
-use flotilla_shims::http::ClientResponse;
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -115,96 +115,13 @@ enum UnitsCmd {
     ListMachines(ListOpts),
 }
 
-struct Client {
-    endpoints: Endpoints,
-    timeout: Duration,
-}
-
-impl Client {
-    /// One request to the fleet API by the endpoints' failover rule.
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<ClientResponse> {
-        let b = body.map(|v| ("application/json", Bytes::from(v.to_string())));
-        self.endpoints
-            .call(method, path, b, self.timeout)
-            .await
-            .map_err(|e| anyhow!("error attempting to reach the fleet API: {e}"))
-    }
-
-    async fn json(&self, path: &str) -> Result<Value> {
-        let r = self.call("GET", path, None).await?;
-        if r.status != 200 {
-            bail!("GET {path}: {}", api_error(&r));
-        }
-        serde_json::from_slice(&r.body).with_context(|| format!("GET {path}: bad JSON"))
-    }
-
-    /// A unit, or `None` when the cluster has no such unit.
-    async fn unit(&self, name: &str) -> Result<Option<Value>> {
-        let path = format!("/fleet/v1/units/{}", enc(name));
-        let r = self.call("GET", &path, None).await?;
-        match r.status {
-            200 => Ok(Some(serde_json::from_slice(&r.body)?)),
-            404 => Ok(None),
-            _ => bail!("GET {path}: {}", api_error(&r)),
-        }
-    }
-
-    /// Every item of a paged collection.
-    async fn all(&self, what: &str) -> Result<Vec<Value>> {
-        let mut out = vec![];
-        let mut token = String::new();
-        loop {
-            let q = if token.is_empty() {
-                String::new()
-            } else {
-                format!("?nextPageToken={}", enc(&token))
-            };
-            let v = self.json(&format!("/fleet/v1/{what}{q}")).await?;
-            let field = if what == "state" { "states" } else { what };
-            out.extend(v[field].as_array().cloned().unwrap_or_default());
-            match v["nextPageToken"].as_str() {
-                Some(t) if !t.is_empty() => token = t.to_string(),
-                _ => return Ok(out),
-            }
-        }
-    }
-
-    async fn set_state(&self, name: &str, desired: &str) -> Result<()> {
-        let path = format!("/fleet/v1/units/{}", enc(name));
-        let r = self
-            .call("PUT", &path, Some(json!({ "desiredState": desired })))
-            .await?;
-        if r.status / 100 != 2 {
-            bail!("setting {name} {desired}: {}", api_error(&r));
-        }
-        Ok(())
-    }
-
-    async fn machines(&self) -> Result<BTreeMap<String, String>> {
-        Ok(self
-            .all("machines")
-            .await?
-            .iter()
-            .map(|m| (s(&m["id"]), s(&m["primaryIP"])))
-            .collect())
-    }
-}
-
-fn s(v: &Value) -> String {
-    v.as_str().unwrap_or("").to_string()
-}
-
-/// A unit's name (or a page token) in a path, escaped as every client escapes.
-fn enc(s: &str) -> String {
-    segment(s)
-}
-
-fn api_error(r: &ClientResponse) -> String {
-    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-    match v["error"]["message"].as_str() {
-        Some(m) if !m.is_empty() => m.to_string(),
-        _ => format!("HTTP {}", r.status),
-    }
+/// The machines' public IPs by id.
+async fn machine_ips(c: &FleetClient) -> Result<BTreeMap<String, String>> {
+    Ok(c.machines()
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m.primary_ip))
+        .collect())
 }
 
 /// fleetctl's name mangling: the file's base name, `.service` added unless it names a
@@ -255,11 +172,9 @@ async fn exec(a: UnitsArgs) -> Result<()> {
     if !(a.request_timeout > 0.0 && a.request_timeout < 3600.0) {
         bail!("--request-timeout must be between 0 and 3600 seconds");
     }
-    let c = Client {
-        endpoints: Endpoints::parse("--endpoint", &a.endpoint).map_err(anyhow::Error::msg)?,
-        timeout: Duration::from_secs_f64(a.request_timeout),
-    };
-    a.tls.install(c.endpoints.urls())?;
+    let endpoints = Endpoints::parse("--endpoint", &a.endpoint).map_err(anyhow::Error::msg)?;
+    let c = FleetClient::new(endpoints, Duration::from_secs_f64(a.request_timeout));
+    a.tls.install(c.endpoints().urls())?;
     let wait = Wait {
         block: !a.no_block,
         attempts: a.block_attempts,
@@ -267,13 +182,17 @@ async fn exec(a: UnitsArgs) -> Result<()> {
     match a.cmd {
         UnitsCmd::Submit { units, replace } => {
             for u in &units {
-                let name = submit(&c, u, replace, "inactive").await?;
+                let name = submit(&c, u, replace, Desired::Inactive).await?;
                 println!("Unit {name} inactive");
             }
             Ok(())
         }
-        UnitsCmd::Load { units, replace } => activate(&c, &units, replace, "loaded", wait).await,
-        UnitsCmd::Start { units, replace } => activate(&c, &units, replace, "launched", wait).await,
+        UnitsCmd::Load { units, replace } => {
+            activate(&c, &units, replace, Desired::Loaded, wait).await
+        }
+        UnitsCmd::Start { units, replace } => {
+            activate(&c, &units, replace, Desired::Launched, wait).await
+        }
         UnitsCmd::Stop { units } => stop(&c, &units, wait).await,
         UnitsCmd::Unload { units } => unload(&c, &units, wait).await,
         UnitsCmd::Destroy { units } => destroy(&c, &units).await,
@@ -283,7 +202,7 @@ async fn exec(a: UnitsArgs) -> Result<()> {
             let Some(u) = c.unit(&name).await? else {
                 bail!("Unit {name} not found");
             };
-            print!("{}", serialize(&options_of(&u)));
+            print!("{}", serialize(&u.options));
             Ok(())
         }
         UnitsCmd::Status { units } => status(&c, &units).await,
@@ -298,20 +217,16 @@ async fn exec(a: UnitsArgs) -> Result<()> {
     }
 }
 
-fn options_of(u: &Value) -> Vec<UnitOption> {
-    serde_json::from_value(u["options"].clone()).unwrap_or_default()
-}
-
 /// The options for `arg`: its local file; for an instance without one, the template's
 /// options from the cluster, else a local template file beside it.
-async fn local_options(c: &Client, arg: &str, name: &str) -> Result<Vec<UnitOption>> {
+async fn local_options(c: &FleetClient, arg: &str, name: &str) -> Result<Vec<UnitOption>> {
     if let Some(o) = read_unit_file(Path::new(arg)).await? {
         return Ok(o);
     }
     let info = NameInfo::new(name);
     if let Some(t) = info.template() {
         if let Some(tu) = c.unit(&t).await? {
-            return Ok(options_of(&tu));
+            return Ok(tu.options);
         }
         let beside = Path::new(arg).with_file_name(&t);
         if let Some(o) = read_unit_file(&beside).await? {
@@ -338,7 +253,7 @@ async fn read_unit_file(p: &Path) -> Result<Option<Vec<UnitOption>>> {
 
 /// Creates the unit if the cluster lacks it (with `desired`), warns if the cluster's
 /// differs from the local file. Returns the unit's name.
-async fn submit(c: &Client, arg: &str, replace: bool, desired: &str) -> Result<String> {
+async fn submit(c: &FleetClient, arg: &str, replace: bool, desired: Desired) -> Result<String> {
     let name = unit_name(arg);
     validate_name(&name).map_err(|e| anyhow!("{name}: {e}"))?;
     let existing = c.unit(&name).await?;
@@ -348,7 +263,7 @@ async fn submit(c: &Client, arg: &str, replace: bool, desired: &str) -> Result<S
     };
     validate_options(&local).map_err(|e| anyhow!("{name}: {e}"))?;
     if let Some(u) = &existing {
-        if hash(&options_of(u)) == hash(&local) {
+        if hash(&u.options) == hash(&local) {
             return Ok(name);
         }
         if !replace {
@@ -358,12 +273,7 @@ async fn submit(c: &Client, arg: &str, replace: bool, desired: &str) -> Result<S
             return Ok(name);
         }
     }
-    let body = json!({"name": name, "desiredState": desired, "options": local});
-    let path = format!("/fleet/v1/units/{}", enc(&name));
-    let r = c.call("PUT", &path, Some(body)).await?;
-    if r.status / 100 != 2 {
-        bail!("creating {name}: {}", api_error(&r));
-    }
+    c.create(&name, desired, &local).await?;
     Ok(name)
 }
 
@@ -380,17 +290,17 @@ const UNPLACEABLE_ATTEMPTS_MAX: u32 = 10;
 
 /// `load` / `start`: submit, set the desired state, wait for it.
 async fn activate(
-    c: &Client,
+    c: &FleetClient,
     args: &[String],
     replace: bool,
-    desired: &str,
+    desired: Desired,
     w: Wait,
 ) -> Result<()> {
     if args.is_empty() {
         eprintln!("No units given");
         return Ok(());
     }
-    let verb = if desired == "launched" {
+    let verb = if desired == Desired::Launched {
         "start"
     } else {
         "load"
@@ -409,10 +319,10 @@ async fn activate(
             .unit(&name)
             .await?
             .ok_or_else(|| anyhow!("Unit {name} vanished after submit"))?;
-        if s(&u["desiredState"]) != desired {
+        if u.desired_state != desired.as_str() {
             c.set_state(&name, desired).await?;
         }
-        let global = u["machineID"].is_null() && u["currentState"].is_null();
+        let global = u.machine_id.is_empty() && u.current_state.is_empty();
         if global {
             println!("Triggered global unit {name} {verb}");
         } else if !w.block {
@@ -423,7 +333,7 @@ async fn activate(
     }
     let mut failed = false;
     for name in waiting {
-        match wait_for(c, &name, desired, w.attempts).await? {
+        match wait_for(c, &name, desired.as_str(), w.attempts).await? {
             Ok(line) => println!("{line}"),
             Err(why) => {
                 eprintln!("{why}");
@@ -439,7 +349,7 @@ async fn activate(
 
 /// Waits until `name`'s current state is `want`. `Ok(Err(msg))` when it gives up.
 async fn wait_for(
-    c: &Client,
+    c: &FleetClient,
     name: &str,
     want: &str,
     attempts: u32,
@@ -471,7 +381,7 @@ impl Waiting {
     /// One look: `Some` when the wait is over (done, or given up with why).
     async fn poll(
         &mut self,
-        c: &Client,
+        c: &FleetClient,
         name: &str,
         want: &str,
         attempts: u32,
@@ -479,9 +389,9 @@ impl Waiting {
         let u = c.unit(name).await?;
         let cur = u
             .as_ref()
-            .map(|u| s(&u["currentState"]))
+            .map(|u| u.current_state.clone())
             .unwrap_or_default();
-        let machine = u.as_ref().map(|u| s(&u["machineID"])).unwrap_or_default();
+        let machine = u.as_ref().map(|u| u.machine_id.clone()).unwrap_or_default();
         // `launched` is done once the machine reports the unit active (fleetctl waits
         // for an active systemd state too); a failure ends the wait at once.
         let state = if want != "inactive" && !machine.is_empty() {
@@ -513,8 +423,7 @@ impl Waiting {
             if want == "inactive" {
                 return Ok(Some(Ok(String::new())));
             }
-            let ip = c
-                .machines()
+            let ip = machine_ips(c)
                 .await?
                 .get(&machine)
                 .cloned()
@@ -528,7 +437,7 @@ impl Waiting {
     /// Counts the polls, says why an unplaced unit waits, and gives up in time.
     async fn placement(
         &mut self,
-        c: &Client,
+        c: &FleetClient,
         name: &str,
         want: &str,
         machine: &str,
@@ -563,29 +472,18 @@ impl Waiting {
 }
 
 /// The unit's systemd active state on `machine`, as its agent reports it.
-async fn unit_state(c: &Client, name: &str, machine: &str) -> Result<Option<String>> {
-    let v = c
-        .json(&format!(
-            "/fleet/v1/state?unitName={}&machineID={}",
-            enc(name),
-            enc(machine)
-        ))
-        .await?;
-    Ok(v["states"]
-        .as_array()
-        .and_then(|a| a.first())
-        .map(|st| s(&st["systemdActiveState"])))
+async fn unit_state(c: &FleetClient, name: &str, machine: &str) -> Result<Option<String>> {
+    let st = c.state_on(name, machine).await?;
+    Ok(st.map(|st| st.systemd_active_state))
 }
 
-async fn placement_reason(c: &Client, name: &str) -> Result<String> {
-    let v = c
-        .json(&format!("/flotilla/v1/placement/{}", enc(name)))
-        .await?;
-    Ok(s(&v["reason"]))
+async fn placement_reason(c: &FleetClient, name: &str) -> Result<String> {
+    let p = c.placement(name).await?;
+    Ok(p.map(|p| p.reason).unwrap_or_default())
 }
 
 /// The named units that exist, with their records.
-async fn existing(c: &Client, args: &[String]) -> Result<Vec<(String, Value)>> {
+async fn existing(c: &FleetClient, args: &[String]) -> Result<Vec<(String, UnitJson)>> {
     let mut out = vec![];
     for a in args {
         let name = unit_name(a);
@@ -596,7 +494,7 @@ async fn existing(c: &Client, args: &[String]) -> Result<Vec<(String, Value)>> {
     Ok(out)
 }
 
-async fn stop(c: &Client, args: &[String], w: Wait) -> Result<()> {
+async fn stop(c: &FleetClient, args: &[String], w: Wait) -> Result<()> {
     let units = existing(c, args).await?;
     if units.is_empty() {
         eprintln!("Units not found in registry");
@@ -604,26 +502,26 @@ async fn stop(c: &Client, args: &[String], w: Wait) -> Result<()> {
     }
     let mut stopped = vec![];
     for (name, u) in &units {
-        let global = u["currentState"].is_null();
-        if !global && s(&u["currentState"]) == "inactive" {
+        let global = u.current_state.is_empty();
+        if !global && u.current_state == "inactive" {
             let why = format!("Unable to stop unit {name} in state inactive");
             return Err(PlainError(why).into());
         }
-        if s(&u["desiredState"]) == "loaded" {
+        if u.desired_state == "loaded" {
             continue;
         }
-        c.set_state(name, "loaded").await?;
+        c.set_state(name, Desired::Loaded).await?;
         stopped.push(name.clone());
     }
     finish(c, &stopped, "loaded", w, "stopped").await
 }
 
-async fn unload(c: &Client, args: &[String], w: Wait) -> Result<()> {
+async fn unload(c: &FleetClient, args: &[String], w: Wait) -> Result<()> {
     let units = existing(c, args).await?;
     let mut changed = vec![];
     for (name, u) in &units {
-        if s(&u["desiredState"]) != "inactive" {
-            c.set_state(name, "inactive").await?;
+        if u.desired_state != "inactive" {
+            c.set_state(name, Desired::Inactive).await?;
             changed.push(name.clone());
         }
     }
@@ -631,7 +529,7 @@ async fn unload(c: &Client, args: &[String], w: Wait) -> Result<()> {
 }
 
 /// Waits for `names` to reach `want` (unless not blocking), then reports them.
-async fn finish(c: &Client, names: &[String], want: &str, w: Wait, done: &str) -> Result<()> {
+async fn finish(c: &FleetClient, names: &[String], want: &str, w: Wait, done: &str) -> Result<()> {
     if !w.block {
         for n in names {
             println!(
@@ -652,24 +550,19 @@ async fn finish(c: &Client, names: &[String], want: &str, w: Wait, done: &str) -
     Ok(())
 }
 
-async fn destroy(c: &Client, args: &[String]) -> Result<()> {
+async fn destroy(c: &FleetClient, args: &[String]) -> Result<()> {
     for (name, _) in existing(c, args).await? {
-        let r = c
-            .call("DELETE", &format!("/fleet/v1/units/{}", enc(&name)), None)
-            .await?;
-        if r.status != 204 && r.status != 404 {
-            bail!("destroying {name}: {}", api_error(&r));
-        }
+        c.destroy(&name).await?;
         println!("Destroyed {name}");
     }
     Ok(())
 }
 
-async fn restart(c: &Client, args: &[String], w: Wait) -> Result<()> {
+async fn restart(c: &FleetClient, args: &[String], w: Wait) -> Result<()> {
     for (name, u) in existing(c, args).await? {
-        match s(&u["desiredState"]).as_str() {
+        match u.desired_state.as_str() {
             "launched" => {
-                c.set_state(&name, "loaded").await?;
+                c.set_state(&name, Desired::Loaded).await?;
                 if w.block {
                     if let Err(why) = wait_for(c, &name, "loaded", w.attempts).await? {
                         return Err(PlainError(why).into());
@@ -682,27 +575,24 @@ async fn restart(c: &Client, args: &[String], w: Wait) -> Result<()> {
                 continue;
             }
         }
-        activate(c, std::slice::from_ref(&name), false, "launched", w).await?;
+        activate(c, std::slice::from_ref(&name), false, Desired::Launched, w).await?;
     }
     Ok(())
 }
 
-async fn status(c: &Client, args: &[String]) -> Result<()> {
-    let machines = c.machines().await?;
+async fn status(c: &FleetClient, args: &[String]) -> Result<()> {
+    let machines = machine_ips(c).await?;
     for a in args {
         let name = unit_name(a);
         let Some(u) = c.unit(&name).await? else {
             return Err(PlainError(format!("Unit {name} does not exist.")).into());
         };
-        if s(&u["desiredState"]) == "inactive" {
+        if u.desired_state == "inactive" {
             let why = format!("Unit {name} does not appear to be loaded.");
             return Err(PlainError(why).into());
         }
-        let states = c
-            .json(&format!("/fleet/v1/state?unitName={}", enc(&name)))
-            .await?;
-        println!("● {name} - {}", description(&options_of(&u)));
-        let rows = states["states"].as_array().cloned().unwrap_or_default();
+        let rows = c.states(&format!("unitName={}", segment(&name))).await?;
+        println!("● {name} - {}", description(&u.options));
         if rows.is_empty() {
             let why = placement_reason(c, &name).await.unwrap_or_default();
             println!(
@@ -715,37 +605,23 @@ async fn status(c: &Client, args: &[String]) -> Result<()> {
             );
         }
         for st in rows {
-            let m = s(&st["machineID"]);
-            let ip = machines.get(&m).cloned().unwrap_or_default();
-            println!(
-                "   Loaded: {} ({})",
-                s(&st["systemdLoadState"]),
-                s(&st["hash"])
-            );
+            let m = &st.machine_id;
+            let ip = machines.get(m).cloned().unwrap_or_default();
+            println!("   Loaded: {} ({})", st.systemd_load_state, st.hash);
             println!(
                 "   Active: {} ({})",
-                s(&st["systemdActiveState"]),
-                s(&st["systemdSubState"])
+                st.systemd_active_state, st.systemd_sub_state
             );
-            println!("  Machine: {}", legend(&m, &ip, true));
+            println!("  Machine: {}", legend(m, &ip, true));
         }
     }
     Ok(())
 }
 
-async fn journal(c: &Client, name: &str, n: usize, follow: bool) -> Result<()> {
+async fn journal(c: &FleetClient, name: &str, n: usize, follow: bool) -> Result<()> {
     let mut last: Option<String> = None;
     loop {
-        let path = format!("/flotilla/v1/journal/{}?n={n}", enc(name));
-        let r = c.call("GET", &path, None).await?;
-        if r.status != 200 {
-            bail!("{name}: {}", api_error(&r));
-        }
-        let v: Value = serde_json::from_slice(&r.body)?;
-        let lines: Vec<String> = v["lines"]
-            .as_array()
-            .map(|a| a.iter().map(s).collect())
-            .unwrap_or_default();
+        let lines = c.journal(name, n).await?.lines;
         // Print what follows the last line already shown (all of it the first time).
         let from = last
             .as_ref()
@@ -766,7 +642,7 @@ async fn journal(c: &Client, name: &str, n: usize, follow: bool) -> Result<()> {
 }
 
 fn description(opts: &[UnitOption]) -> String {
-    let d = crate::sched::unit::description(opts);
+    let d = crate::unitfile::file::description(opts);
     if d.is_empty() {
         "-".into()
     } else {
@@ -811,28 +687,28 @@ fn short_hash(h: &str, full: bool) -> String {
     }
 }
 
-async fn list_units(c: &Client, o: &ListOpts) -> Result<()> {
+async fn list_units(c: &FleetClient, o: &ListOpts) -> Result<()> {
     let cols = columns(
         o,
         &["unit", "load", "active", "sub", "machine", "hash"],
         &["unit", "machine", "active", "sub"],
     )?;
-    let machines = c.machines().await?;
+    let machines = machine_ips(c).await?;
     let rows = c
-        .all("state")
+        .states("")
         .await?
         .iter()
         .map(|st| {
-            let m = s(&st["machineID"]);
-            let ip = machines.get(&m).cloned().unwrap_or_default();
+            let m = &st.machine_id;
+            let ip = machines.get(m).cloned().unwrap_or_default();
             cols.iter()
                 .map(|col| match *col {
-                    "unit" => s(&st["name"]),
-                    "load" => s(&st["systemdLoadState"]),
-                    "active" => s(&st["systemdActiveState"]),
-                    "sub" => s(&st["systemdSubState"]),
-                    "machine" => legend(&m, &ip, o.full),
-                    _ => short_hash(&s(&st["hash"]), o.full),
+                    "unit" => st.name.clone(),
+                    "load" => st.systemd_load_state.clone(),
+                    "active" => st.systemd_active_state.clone(),
+                    "sub" => st.systemd_sub_state.clone(),
+                    "machine" => legend(m, &ip, o.full),
+                    _ => short_hash(&st.hash, o.full),
                 })
                 .collect()
         })
@@ -841,7 +717,7 @@ async fn list_units(c: &Client, o: &ListOpts) -> Result<()> {
     Ok(())
 }
 
-async fn list_unit_files(c: &Client, o: &ListOpts) -> Result<()> {
+async fn list_unit_files(c: &FleetClient, o: &ListOpts) -> Result<()> {
     let cols = columns(
         o,
         &[
@@ -852,15 +728,15 @@ async fn list_unit_files(c: &Client, o: &ListOpts) -> Result<()> {
     if cols.contains(&"tmachine") {
         eprintln!("WARNING: tmachine field is deprecated. Please use target instead.");
     }
-    let machines = c.machines().await?;
+    let machines = machine_ips(c).await?;
     let rows = c
-        .all("units")
+        .units()
         .await?
         .iter()
         .map(|u| {
-            let opts = options_of(u);
-            let global = crate::sched::require::Requirements::of(&s(&u["name"]), &opts).global;
-            let m = s(&u["machineID"]);
+            let opts = &u.options;
+            let global = crate::sched::require::Requirements::of(&u.name, opts).global;
+            let m = u.machine_id.clone();
             let target = if global {
                 "global".to_string()
             } else if m.is_empty() {
@@ -872,17 +748,17 @@ async fn list_unit_files(c: &Client, o: &ListOpts) -> Result<()> {
                     o.full,
                 )
             };
-            let state = s(&u["currentState"]);
+            let state = u.current_state.clone();
             cols.iter()
                 .map(|col| match *col {
-                    "unit" => s(&u["name"]),
-                    "hash" => short_hash(&hash(&opts), o.full),
-                    "dstate" => s(&u["desiredState"]),
+                    "unit" => u.name.clone(),
+                    "hash" => short_hash(&hash(opts), o.full),
+                    "dstate" => u.desired_state.clone(),
                     "state" if global || state.is_empty() => "-".into(),
                     "state" => state.clone(),
                     "target" | "tmachine" => target.clone(),
                     "global" => global.to_string(),
-                    _ => description(&opts),
+                    _ => description(opts),
                 })
                 .collect()
         })
@@ -891,19 +767,18 @@ async fn list_unit_files(c: &Client, o: &ListOpts) -> Result<()> {
     Ok(())
 }
 
-async fn list_machines(c: &Client, o: &ListOpts) -> Result<()> {
+async fn list_machines(c: &FleetClient, o: &ListOpts) -> Result<()> {
     let cols = columns(
         o,
         &["machine", "ip", "metadata"],
         &["machine", "ip", "metadata"],
     )?;
     let rows = c
-        .all("machines")
+        .machines()
         .await?
         .iter()
         .map(|m| {
-            let meta: BTreeMap<String, String> =
-                serde_json::from_value(m["metadata"].clone()).unwrap_or_default();
+            let meta = &m.metadata;
             let meta = if meta.is_empty() {
                 "-".to_string()
             } else {
@@ -912,10 +787,10 @@ async fn list_machines(c: &Client, o: &ListOpts) -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(",")
             };
-            let ip = s(&m["primaryIP"]);
+            let ip = m.primary_ip.clone();
             cols.iter()
                 .map(|col| match *col {
-                    "machine" => legend(&s(&m["id"]), "", o.full),
+                    "machine" => legend(&m.id, "", o.full),
                     "ip" if ip.is_empty() => "-".into(),
                     "ip" => ip.clone(),
                     _ => meta.clone(),

@@ -13,6 +13,7 @@
 //! "compare failed" and "not found" the same whichever way they reached the store.
 
 pub mod endpoints;
+pub mod fleet;
 pub mod http;
 pub mod inproc;
 

@@ -3,7 +3,7 @@
 //! exact keys (no path cleaning), `*` not crossing `/`, `gets` sorted by key, `getvs` by
 //! value, `ls`/`lsdir` sorted names.
 
-use crate::sched::glob;
+use crate::unitfile::glob;
 use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 

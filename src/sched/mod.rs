@@ -1,9 +1,7 @@
 //! The scheduler: fleet's cluster-level init system, on the replicated store.
 //!
 //! # Layout
-//! - [`unit`]: unit files — go-systemd's lexer, fleet's normalised text and hash.
-//! - [`name`]: unit names (prefix, instance, template), validation, specifiers.
-//! - [`glob`]: Go's `path.Match`, for `Conflicts` and `Replaces`.
+//! - [`model`]: what placement works on — units as it sees them, machines, the schedule.
 //! - [`require`]: what `[X-Fleet]` asks of a machine; fleet's option validation.
 //! - [`replace`]: which unit `Replaces` which, rings of them ignored.
 //! - [`place`]: placement, a pure function of (machines, units, schedule) → decisions.
@@ -17,10 +15,8 @@
 //! → schedule entries under the machine's own prefix → that machine's agent wakes.
 
 pub mod engine;
-pub mod glob;
-pub mod name;
+pub mod model;
 pub mod place;
 pub mod registry;
 pub mod replace;
 pub mod require;
-pub mod unit;

@@ -19,66 +19,10 @@
 //! several transactions.
 
 use super::replace::Replaces;
-use super::require::{short_id, Requirements};
-use serde::{Deserialize, Serialize};
+use super::require::short_id;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// fleet's target states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Desired {
-    Inactive,
-    Loaded,
-    Launched,
-}
-
-impl Desired {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Desired::Inactive => "inactive",
-            Desired::Loaded => "loaded",
-            Desired::Launched => "launched",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "inactive" => Some(Desired::Inactive),
-            "loaded" => Some(Desired::Loaded),
-            "launched" => Some(Desired::Launched),
-            _ => None,
-        }
-    }
-}
-
-/// A unit as placement sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unit {
-    pub name: String,
-    pub req: Requirements,
-    pub desired: Desired,
-    pub hash: String,
-    /// Templates (`x@.service`) are stored but never run.
-    pub template: bool,
-}
-
-/// A live machine.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Machine {
-    pub id: String,
-    pub metadata: BTreeMap<String, String>,
-}
-
-/// What a schedule entry tells the machine's agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    pub desired: Desired,
-    pub hash: String,
-}
-
-/// The schedule: unit → machine → entry. A plain unit has at most one machine, a global
-/// unit one per machine it runs on.
-pub type Schedule = BTreeMap<String, BTreeMap<String, Entry>>;
+pub use super::model::{Desired, Entry, Machine, Schedule, Unit};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -215,12 +159,12 @@ impl<'a> State<'a> {
             return Some(format!("MachineOf={p} (not there)"));
         }
         // fleet's validation refuses this pair; a stored one must not make passes flap.
-        if let Some(p) = u
-            .req
-            .peers
-            .iter()
-            .find(|p| u.req.replaces.iter().any(|r| super::glob::matches(r, p)))
-        {
+        if let Some(p) = u.req.peers.iter().find(|p| {
+            u.req
+                .replaces
+                .iter()
+                .any(|r| crate::unitfile::glob::matches(r, p))
+        }) {
             return Some(format!(
                 "unresolvable requirements: peer {p:?} matches Replaces"
             ));
@@ -409,7 +353,7 @@ impl<'a> Classes<'a> {
             return None;
         }
         let hits: Vec<usize> = (0..self.patterns.len())
-            .filter(|i| super::glob::matches(self.patterns[*i], &u.name))
+            .filter(|i| crate::unitfile::glob::matches(self.patterns[*i], &u.name))
             .collect();
         Some(format!(
             "{:?}|{:?}|{:?}|{:?}|{hits:?}",

@@ -13,8 +13,8 @@
 
 use super::place::{Desired, Entry, Machine, Schedule, Unit};
 use super::require::Requirements;
-use super::unit::{hash, UnitOption};
 use crate::kv::NodeView;
+use crate::unitfile::file::{hash, UnitOption};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -127,7 +127,7 @@ impl StoredUnit {
             req: Requirements::of(name, &self.record.options),
             desired: self.record.desired_state,
             hash: self.hash.clone(),
-            template: super::name::NameInfo::new(name).is_template(),
+            template: crate::unitfile::name::NameInfo::new(name).is_template(),
         }
     }
 }

@@ -11,8 +11,8 @@
 //! fleet's circular case. What is left holds no ring of `Replaces` (follow edges alone
 //! evict nothing), so evictions run one way and a pass settles.
 
-use super::glob;
-use super::place::Unit;
+use super::model::Unit;
+use crate::unitfile::glob;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub struct Replaces<'a> {

@@ -2,9 +2,9 @@
 //! it (`../shared/reference/fleet-semantics.md` c.2): values split as multi-values,
 //! fleet's specifiers expanded, deprecated aliases honoured, unknown keys ignored.
 
-use super::glob;
-use super::name::{expand_fleet, NameInfo};
-use super::unit::{split_multi, UnitOption};
+use crate::unitfile::file::{split_multi, UnitOption};
+use crate::unitfile::glob;
+use crate::unitfile::name::{expand_fleet, NameInfo};
 use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 
@@ -120,7 +120,8 @@ pub struct OptionsError(pub String);
 /// fleet's `ValidateOptions`: the text must re-parse, and the X-Fleet options must not
 /// contradict each other. Specifiers are not expanded (there is no unit name here).
 pub fn validate(options: &[UnitOption]) -> Result<(), OptionsError> {
-    super::unit::parse(&super::unit::serialize(options)).map_err(|e| OptionsError(e.what))?;
+    crate::unitfile::file::parse(&crate::unitfile::file::serialize(options))
+        .map_err(|e| OptionsError(e.what))?;
     let raw = |k: &str| -> Vec<String> {
         options
             .iter()
@@ -174,7 +175,7 @@ pub fn validate(options: &[UnitOption]) -> Result<(), OptionsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sched::unit::parse;
+    use crate::unitfile::file::parse;
 
     fn req(name: &str, text: &str) -> Requirements {
         Requirements::of(name, &parse(text).unwrap())

@@ -5,7 +5,7 @@
 //! handler, and crosses back, so partitions, loss and crashes reach this path too.
 
 use super::World;
-use crate::engine::{EngineFaults, SimEngine};
+use crate::docker::{DockerFaults, SimDocker};
 use crate::env::{SimClock, SimSpawn};
 use crate::processes::SimProcesses;
 use bytes::Bytes;
@@ -31,7 +31,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(1_200);
 pub(super) struct AgentMachine {
     pub(super) id: String,
     pub(super) clock: SimClock,
-    pub(super) engine: SimEngine,
+    pub(super) docker: SimDocker,
     procs: SimProcesses,
     files: MemFiles,
     /// The store as this machine reaches it (its presence containers write through it).
@@ -130,7 +130,7 @@ impl Transport for FabricHttp {
 
 impl AgentMachine {
     /// Agent-only machine `j` of world `w`: every member's client URL, its own first.
-    pub(super) fn new(w: &Weak<World>, j: usize, nodes: usize, faults: EngineFaults) -> Self {
+    pub(super) fn new(w: &Weak<World>, j: usize, nodes: usize, faults: DockerFaults) -> Self {
         let endpoint = AGENT_BASE + j as u64;
         let urls = (0..nodes)
             .map(|k| format!("http://10.0.0.{}:2379", (j + k) % nodes + 1))
@@ -145,7 +145,7 @@ impl AgentMachine {
         Self {
             id: format!("m{}", nodes + j),
             clock: SimClock::default(),
-            engine: SimEngine::new(faults),
+            docker: SimDocker::new(faults),
             procs: SimProcesses::new(),
             files: MemFiles::new(),
             kv: Arc::new(HttpKv::new(endpoints, REQUEST_TIMEOUT)),
@@ -156,7 +156,7 @@ impl AgentMachine {
     /// Starts its agent (on the current simulated node) by the one `agent::start`.
     pub(super) fn start(&self, cfg: AgentConfig) {
         let seams = RunSeams {
-            containers: Arc::new(self.engine.clone()),
+            containers: Arc::new(self.docker.clone()),
             procs: Arc::new(self.procs.clone()),
             files: Arc::new(self.files.clone()),
         };

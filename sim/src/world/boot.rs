@@ -76,7 +76,7 @@ pub(super) async fn boot(w: Arc<World>, i: usize) {
         spawn: Arc::new(SimSpawn),
         seed: madsim::rand::thread_rng().gen(),
         agent: w.s.sched.as_ref().map(|_| RunSeams {
-            containers: Arc::new(slot.engine.clone()),
+            containers: Arc::new(slot.docker.clone()),
             procs: Arc::new(slot.procs.clone()),
             files: Arc::new(slot.files.clone()),
         }),
@@ -184,7 +184,7 @@ impl World {
     /// files lose what was never synced.
     pub(super) fn machine_down(&self, i: usize) {
         let slot = &self.slots[i];
-        slot.engine.set_daemon(false);
+        slot.docker.set_daemon(false);
         slot.procs.kill_all();
         match &slot.render {
             Some(watched) => watched.power_loss(),

@@ -73,15 +73,15 @@ pub(super) async fn inject(w: Arc<World>, ev: Event) {
             w.machine_down(node);
             madsim::time::sleep(Duration::from_millis(down_ms)).await;
             if *w.slots[node].crashes.lock().expect("slot lock") == n {
-                w.slots[node].engine.set_daemon(true);
+                w.slots[node].docker.set_daemon(true);
                 w.restart(node);
             }
         }
-        Fault::ContainerDeath { node, pick, oom } => w.slots[node].engine.kill_some(pick, oom),
+        Fault::ContainerDeath { node, pick, oom } => w.slots[node].docker.kill_some(pick, oom),
         Fault::EngineRestart { node, ms } => {
-            w.slots[node].engine.set_daemon(false);
+            w.slots[node].docker.set_daemon(false);
             madsim::time::sleep(Duration::from_millis(ms)).await;
-            w.slots[node].engine.set_daemon(true);
+            w.slots[node].docker.set_daemon(true);
         }
         Fault::Pause { node, ms } => {
             *w.slots[node].paused.lock().expect("slot lock") += 1;
@@ -216,8 +216,8 @@ pub(super) async fn heal(w: &Arc<World>) {
         }
         w.rt.resume(w.node_id(i));
         w.slots[i].unsteady();
-        w.slots[i].engine.set_faults(EngineFaults::default());
-        w.slots[i].engine.set_daemon(true);
+        w.slots[i].docker.set_faults(DockerFaults::default());
+        w.slots[i].docker.set_daemon(true);
         if matches!(w.slots[i].life(), Life::Down | Life::Fatal(_)) {
             w.restart(i);
         }

@@ -1,7 +1,7 @@
 //! One simulated run: real flotilla nodes on the madsim seam, concurrent clients, the
 //! fault schedule, a heal phase, and every checker.
 
-use crate::engine::{EngineFaults, SimEngine};
+use crate::docker::{DockerFaults, SimDocker};
 use crate::env::{elapsed, SimClock, SimSpawn};
 use crate::fabric::{Fabric, SimNet, CLIENT_BASE};
 use crate::history::{History, Op, Outcome, Record};
@@ -22,7 +22,7 @@ use flotilla::sched::engine::EngineConfig;
 use flotilla::sched::place::Bugs;
 use flotilla::sched::place::Desired;
 use flotilla::sched::registry::{self, StoredUnit, UnitRecord};
-use flotilla::sched::unit::UnitOption;
+use flotilla::unitfile::file::UnitOption;
 use flotilla_shims::files::MemFiles;
 use flotilla_shims::mem_disk::MemDiskHandle;
 use flotilla_shims::Clock;
@@ -115,7 +115,7 @@ struct Slot {
     corrupted: Mutex<Option<String>>,
     /// The machine's container engine and host processes: they outlive a restart of the
     /// node's process, not a crash of the machine.
-    engine: SimEngine,
+    docker: SimDocker,
     procs: SimProcesses,
     files: MemFiles,
     /// The renderer's view of the node's files (render scenarios).
@@ -146,7 +146,7 @@ impl Slot {
             life: Mutex::new(Life::Down),
             crashes: Mutex::new(0),
             corrupted: Mutex::new(None),
-            engine: SimEngine::new(EngineFaults {
+            docker: SimDocker::new(DockerFaults {
                 pull_fail_permille: sched.map_or(0, |l| l.pull_fail_permille),
                 start_fail_permille: sched.map_or(0, |l| l.start_fail_permille),
             }),
@@ -288,7 +288,7 @@ fn build(s: &Scenario) -> Arc<World> {
             Arc::new(Slot::new(s))
         })
         .collect();
-    let faults = EngineFaults {
+    let faults = DockerFaults {
         pull_fail_permille: s.sched.as_ref().map_or(0, |l| l.pull_fail_permille),
         start_fail_permille: s.sched.as_ref().map_or(0, |l| l.start_fail_permille),
     };
@@ -419,10 +419,10 @@ impl World {
         self.s.nodes + self.agents.len()
     }
 
-    fn engine(&self, i: usize) -> &SimEngine {
+    fn docker(&self, i: usize) -> &SimDocker {
         match self.slots.get(i) {
-            Some(slot) => &slot.engine,
-            None => &self.agents[i - self.s.nodes].engine,
+            Some(slot) => &slot.docker,
+            None => &self.agents[i - self.s.nodes].docker,
         }
     }
 

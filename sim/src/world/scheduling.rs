@@ -276,7 +276,7 @@ pub(super) fn sample_leases(w: &World, seen: &mut Leases) {
             continue;
         }
         let steady = w.machine_live(i) && now.saturating_sub(w.steady_since_ms(i)) >= lease_ms;
-        let units = w.engine(i).running_units();
+        let units = w.docker(i).running_units();
         if steady && !units.is_empty() {
             w.violation(format!(
                 "{id}'s key expired while it still ran {units:?}, up all along: its agent \
@@ -296,7 +296,7 @@ pub fn lease_bound(ttl_s: u64) -> Duration {
 pub(super) fn running(w: &World) -> BTreeMap<usize, Vec<String>> {
     (0..w.machines())
         .filter(|i| w.machine_live(*i))
-        .map(|i| (i, w.engine(i).running_units()))
+        .map(|i| (i, w.docker(i).running_units()))
         .collect()
 }
 

@@ -10,7 +10,7 @@
 
 use super::scheduling::{agent_says, machine_keys, running, sched_liveness};
 use super::{Life, World, LIVENESS_BOUND};
-use crate::engine::Presence;
+use crate::docker::Presence;
 use crate::env::elapsed;
 use crate::scenario::PRESENCE_TTL_S;
 use flotilla::client::{inproc::InProc, ClientError, KvClient, SetOpts};
@@ -41,11 +41,11 @@ pub(super) async fn presence_keeper(w: Arc<World>) {
             }
             let Some(h) = slot.handle() else { continue };
             let kv: Arc<dyn KvClient> = Arc::new(InProc::new(h, Arc::new(slot.clock.clone())));
-            keep_presences(&w, i, &slot.engine, kv);
+            keep_presences(&w, i, &slot.docker, kv);
         }
         // An agent-only machine's containers write over HTTP, as its agent does.
         for (j, m) in w.agents.iter().enumerate() {
-            keep_presences(&w, w.s.nodes + j, &m.engine, m.kv.clone());
+            keep_presences(&w, w.s.nodes + j, &m.docker, m.kv.clone());
         }
     }
 }
@@ -54,10 +54,10 @@ pub(super) async fn presence_keeper(w: Arc<World>) {
 fn keep_presences(
     w: &Arc<World>,
     i: usize,
-    engine: &crate::engine::SimEngine,
+    docker: &crate::docker::SimDocker,
     kv: Arc<dyn KvClient>,
 ) {
-    for p in engine.presences() {
+    for p in docker.presences() {
         let ttl_s = if w.s.bug_presence_no_ttl {
             None
         } else {
@@ -101,7 +101,7 @@ async fn make_app_dir(w: &Arc<World>) {
 fn announced(w: &World) -> BTreeMap<String, (usize, Presence)> {
     let mut out = BTreeMap::new();
     for i in running(w).keys() {
-        for p in w.engine(*i).presences() {
+        for p in w.docker(*i).presences() {
             out.insert(p.key.clone(), (*i, p));
         }
     }
@@ -215,7 +215,7 @@ pub(super) async fn leader_change_probe(w: &Arc<World>) {
     let before: BTreeMap<usize, BTreeMap<String, String>> = running(w)
         .keys()
         .filter(|i| **i != leader)
-        .map(|i| (*i, w.engine(*i).running_ids()))
+        .map(|i| (*i, w.docker(*i).running_ids()))
         .collect();
     let gone: Vec<String> = announced(w)
         .into_iter()
@@ -227,6 +227,17 @@ pub(super) async fn leader_change_probe(w: &Arc<World>) {
     w.crash(leader, 1000);
     w.machine_down(leader);
     let killed = elapsed();
+    presences_go(w, &gone, leader, killed).await;
+    let Some(ttl) = machine_key_goes(w, leader, killed).await else {
+        return;
+    };
+    sched_liveness(w, LIVENESS_BOUND + ttl).await;
+    converged(w).await;
+    not_restarted(w, before);
+}
+
+/// The dead leader's instances' presence keys go within their TTL.
+async fn presences_go(w: &Arc<World>, gone: &[String], leader: usize, killed: Duration) {
     // Expiry runs on the leader's wall clock: clocks that disagree stretch a TTL.
     let bound = Duration::from_secs(PRESENCE_TTL_S)
         + EXPIRY_SLACK
@@ -251,23 +262,31 @@ pub(super) async fn leader_change_probe(w: &Arc<World>) {
         }
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
-    // The dead machine's units move once its key expires: wait for that, so the passes
-    // of the new leader that place them are the ones judged.
+}
+
+/// The dead machine's units move once its key expires: waits for that (the agent TTL;
+/// `None` after a violation), so the passes of the new leader that place them are the
+/// ones judged.
+async fn machine_key_goes(w: &Arc<World>, leader: usize, killed: Duration) -> Option<Duration> {
     let ttl = Duration::from_secs(w.s.sched.as_ref().map_or(0, |l| l.agent_ttl_s));
     let dead = format!("m{leader}");
     let expiry_bound = ttl + EXPIRY_SLACK + Duration::from_millis(2 * w.max_skew_ms());
     while machine_keys(w).is_some_and(|(_, ids)| ids.contains(&dead)) {
         if elapsed() - killed > expiry_bound {
-            return w.violation(format!(
+            w.violation(format!(
                 "stack probe: the dead machine {dead}'s key outlived it by more than {expiry_bound:?}"
             ));
+            return None;
         }
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
-    sched_liveness(w, LIVENESS_BOUND + ttl).await;
-    converged(w).await;
+    Some(ttl)
+}
+
+/// No container on a machine that stayed up was restarted by the change of leader.
+fn not_restarted(w: &Arc<World>, before: BTreeMap<usize, BTreeMap<String, String>>) {
     for (i, ids) in before {
-        let now = w.engine(i).running_ids();
+        let now = w.docker(i).running_ids();
         for (u, id) in ids {
             if now.get(&u) != Some(&id) {
                 w.violation(format!(

@@ -1,7 +1,7 @@
 //! Carrying out one step of a unit: a container operation, a store operation or a host
 //! process, through the seams. What a step did comes back as a lifecycle [`Event`].
 
-use super::exec::{DockerOp, KvOp, Op, RunSpec};
+use super::exec_line::{DockerOp, KvOp, Op, RunSpec};
 use super::lifecycle::{Event, Stage, Step, StepResult};
 use crate::client::{ClientError, KvClient, SetOpts};
 use crate::kv::Precondition;

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 /// Failure rates, per thousand operations.
 #[derive(Debug, Clone, Default)]
-pub struct EngineFaults {
+pub struct DockerFaults {
     pub pull_fail_permille: u32,
     pub start_fail_permille: u32,
 }
@@ -25,11 +25,11 @@ struct State {
     env: BTreeMap<String, BTreeMap<String, String>>,
     next_id: u64,
     daemon_up: bool,
-    faults: EngineFaults,
+    faults: DockerFaults,
 }
 
 #[derive(Clone)]
-pub struct SimEngine {
+pub struct SimDocker {
     st: Arc<Mutex<State>>,
     exits_tx: mpsc::Sender<ExitEvent>,
     exits_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<ExitEvent>>>,
@@ -54,8 +54,8 @@ fn roll(permille: u32) -> bool {
     madsim::rand::thread_rng().gen_range(0..1000) < permille
 }
 
-impl SimEngine {
-    pub fn new(faults: EngineFaults) -> Self {
+impl SimDocker {
+    pub fn new(faults: DockerFaults) -> Self {
         let (exits_tx, rx) = mpsc::channel(EXIT_EVENTS_MAX);
         Self {
             st: Arc::new(Mutex::new(State {
@@ -163,7 +163,7 @@ impl SimEngine {
             .collect()
     }
 
-    pub fn set_faults(&self, faults: EngineFaults) {
+    pub fn set_faults(&self, faults: DockerFaults) {
         self.lock().faults = faults;
     }
 
@@ -200,7 +200,7 @@ impl SimEngine {
     }
 }
 
-impl Containers for SimEngine {
+impl Containers for SimDocker {
     fn pull(&self, image: &str) -> BoxFuture<'static, Result<(), ContainerError>> {
         let image = image.to_string();
         self.with(move |st| {
@@ -349,7 +349,7 @@ impl Containers for SimEngine {
     }
 }
 
-impl SimEngine {
+impl SimDocker {
     fn signal(&self, name: &str, code: i64) -> BoxFuture<'static, Result<(), ContainerError>> {
         let name = name.to_string();
         let me = self.clone();
@@ -374,7 +374,7 @@ mod tests {
 
     #[madsim::test]
     async fn lifecycle_failures_and_daemon_restart() {
-        let e = SimEngine::new(EngineFaults::default());
+        let e = SimDocker::new(DockerFaults::default());
         let spec = ContainerSpec {
             name: "web".into(),
             image: "busybox".into(),
@@ -407,7 +407,7 @@ mod tests {
                 oom_killed: false
             }
         );
-        let failing = SimEngine::new(EngineFaults {
+        let failing = SimDocker::new(DockerFaults {
             pull_fail_permille: 1000,
             start_fail_permille: 0,
         });

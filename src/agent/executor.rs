@@ -8,8 +8,8 @@
 //! journal endpoint. Schedule changes (a watch on this machine's prefix) and container
 //! exits (the engine's event stream) wake it.
 
-use super::execute::{run_step, Seams, LABEL_HASH, LABEL_MACHINE, LABEL_ROLE, LABEL_UNIT};
 use super::presence::Renewed;
+use super::run_step::{run_step, Seams, LABEL_HASH, LABEL_MACHINE, LABEL_ROLE, LABEL_UNIT};
 use super::spec::env_files;
 pub use super::supervisor::{AgentBugs, UnitReport, UNITS_MAX};
 use super::supervisor::{Effect, Found, Input, Main, Publish, Supervisor};

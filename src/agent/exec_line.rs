@@ -430,56 +430,67 @@ fn docker_run(args: &[String]) -> Result<RunSpec, ExecError> {
             continue;
         }
         let (f, inline) = split_flag(arg, SHORT_VALUED);
-        match f {
-            "--name" => r.name = Some(a.value(f, inline)?.to_string()),
-            "-p" | "--publish" => r.publish.push(publish(a.value(f, inline)?)?),
-            "-e" | "--env" => {
-                let v = a.value(f, inline)?;
-                r.env.push(match v.split_once('=') {
-                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                    None => (v.to_string(), None),
-                });
-            }
-            "--env-file" => r.env_files.push(a.value(f, inline)?.to_string()),
-            "--rm" => r.rm = true,
-            "-d" | "--detach" => r.detach = true,
-            "-i" | "--interactive" | "-t" | "--tty" => {}
-            "-v" | "--volume" => r.volumes.push(a.value(f, inline)?.to_string()),
-            "--net" | "--network" => r.network = Some(a.value(f, inline)?.to_string()),
-            "-l" | "--label" => {
-                let v = a.value(f, inline)?;
-                let (k, v) = v.split_once('=').unwrap_or((v, ""));
-                r.labels.push((k.to_string(), v.to_string()));
-            }
-            "--entrypoint" => r.entrypoint = Some(a.value(f, inline)?.to_string()),
-            "-w" | "--workdir" => r.workdir = Some(a.value(f, inline)?.to_string()),
-            "-u" | "--user" => r.user = Some(a.value(f, inline)?.to_string()),
-            "-h" | "--hostname" => r.hostname = Some(a.value(f, inline)?.to_string()),
-            "-m" | "--memory" => r.memory_bytes = Some(bytes(a.value(f, inline)?)?),
-            "--cpus" => {
-                let v = a.value(f, inline)?;
-                let cpus: f64 = v
-                    .parse()
-                    .map_err(|_| ExecError(format!("docker run: bad --cpus {v:?}")))?;
-                if !(cpus > 0.0 && cpus <= 1024.0) {
-                    return fail(format!("docker run: bad --cpus {v:?}"));
-                }
-                r.nano_cpus = Some((cpus * 1e9) as i64);
-            }
-            "--restart" => {
-                let v = a.value(f, inline)?;
-                let kind = v.split(':').next().unwrap_or("");
-                if !["no", "always", "on-failure", "unless-stopped"].contains(&kind) {
-                    return fail(format!("docker run: bad --restart {v:?}"));
-                }
-                r.restart = Some(v.to_string());
-            }
-            "--privileged" => r.privileged = true,
-            other => return fail(format!("docker run: unknown flag {other}")),
-        }
+        run_flag(&mut r, &mut a, f, inline)?;
         a.i += 1;
     }
     fail("docker run: no image given")
+}
+
+/// One `docker run` option (`f`, its value inline or next) into `r`.
+fn run_flag<'a>(
+    r: &mut RunSpec,
+    a: &mut Args<'a>,
+    f: &str,
+    inline: Option<&'a str>,
+) -> Result<(), ExecError> {
+    match f {
+        "--name" => r.name = Some(a.value(f, inline)?.to_string()),
+        "-p" | "--publish" => r.publish.push(publish(a.value(f, inline)?)?),
+        "-e" | "--env" => {
+            let v = a.value(f, inline)?;
+            r.env.push(match v.split_once('=') {
+                Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                None => (v.to_string(), None),
+            });
+        }
+        "--env-file" => r.env_files.push(a.value(f, inline)?.to_string()),
+        "--rm" => r.rm = true,
+        "-d" | "--detach" => r.detach = true,
+        "-i" | "--interactive" | "-t" | "--tty" => {}
+        "-v" | "--volume" => r.volumes.push(a.value(f, inline)?.to_string()),
+        "--net" | "--network" => r.network = Some(a.value(f, inline)?.to_string()),
+        "-l" | "--label" => {
+            let v = a.value(f, inline)?;
+            let (k, v) = v.split_once('=').unwrap_or((v, ""));
+            r.labels.push((k.to_string(), v.to_string()));
+        }
+        "--entrypoint" => r.entrypoint = Some(a.value(f, inline)?.to_string()),
+        "-w" | "--workdir" => r.workdir = Some(a.value(f, inline)?.to_string()),
+        "-u" | "--user" => r.user = Some(a.value(f, inline)?.to_string()),
+        "-h" | "--hostname" => r.hostname = Some(a.value(f, inline)?.to_string()),
+        "-m" | "--memory" => r.memory_bytes = Some(bytes(a.value(f, inline)?)?),
+        "--cpus" => {
+            let v = a.value(f, inline)?;
+            let cpus: f64 = v
+                .parse()
+                .map_err(|_| ExecError(format!("docker run: bad --cpus {v:?}")))?;
+            if !(cpus > 0.0 && cpus <= 1024.0) {
+                return fail(format!("docker run: bad --cpus {v:?}"));
+            }
+            r.nano_cpus = Some((cpus * 1e9) as i64);
+        }
+        "--restart" => {
+            let v = a.value(f, inline)?;
+            let kind = v.split(':').next().unwrap_or("");
+            if !["no", "always", "on-failure", "unless-stopped"].contains(&kind) {
+                return fail(format!("docker run: bad --restart {v:?}"));
+            }
+            r.restart = Some(v.to_string());
+        }
+        "--privileged" => r.privileged = true,
+        other => return fail(format!("docker run: unknown flag {other}")),
+    }
+    Ok(())
 }
 
 /// `[ip:][hostPort:]containerPort[/proto]`.
