@@ -326,7 +326,10 @@ fn stack_bug_found(seeds: std::ops::Range<u64>, plant: impl Fn(&mut Scenario)) -
 
 /// Each planted bug across the layers, and what its violation must say.
 type Plant = fn(&mut Scenario);
-const STACK_BUGS: [(&str, Plant, &[&str]); 9] = [
+// `ack-on-propose` is the store's bug and its check the store's (the kv scenario's
+// acknowledged-write check): it answers with no event, which the HTTP API rightly refuses
+// to serve, so in the stack it would be found by a panic rather than by its check.
+const STACK_BUGS: [(&str, Plant, &[&str]); 8] = [
     (
         "skip-sync",
         |s| s.bug_skip_sync = true,
@@ -335,12 +338,9 @@ const STACK_BUGS: [(&str, Plant, &[&str]); 9] = [
             "linearizab",
             "diverge",
             "refused",
+            // raft-rs's own assertion: a member acknowledged entries it then lost.
+            "out of range",
         ],
-    ),
-    (
-        "ack-on-propose",
-        |s| s.bug_ack_on_propose = true,
-        &["acknowledged write lost", "linearizab"],
     ),
     (
         "drop-foreign-ttls",

@@ -73,7 +73,12 @@ pub struct StateJson {
 /// One page of a collection: `units`, `machines` or `states`, and the next page's token.
 #[derive(Debug, Clone, Deserialize)]
 pub struct PageJson<T> {
-    #[serde(default = "Vec::new", alias = "units", alias = "machines", alias = "states")]
+    #[serde(
+        default = "Vec::new",
+        alias = "units",
+        alias = "machines",
+        alias = "states"
+    )]
     pub items: Vec<T>,
     #[serde(default, rename = "nextPageToken")]
     pub next_page_token: String,
