@@ -3,7 +3,7 @@
 //! shrinking. A failure writes a seed file and prints the command that reproduces it.
 #![cfg(madsim)]
 
-use flotilla_chaos::{seed_file, shrink, SeedFile};
+use flotilla_chaos::{seed_file, shrink, tally, SeedFile, Summary};
 use flotilla_sim::scenario::{Scenario, ALL_FAULTS};
 use flotilla_sim::world::{run, Report};
 use std::path::PathBuf;
@@ -305,6 +305,29 @@ fn stack_seeds_with_agent_only_machines_pass_every_checker() {
     }
     assert!(running > 0, "no agent-only machine ever ran a unit");
     assert!(requests > 0, "no agent-only machine ever reached the store");
+}
+
+/// `chaos run --jobs N` (and its child processes) split and order the seeds as they
+/// please; the campaign hash is the same whatever they did.
+#[test]
+fn the_campaign_hash_does_not_depend_on_how_the_seeds_were_split_or_ordered() {
+    let report = |seed| run(&Scenario::generate(seed, 3, ALL_FAULTS));
+    let mut in_order = Summary::default();
+    for seed in 0..6 {
+        tally(&mut in_order, &report(seed));
+    }
+    let (mut even, mut odd) = (Summary::default(), Summary::default());
+    for seed in (0..6).rev() {
+        let part = if seed % 2 == 0 { &mut even } else { &mut odd };
+        tally(part, &report(seed));
+    }
+    odd.merge(even);
+    assert_eq!(odd.seeds, 6);
+    assert_eq!(in_order.campaign_hash(), odd.campaign_hash());
+    // And it is a hash of the seeds' traces: another seed set gives another.
+    let mut other = Summary::default();
+    tally(&mut other, &report(6));
+    assert_ne!(other.campaign_hash(), in_order.campaign_hash());
 }
 
 #[test]

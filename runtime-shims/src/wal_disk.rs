@@ -947,6 +947,33 @@ mod tests {
         dir.join(WAL_DIR).join(segment_name(id))
     }
 
+    /// A record missing from the middle of a segment (its neighbours intact, checksums
+    /// and all) is a gap in `seq`: refused, and the segment left as it was.
+    #[tokio::test]
+    async fn a_gap_in_the_sequence_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path()).await;
+        let p = segment(dir.path(), 0);
+        let data = std::fs::read(&p).unwrap();
+        let mut bounds = vec![0];
+        while let Parse::Record(r) = parse(&data, *bounds.last().unwrap()) {
+            bounds.push(r.next);
+        }
+        assert!(bounds.len() > 5, "{bounds:?}");
+        let (from, to) = (bounds[3], bounds[4]);
+        let mut cut = data[..from].to_vec();
+        cut.extend_from_slice(&data[to..]);
+        cut.resize(data.len(), 0);
+        std::fs::write(&p, &cut).unwrap();
+        let err = WalDisk::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("records are missing"), "{err}");
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            cut,
+            "a refused dir is left as it was"
+        );
+    }
+
     #[tokio::test]
     async fn torn_tail_is_cut_before_new_records() {
         let dir = tempfile::tempdir().unwrap();
@@ -1089,6 +1116,10 @@ mod tests {
         std::fs::write(&p, &data).unwrap();
         let err = WalDisk::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("fails its checksum"), "{err}");
+        data[100] ^= 1;
+        std::fs::write(&p, &data[..data.len() - 10]).unwrap();
+        let err = WalDisk::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("wrong length"), "{err}");
         std::fs::remove_file(&p).unwrap();
         let err = WalDisk::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("is missing"), "{err}");

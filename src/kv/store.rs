@@ -535,6 +535,49 @@ mod tests {
         }
     }
 
+    /// A machine's heartbeat is a TTL refresh (`refresh=true`): it moves the index and
+    /// the expiry, but a watcher of the key (or its directory) is not woken by it.
+    #[test]
+    fn a_ttl_refresh_wakes_no_watcher() {
+        let mut s = Store::new();
+        let ttl = |value: &str, refresh, exist| Command::Put {
+            key: "/_flotilla/machines/m1".into(),
+            value: value.into(),
+            dir: false,
+            expire_ms: Some(30_000),
+            refresh,
+            prev: Precondition {
+                exist,
+                ..Default::default()
+            },
+        };
+        s.apply(&ttl("m1", false, None));
+        let since = s.index() + 1;
+        let r = s.apply(&ttl("", true, Some(true)));
+        assert!(r.result.is_ok(), "{:?}", r.result);
+        assert_eq!(s.index(), since, "a refresh moves the index");
+        let h = s.history();
+        for (key, recursive) in [("/_flotilla/machines/m1", false), ("/_flotilla", true)] {
+            let woken = h
+                .scan(key, recursive, since, s.index())
+                .expect("in the window");
+            assert!(woken.is_none(), "{key}: woken by a refresh: {woken:?}");
+        }
+        // A real change does wake them.
+        s.apply(&ttl("m1-changed", false, None));
+        let woken = h_scan(&s, since);
+        assert_eq!(
+            woken.map(|e| e.node.value.clone()),
+            Some(Some("m1-changed".into()))
+        );
+    }
+
+    fn h_scan(s: &Store, since: u64) -> Option<&Event> {
+        s.history()
+            .scan("/_flotilla", true, since, s.index())
+            .expect("in the window")
+    }
+
     #[test]
     fn txn_applies_every_op_or_none() {
         let mut s = Store::new();

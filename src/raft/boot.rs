@@ -241,3 +241,88 @@ fn initial_conf_state(identity: &Identity) -> ConfState {
     let voters: Vec<u64> = identity.initial_members.iter().map(|m| m.id).collect();
     ConfState::from((voters, vec![]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_shims::mem_disk::MemDiskHandle;
+
+    fn identity() -> Identity {
+        let member = |id: u64| Member {
+            id,
+            name: format!("n{id}"),
+            peer_urls: vec![format!("http://127.0.0.1:{}", 2380 + id)],
+            client_urls: vec![],
+        };
+        Identity {
+            format: FORMAT_VERSION,
+            id: 1,
+            name: "n1".into(),
+            cluster_id: 7,
+            initial_members: vec![member(1), member(2), member(3)],
+        }
+    }
+
+    /// A bootstrapped disk: the three conf-change entries, committed.
+    fn bootstrapped() -> MemDiskHandle {
+        let h = MemDiskHandle::new();
+        let r = recover(&mut h.open(None), &identity()).expect("bootstraps");
+        assert!(r.fresh);
+        h
+    }
+
+    fn refused(h: &MemDiskHandle) -> String {
+        match recover(&mut h.open(None), &identity()) {
+            Err(BootError::Corrupt(why)) => why,
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a damaged dir was accepted"),
+        }
+    }
+
+    #[test]
+    fn a_bootstrapped_dir_recovers() {
+        let h = bootstrapped();
+        let r = recover(&mut h.open(None), &identity()).expect("recovers");
+        assert!(!r.fresh);
+    }
+
+    #[test]
+    fn a_gap_in_the_log_is_refused() {
+        let h = bootstrapped();
+        let mut e = Entry::default();
+        (e.index, e.term) = (5, 1);
+        let mut d = h.open(None);
+        d.log_put(5, &e.write_to_bytes().expect("encodes")).unwrap();
+        let why = refused(&h);
+        assert!(why.contains("gap between entries 3 and 5"), "{why}");
+    }
+
+    #[test]
+    fn a_commit_past_the_logs_end_is_refused() {
+        let h = bootstrapped();
+        let mut hs = HardState::default();
+        (hs.term, hs.commit) = (1, 10);
+        let mut d = h.open(None);
+        d.meta_put(META_HARD_STATE, &hs.write_to_bytes().expect("encodes"))
+            .unwrap();
+        let why = refused(&h);
+        assert!(
+            why.contains("commits index 10 but the log ends at 3"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn another_members_dir_is_refused_as_a_mismatch() {
+        let h = bootstrapped();
+        let other = Identity {
+            id: 2,
+            name: "n2".into(),
+            ..identity()
+        };
+        assert!(matches!(
+            recover(&mut h.open(None), &other),
+            Err(BootError::Mismatch(_))
+        ));
+    }
+}

@@ -161,6 +161,80 @@ mod tests {
         }
     }
 
+    /// A store whose watch answers one event, then etcd's 401 (history cleared).
+    struct Cleared {
+        watched: std::sync::Mutex<Vec<u64>>,
+    }
+
+    impl KvClient for Cleared {
+        fn get(
+            &self,
+            _: &str,
+            _: bool,
+            _: bool,
+        ) -> flotilla_shims::BoxFuture<'_, Result<Option<crate::client::Got>, ClientError>>
+        {
+            Box::pin(async { Err(ClientError::Unavailable("not asked".into())) })
+        }
+        fn set(
+            &self,
+            _: &str,
+            _: &str,
+            _: crate::client::SetOpts,
+        ) -> flotilla_shims::BoxFuture<'_, Result<Event, ClientError>> {
+            Box::pin(async { Err(ClientError::Unavailable("not asked".into())) })
+        }
+        fn delete(
+            &self,
+            _: &str,
+            _: bool,
+            _: crate::kv::Precondition,
+        ) -> flotilla_shims::BoxFuture<'_, Result<Event, ClientError>> {
+            Box::pin(async { Err(ClientError::Unavailable("not asked".into())) })
+        }
+        fn watch(
+            &self,
+            _: &str,
+            _: bool,
+            since: u64,
+        ) -> flotilla_shims::BoxFuture<'_, Result<Event, ClientError>> {
+            self.watched.lock().unwrap().push(since);
+            Box::pin(async move {
+                match since {
+                    5 => Ok(Event {
+                        index: 7,
+                        ..ev(Action::Set, "/app/web/a", Some("1"))
+                    }),
+                    _ => Err(ClientError::Store(crate::kv::StoreError::new(
+                        crate::kv::error::EVENT_INDEX_CLEARED,
+                        "the requested history has been cleared [1008/8]",
+                        2000,
+                    ))),
+                }
+            })
+        }
+    }
+
+    /// etcd's `401 index cleared` ends the feed with a `Reset` (the renderer reads every
+    /// key again and starts a new feed), after the events it did get, in order.
+    #[tokio::test]
+    async fn a_cleared_history_ends_the_feed_with_a_reset() {
+        let kv = Arc::new(Cleared {
+            watched: Default::default(),
+        });
+        let (tx, mut rx) = mpsc::channel(8);
+        let start = Start {
+            since: 5,
+            from_now: false,
+        };
+        let clock = Arc::new(flotilla_shims::TokioClock::new());
+        run(kv.clone(), clock, "/app".into(), start, tx, 10).await;
+        assert!(matches!(rx.recv().await, Some(Feed::Event(e)) if e.index == 7));
+        assert!(matches!(rx.recv().await, Some(Feed::Reset)));
+        assert!(rx.recv().await.is_none(), "the feed has ended");
+        assert_eq!(*kv.watched.lock().unwrap(), [5, 8]);
+    }
+
     #[test]
     fn events_change_exactly_what_a_reread_would() {
         let r = resource("/app", &["/web", "/db"]);

@@ -180,7 +180,7 @@ impl Engine {
             ..Default::default()
         };
         for chunk in plan.decisions.chunks(self.cfg.txn_ops_max.max(1)) {
-            let (guards, ops) = self.transaction(lease_index, chunk);
+            let (guards, ops) = transaction(&self.units, lease_index, chunk);
             match self.kv.txn(guards, ops).await {
                 Ok(()) => report.committed += chunk.len(),
                 Err(ClientError::Store(e)) if e.cause.starts_with(registry::LEASE) => {
@@ -273,59 +273,65 @@ impl Engine {
             index,
         }
     }
+}
 
-    /// The guards and ops that commit `decisions`, fenced by the lease.
-    fn transaction(&self, lease_index: u64, decisions: &[Decision]) -> (Vec<Guard>, Vec<Command>) {
-        let mut guards: BTreeMap<String, Guard> = BTreeMap::new();
-        let mut guard = |key: String, exist: Option<bool>, index: u64| {
-            guards.insert(key.clone(), Guard { key, exist, index });
+/// The guards and ops that commit `decisions`: fenced by the lease (its key unchanged
+/// since `lease_index`), each unit's record as read (`units`, by modified index; absent
+/// stays absent), each target machine still registered.
+fn transaction(
+    units: &BTreeMap<String, (StoredUnit, place::Unit)>,
+    lease_index: u64,
+    decisions: &[Decision],
+) -> (Vec<Guard>, Vec<Command>) {
+    let mut guards: BTreeMap<String, Guard> = BTreeMap::new();
+    let mut guard = |key: String, exist: Option<bool>, index: u64| {
+        guards.insert(key.clone(), Guard { key, exist, index });
+    };
+    guard(registry::LEASE.into(), Some(true), lease_index);
+    let mut ops = Vec::with_capacity(decisions.len());
+    for d in decisions {
+        let unit = match d {
+            Decision::Schedule { unit, .. }
+            | Decision::Update { unit, .. }
+            | Decision::Unschedule { unit, .. } => unit,
         };
-        guard(registry::LEASE.into(), Some(true), lease_index);
-        let mut ops = Vec::with_capacity(decisions.len());
-        for d in decisions {
-            let unit = match d {
-                Decision::Schedule { unit, .. }
-                | Decision::Update { unit, .. }
-                | Decision::Unschedule { unit, .. } => unit,
-            };
-            match self.units.get(unit) {
-                Some((u, _)) => guard(registry::unit_key(unit), Some(true), u.modified_index),
-                None => guard(registry::unit_key(unit), Some(false), 0),
+        match units.get(unit) {
+            Some((u, _)) => guard(registry::unit_key(unit), Some(true), u.modified_index),
+            None => guard(registry::unit_key(unit), Some(false), 0),
+        }
+        match d {
+            Decision::Schedule {
+                unit,
+                machine,
+                entry,
             }
-            match d {
-                Decision::Schedule {
-                    unit,
-                    machine,
-                    entry,
-                }
-                | Decision::Update {
-                    unit,
-                    machine,
-                    entry,
-                } => {
-                    guard(registry::machine_key(machine), Some(true), 0);
-                    ops.push(put(
-                        registry::schedule_key(machine, unit),
-                        serde_json::to_string(entry).expect("entry serializes"),
-                    ));
-                }
-                Decision::Unschedule {
-                    unit,
-                    machine,
-                    reason,
-                } => {
-                    tracing::info!(unit, machine, reason, "unscheduling");
-                    ops.push(Command::Delete {
-                        key: registry::schedule_key(machine, unit),
-                        dir: false,
-                        recursive: false,
-                        prev: Precondition::default(),
-                    });
-                }
+            | Decision::Update {
+                unit,
+                machine,
+                entry,
+            } => {
+                guard(registry::machine_key(machine), Some(true), 0);
+                ops.push(put(
+                    registry::schedule_key(machine, unit),
+                    serde_json::to_string(entry).expect("entry serializes"),
+                ));
+            }
+            Decision::Unschedule {
+                unit,
+                machine,
+                reason,
+            } => {
+                tracing::info!(unit, machine, reason, "unscheduling");
+                ops.push(Command::Delete {
+                    key: registry::schedule_key(machine, unit),
+                    dir: false,
+                    recursive: false,
+                    prev: Precondition::default(),
+                });
             }
         }
-        (guards.into_values().collect(), ops)
     }
+    (guards.into_values().collect(), ops)
 }
 
 /// The planted takeover bug: every plain unit taken off its machine, to be placed
@@ -379,5 +385,111 @@ async fn wait_relevant(
             // The node is stopping: never resolve, the tick ends the wait.
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::error::{KEY_NOT_FOUND, TEST_FAILED};
+    use crate::kv::Store;
+    use crate::sched::place::{Desired, Entry};
+    use crate::sched::registry::UnitRecord;
+
+    fn record(options: &str) -> String {
+        let r = UnitRecord {
+            name: "u.service".into(),
+            options: crate::unitfile::file::parse(options).expect("parses"),
+            desired_state: Desired::Launched,
+        };
+        serde_json::to_string(&r).expect("serializes")
+    }
+
+    /// A store with the lease, machine m1 and unit u; the engine's view of u as read.
+    fn setup() -> (Store, BTreeMap<String, (StoredUnit, place::Unit)>, u64) {
+        let mut s = Store::new();
+        s.apply(&put(registry::LEASE.into(), "{}".into()));
+        let lease_index = s.index();
+        s.apply(&put(registry::machine_key("m1"), "{}".into()));
+        s.apply(&put(
+            registry::unit_key("u.service"),
+            record("[Service]\nExecStart=/bin/true\n"),
+        ));
+        let rec = StoredUnit::parse(&record("[Service]\nExecStart=/bin/true\n"), s.index())
+            .expect("parses");
+        let units = [("u.service".to_string(), (rec.clone(), rec.placement()))].into();
+        (s, units, lease_index)
+    }
+
+    fn schedule_u(units: &BTreeMap<String, (StoredUnit, place::Unit)>) -> Decision {
+        Decision::Schedule {
+            unit: "u.service".into(),
+            machine: "m1".into(),
+            entry: Entry {
+                desired: Desired::Launched,
+                hash: units["u.service"].0.hash.clone(),
+            },
+        }
+    }
+
+    fn commit(s: &mut Store, txn: (Vec<Guard>, Vec<Command>)) -> Result<(), String> {
+        let (guards, ops) = txn;
+        let r = s.apply(&Command::Txn { guards, ops });
+        r.result.map(|_| ()).map_err(|e| {
+            // A changed guard fails the compare; a vanished one is not found.
+            assert!([TEST_FAILED, KEY_NOT_FOUND].contains(&e.code), "{e:?}");
+            e.cause
+        })
+    }
+
+    #[test]
+    fn decisions_commit_while_everything_is_as_read() {
+        let (mut s, units, lease) = setup();
+        commit(&mut s, transaction(&units, lease, &[schedule_u(&units)])).expect("commits");
+        assert!(s
+            .get(&registry::schedule_key("m1", "u.service"), false)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_unit_changed_since_the_read_voids_the_decisions() {
+        let (mut s, units, lease) = setup();
+        let d = schedule_u(&units);
+        s.apply(&put(
+            registry::unit_key("u.service"),
+            record("[Service]\nExecStart=/bin/false\n"),
+        ));
+        let cause = commit(&mut s, transaction(&units, lease, &[d])).expect_err("voided");
+        assert!(cause.contains(&registry::unit_key("u.service")), "{cause}");
+        assert!(s
+            .get(&registry::schedule_key("m1", "u.service"), false)
+            .is_err());
+    }
+
+    #[test]
+    fn a_machine_gone_since_the_read_voids_the_decisions() {
+        let (mut s, units, lease) = setup();
+        let d = schedule_u(&units);
+        let gone = Command::Delete {
+            key: registry::machine_key("m1"),
+            dir: false,
+            recursive: false,
+            prev: Precondition::default(),
+        };
+        s.apply(&gone);
+        let cause = commit(&mut s, transaction(&units, lease, &[d])).expect_err("voided");
+        assert!(cause.contains(&registry::machine_key("m1")), "{cause}");
+    }
+
+    #[test]
+    fn a_lease_taken_since_voids_the_decisions() {
+        let (mut s, units, lease) = setup();
+        let d = schedule_u(&units);
+        s.apply(&put(
+            registry::LEASE.into(),
+            "{\"member\":\"other\"}".into(),
+        ));
+        let cause = commit(&mut s, transaction(&units, lease, &[d])).expect_err("voided");
+        assert!(cause.starts_with(registry::LEASE), "{cause}");
     }
 }
