@@ -200,3 +200,41 @@ async fn stats_metrics_members_and_bad_input() {
         .unwrap();
     assert_eq!(r.body["node"]["value"], "v", "redirects apply nothing");
 }
+
+/// Quorum reads are ReadIndex barriers, not log entries (etcd v2 puts each one through
+/// the log): `X-Raft-Index` moves only with writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_reads_add_nothing_to_the_log() {
+    let mut cl = Cluster::new(3, &[]);
+    cl.start_all();
+    let c = client();
+    let leader = cl.leader(&c, Duration::from_secs(20)).await;
+    let l = cl.nodes[leader].client_url.clone();
+    let f = cl.nodes[(leader + 1) % 3].client_url.clone();
+    let r = call(&c, "PUT", &format!("{l}/v2/keys/q"), Some("value=1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text);
+    let raft_index = |r: &Resp| -> u64 {
+        let h = r.headers["x-raft-index"].to_str().unwrap();
+        h.parse().unwrap()
+    };
+    let get = format!("{l}/v2/keys/q");
+    let before = raft_index(&call(&c, "GET", &get, None).await.unwrap());
+    for url in [&l, &f] {
+        for _ in 0..20 {
+            let r = call(&c, "GET", &format!("{url}/v2/keys/q?quorum=true"), None)
+                .await
+                .unwrap();
+            assert_eq!(
+                (r.status, r.body["node"]["value"].as_str()),
+                (200, Some("1"))
+            );
+        }
+    }
+    let after = raft_index(&call(&c, "GET", &get, None).await.unwrap());
+    assert_eq!(after, before, "40 quorum reads moved the log");
+    call(&c, "PUT", &get, Some("value=2")).await.unwrap();
+    let written = raft_index(&call(&c, "GET", &get, None).await.unwrap());
+    assert!(written > after, "a write moves it: {written} after {after}");
+}

@@ -156,6 +156,18 @@ async fn fleet_api_v1_as_fleet_answers() {
         error(&r),
         (400, "MachineID cannot be used with Global".into())
     );
+    // Replacing an existing unit's options is validated like a new one, and a refused
+    // replacement leaves the unit as it was.
+    let existing = format!("{units}/mycoolapp@12.service");
+    let before = send(&c, "GET", &existing, None, "").await.body["options"].clone();
+    assert!(before.is_array(), "{before}");
+    let r = send(&c, "PUT", &existing, json_ct, bad_opts).await;
+    assert_eq!(
+        error(&r),
+        (400, "MachineID cannot be used with Global".into())
+    );
+    let after = send(&c, "GET", &existing, None, "").await.body["options"].clone();
+    assert_eq!(after, before, "a refused replacement changed the unit");
     let r = send(
         &c,
         "PUT",
