@@ -368,7 +368,7 @@ impl Executor {
                     failed.push(w.unit);
                 }
             }
-            (!failed.is_empty()).then_some(Input::Republish(failed))
+            Some(Input::Published { failed })
         });
     }
 

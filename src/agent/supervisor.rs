@@ -20,8 +20,9 @@
 //!   doubles up to a cap (the start limit waits its interval first, as systemd does).
 //! - **Adoption**: a unit loaded while its main container (same hash, running) is found
 //!   is adopted, not restarted; its other containers are removed.
-//! - **Publishing**: a unit's state is written when it changes and refreshed at half the
-//!   TTL; a write that failed is retried after a twelfth of the TTL.
+//! - **Publishing**: a unit's state is written when it changes and refreshed at half its
+//!   TTL ([`STATE_TTL_FACTOR`] machine TTLs); a write that failed is retried after a
+//!   twelfth of the machine TTL.
 //! - **Bounds**: at most [`UNITS_MAX`] units on one machine.
 
 use super::lifecycle::{self, Cmd, Event, Failure, Reported, Stage, Step};
@@ -34,6 +35,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Units one machine runs at most (more are not loaded).
 pub const UNITS_MAX: usize = 1024;
+/// A unit's state key lives this many machine TTLs and is refreshed at half of that. The
+/// fleet API shows only the states of live machines, so a dead machine's states vanish
+/// with its key; their own TTL only collects them. (At one machine TTL, refreshed every
+/// half TTL, the state refreshes were nine writes in ten of an idle cluster.)
+pub const STATE_TTL_FACTOR: u64 = 10;
 /// Retries of a unit that failed because the container runtime was down: first after
 /// this, doubling up to the cap.
 pub const RUNTIME_RETRY_MS: u64 = 1_000;
@@ -113,8 +119,9 @@ pub enum Effect {
     Remove { container: String, force: bool },
     /// Kill every running container with this machine's label but these ids (fencing).
     KillUnmanaged { keep_ids: Vec<String> },
-    /// Write these states with the machine's TTL → [`Input::Republish`] for those that
-    /// failed.
+    /// Write these states, in order, with this TTL → [`Input::Published`] once done.
+    /// One publish is in flight at a time: two racing batches could leave a unit's
+    /// older state in the store, the newer one lost until the next refresh.
     Publish { ttl_s: u64, writes: Vec<Publish> },
     /// Delete the state of a unit no longer here.
     Unpublish { key: String },
@@ -146,8 +153,8 @@ pub enum Input {
     },
     /// A main process is gone (waited for, stopped, or found ended).
     MainGone { unit: String, gen: u64, code: i64 },
-    /// These units' states did not reach the store.
-    Republish(Vec<String>),
+    /// A publish is done; these units' states did not reach the store.
+    Published { failed: Vec<String> },
     /// The last output of a main container that ended, for the journal.
     Logs {
         unit: String,
@@ -188,6 +195,8 @@ pub struct Supervisor {
     started_ms: u64,
     /// Units whose report changed (`take_reports`).
     dirty: BTreeSet<String>,
+    /// A publish is in flight: the next waits for its `Input::Published`.
+    publishing: bool,
     out: Vec<Effect>,
 }
 
@@ -201,6 +210,7 @@ impl Supervisor {
             fenced: false,
             started_ms: now_ms,
             dirty: BTreeSet::new(),
+            publishing: false,
             out: vec![],
         }
     }
@@ -524,10 +534,11 @@ impl Supervisor {
                 container,
                 lines,
             } => self.logs(&unit, gen, container, lines),
-            Input::Republish(units) => {
+            Input::Published { failed } => {
+                self.publishing = false;
                 // Not at once: a store that refuses now would be asked again and again.
                 let retry = now + self.ttl_ms() / 12;
-                for u in units {
+                for u in failed {
                     if let Some(m) = self.units.get_mut(&u) {
                         m.published = None;
                         m.publish_after = retry;
@@ -628,7 +639,10 @@ impl Supervisor {
     /// Each unit's state under `/_flotilla/states` when it changed, or half the TTL
     /// after it was last written (it expires with the machine).
     pub fn publish(&mut self, now: u64) -> Vec<Effect> {
-        let ttl_s = self.cfg.machine.ttl_s;
+        if self.publishing {
+            return self.take();
+        }
+        let ttl_s = self.cfg.machine.ttl_s.max(1) * STATE_TTL_FACTOR;
         let me = self.cfg.machine.id.clone();
         let mut writes = vec![];
         for (name, m) in self.units.iter_mut() {
@@ -655,6 +669,7 @@ impl Supervisor {
             });
         }
         if !writes.is_empty() {
+            self.publishing = true;
             self.out.push(Effect::Publish { ttl_s, writes });
         }
         self.take()
@@ -876,7 +891,7 @@ mod tests {
         let [Effect::Publish { ttl_s, writes }] = p.as_slice() else {
             panic!("one publish: {p:?}")
         };
-        assert_eq!((*ttl_s, writes.len()), (TTL_S, 1));
+        assert_eq!((*ttl_s, writes.len()), (TTL_S * STATE_TTL_FACTOR, 1));
         assert_eq!(writes[0].key, registry::state_key("web.service", ME));
         assert!(
             writes[0].value.contains(r#""systemdSubState":"running""#),
@@ -884,14 +899,43 @@ mod tests {
             writes[0].value
         );
         // Unchanged: not written again before half the TTL.
-        assert!(s.publish(5 + TTL_S * 500 - 1).is_empty());
-        assert_eq!(s.publish(5 + TTL_S * 500).len(), 1);
+        s.input(Input::Published { failed: vec![] }, 6);
+        let half_ms = TTL_S * STATE_TTL_FACTOR * 500;
+        assert!(s.publish(5 + half_ms - 1).is_empty());
+        assert_eq!(s.publish(5 + half_ms).len(), 1);
         let reports = s.take_reports();
         assert_eq!(reports.len(), 1);
         assert_eq!(
             reports[0].1.as_ref().map(|r| r.reported.sub),
             Some("running")
         );
+    }
+
+    /// States are written one batch at a time, so a newer state is never overwritten by
+    /// an older batch still in flight; a failed write is retried after a twelfth of the
+    /// TTL.
+    #[test]
+    fn states_are_published_one_batch_at_a_time_and_failures_retried() {
+        let mut s = supervisor();
+        load(&mut s, "web.service", SLEEPER, &[]);
+        s.decide(0);
+        let first = s.publish(0);
+        assert!(show(&first)[0].contains(r#""systemdActiveState":"activating""#));
+        main_started(&mut s, "web.service", 1, 1, 1);
+        assert!(s.publish(1).is_empty(), "waits for the batch in flight");
+        s.input(Input::Published { failed: vec![] }, 2);
+        let second = s.publish(2);
+        assert!(
+            show(&second)[0].contains(r#""systemdSubState":"running""#),
+            "{second:?}"
+        );
+        let failed = Input::Published {
+            failed: vec!["web.service".into()],
+        };
+        s.input(failed, 3);
+        let retry_ms = TTL_S * 1000 / 12;
+        assert!(s.publish(3 + retry_ms - 1).is_empty());
+        assert_eq!(s.publish(3 + retry_ms).len(), 1);
     }
 
     #[test]

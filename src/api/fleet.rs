@@ -237,14 +237,22 @@ pub fn snapshot(api: &Api) -> Snapshot {
             Some((u.record.name.clone(), u))
         })
         .collect();
+    let machines = registry::machines(
+        get_dir(api, registry::MACHINES).as_ref(),
+        get_dir(api, registry::METADATA).as_ref(),
+    );
+    // Only live machines report: a dead machine's states outlive its key (they are
+    // refreshed rarely) but are not shown.
+    let mut states = registry::states(get_dir(api, registry::STATES).as_ref());
+    for by_machine in states.values_mut() {
+        by_machine.retain(|m, _| machines.contains_key(m));
+    }
+    states.retain(|_, by_machine| !by_machine.is_empty());
     Snapshot {
         units,
-        machines: registry::machines(
-            get_dir(api, registry::MACHINES).as_ref(),
-            get_dir(api, registry::METADATA).as_ref(),
-        ),
+        machines,
         schedule: registry::schedule(get_dir(api, registry::SCHEDULE).as_ref()),
-        states: registry::states(get_dir(api, registry::STATES).as_ref()),
+        states,
     }
 }
 
