@@ -211,6 +211,10 @@ async fn quorum_reads_add_nothing_to_the_log() {
     let leader = cl.leader(&c, Duration::from_secs(20)).await;
     let l = cl.nodes[leader].client_url.clone();
     let f = cl.nodes[(leader + 1) % 3].client_url.clone();
+    // Every member has published itself (its publish is a write) before we count.
+    for n in &cl.nodes {
+        wait_healthy(&c, &n.client_url).await;
+    }
     let r = call(&c, "PUT", &format!("{l}/v2/keys/q"), Some("value=1"))
         .await
         .unwrap();
