@@ -74,6 +74,11 @@ enum Cmd {
         /// rendering their upstream.
         #[arg(long, default_value = "kv", value_parser = SCENARIOS)]
         scenario: String,
+        /// With `--scenario stack`: this many agent-only machines in every seed (`flotilla
+        /// agent`s reaching the cluster over HTTP; 0 to 400), instead of each seed's
+        /// draw of 0 to 2.
+        #[arg(long)]
+        agents: Option<usize>,
     },
     /// Deterministic throughput: writes per simulated second with a modelled disk and
     /// network (the same number on every run), and the simulator's own speed.
@@ -187,9 +192,17 @@ fn real_main() -> Result<ExitCode> {
             jobs,
             bug,
             scenario,
+            agents,
         } => {
             if !(3..=7).contains(&nodes) {
                 bail!("--nodes {nodes}: use 3 to 7");
+            }
+            match agents {
+                Some(n) if n > AGENTS_MAX => bail!("--agents {n}: use 0 to {AGENTS_MAX}"),
+                Some(_) if scenario != "stack" => {
+                    bail!("--agents: only the stack scenario has agent-only machines")
+                }
+                _ => {}
             }
             let range = parse_range(&seeds)?;
             let kinds = parse_faults(faults.as_deref())?;
@@ -209,11 +222,13 @@ fn real_main() -> Result<ExitCode> {
             ];
             flags.extend(faults.as_ref().map(|f| format!("--faults={f}")));
             flags.extend(bug.as_ref().map(|b| format!("--bug={b}")));
+            flags.extend(agents.map(|n| format!("--agents={n}")));
             let plan = Plan {
                 nodes,
                 kinds,
                 scenario,
                 bug,
+                agents,
             };
             if range.end - range.start > CHUNK_SEEDS && std::env::var_os(CHUNK_ENV).is_none() {
                 return in_chunks(range, &flags);
@@ -273,6 +288,7 @@ fn real_main() -> Result<ExitCode> {
                 kinds,
                 scenario,
                 bug: None,
+                agents: None,
             };
             let s = plan.scenario(seed);
             let file = SeedFile {
@@ -352,7 +368,13 @@ struct Plan {
     kinds: Vec<&'static str>,
     scenario: String,
     bug: Option<String>,
+    /// Agent-only machines in every stack seed, if not each seed's own draw.
+    agents: Option<usize>,
 }
+
+/// Agent-only machines a seed may have: their fabric endpoints sit between the members'
+/// and the clients' (500 and up, below 1,000).
+const AGENTS_MAX: usize = 400;
 
 impl Plan {
     fn scenario(&self, seed: u64) -> Scenario {
@@ -372,6 +394,9 @@ impl Plan {
         s.bug_reshuffle_on_takeover = bug == Some("reshuffle-on-takeover");
         s.bug_render_skip_sync = bug == Some("render-skip-sync");
         s.bug_presence_no_ttl = bug == Some("presence-no-ttl");
+        if let Some(n) = self.agents {
+            s.agents = n;
+        }
         s
     }
 }
