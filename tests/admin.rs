@@ -242,3 +242,38 @@ async fn quorum_reads_add_nothing_to_the_log() {
     let written = raft_index(&call(&c, "GET", &get, None).await.unwrap());
     assert!(written > after, "a write moves it: {written} after {after}");
 }
+
+/// A restarted member whose publish is already in its log, unchanged, is ready once it
+/// has applied its log: it serves again, and adds no entry to do so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_is_ready_without_publishing_again() {
+    let mut cl = Cluster::new(3, &[]);
+    cl.start_all();
+    let c = client();
+    let leader = cl.leader(&c, Duration::from_secs(20)).await;
+    for n in &cl.nodes {
+        wait_healthy(&c, &n.client_url).await;
+    }
+    let l = cl.nodes[leader].client_url.clone();
+    let r = call(&c, "PUT", &format!("{l}/v2/keys/r"), Some("value=1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text);
+    let raft_index = |r: &Resp| -> u64 {
+        let h = r.headers["x-raft-index"].to_str().unwrap();
+        h.parse().unwrap()
+    };
+    let get = format!("{l}/v2/keys/r");
+    let before = raft_index(&call(&c, "GET", &get, None).await.unwrap());
+    let f = (leader + 1) % 3;
+    cl.nodes[f].kill9();
+    cl.nodes[f].start();
+    let url = cl.nodes[f].client_url.clone();
+    wait_healthy(&c, &url).await;
+    let r = call(&c, "GET", &format!("{url}/v2/keys/r?quorum=true"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.body["node"]["value"], "1", "{}", r.text);
+    let after = raft_index(&call(&c, "GET", &get, None).await.unwrap());
+    assert_eq!(after, before, "the restarted member published itself again");
+}
