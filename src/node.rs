@@ -173,6 +173,22 @@ fn publish(env: &Env, handle: &RaftHandle, id: u64, cfg: &NodeConfig) {
         Box::pin(async move {
             let mut backoff_ms = 100;
             loop {
+                // A restarted member whose publish the cluster already holds, unchanged,
+                // adds no entry. Checked after a quorum read, not against its own log
+                // alone: a later publish may have committed without reaching this disk.
+                let read = tokio::select! {
+                    biased;
+                    r = h.read_barrier() => r.is_ok(),
+                    _ = clock.sleep(Duration::from_millis(PUBLISH_ATTEMPT_MS)) => false,
+                };
+                if read && crate::api::ready::is_published(&h.shared.machine(), id, &name, &urls) {
+                    return;
+                }
+                if !read {
+                    clock.sleep(Duration::from_millis(backoff_ms)).await;
+                    backoff_ms = (backoff_ms * 2).min(1_000);
+                    continue;
+                }
                 // A forwarded proposal lost while peer connections come up is never
                 // retried by Raft: give each attempt a short deadline of its own.
                 let attempt = tokio::select! {

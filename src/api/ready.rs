@@ -15,6 +15,13 @@ use flotilla_shims::Clock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+/// Whether member `id` is applied in `m` with exactly this name and these client URLs.
+pub fn is_published(m: &Machine, id: u64, name: &str, client_urls: &[String]) -> bool {
+    m.members
+        .get(&id)
+        .is_some_and(|me| me.name == name && me.client_urls == client_urls)
+}
+
 pub struct Readiness {
     id: u64,
     name: String,
@@ -39,9 +46,7 @@ impl Readiness {
     /// restarted member whose publish is already in its log, unchanged, is ready as soon
     /// as it has applied it.
     pub fn published(&self, m: &Machine) -> bool {
-        m.members
-            .get(&self.id)
-            .is_some_and(|me| me.name == self.name && me.client_urls == self.client_urls)
+        is_published(m, self.id, &self.name, &self.client_urls)
     }
 
     pub fn is_ready(&self) -> bool {
