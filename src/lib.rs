@@ -15,6 +15,8 @@
 //!   the renderer and the CLI alike.
 //! - [`sched`]: fleet — placement (a pure function), the registry, the leader's engine.
 //! - [`render`]: confd — template resources render store keys into config files.
+//! - [`net`]: the container network — flannel's subnet leases, the subnet file, routes
+//!   to the peers' subnets (host-gw, vxlan) through the links seam.
 //! - [`node`]: wiring — config + environment + disk → a running node.
 //! - [`cli`]: the `flotilla` command line (thin; production wiring of the shims).
 //!
@@ -29,6 +31,7 @@ pub mod cli;
 pub mod client;
 pub mod kv;
 pub mod metrics;
+pub mod net;
 pub mod node;
 pub mod raft;
 pub mod render;

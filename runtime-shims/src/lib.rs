@@ -13,6 +13,8 @@
 //!   [`files`] writes small files atomically.
 //! - [`host`]: what a config template may ask of its host (environment, files, DNS).
 //! - [`process`]: host processes ([`process::Processes`]), in their own process groups.
+//! - [`links`]: the container network's kernel side ([`links::Links`]: routes, ARP and
+//!   FDB entries, the VXLAN device); [`netlink`] implements it over rtnetlink.
 //! - [`containers`]: the container-runtime trait and its types; [`docker`] implements it
 //!   on a Docker Engine (bollard).
 //!
@@ -26,8 +28,10 @@ pub mod docker;
 pub mod files;
 pub mod host;
 pub mod http;
+pub mod links;
 pub mod mem_disk;
 pub mod net;
+pub mod netlink;
 pub mod process;
 pub mod task;
 pub mod tcp;

@@ -36,6 +36,8 @@ pub struct AgentArgs {
     pub machine: MachineArgs,
     #[command(flatten)]
     pub tls: super::tls::ClientTlsArgs,
+    #[command(flatten)]
+    pub net: super::net::NetArgs,
 }
 
 pub fn run(a: AgentArgs) -> Result<()> {
@@ -67,6 +69,7 @@ async fn serve(a: AgentArgs) -> Result<()> {
         machine.id = stored_machine_id(&a.data_dir)?;
     }
     let cfg = a.machine.agent_config(machine)?;
+    let net = a.net.options()?;
     let seams = a.machine.seams(&cfg.machine.id);
     let clock = Arc::new(TokioClock::new());
     let spawn: Arc<dyn Spawn> = Arc::new(TokioSpawn);
@@ -75,6 +78,8 @@ async fn serve(a: AgentArgs) -> Result<()> {
         Duration::from_millis(a.request_timeout_ms),
     ));
     let id = cfg.machine.id.clone();
+    let seed = flotilla_shims::SeededRng::from_entropy().next_u64();
+    super::net::start(net, kv.clone(), clock.clone(), &*spawn, seed)?;
     let handle = crate::agent::start(cfg, seams.with_store(kv), clock, spawn.clone());
     let listener = flotilla_shims::tcp::bind(&listen)
         .await

@@ -5,6 +5,7 @@
 //! - [`kv`]: `flotilla kv …`, an etcdctl (v2) work-alike.
 //! - [`agent`]: `flotilla agent`, a machine that is not a member (through the client API).
 //! - [`confd`]: `flotilla confd`, a confd work-alike (template resources → config files).
+//! - [`net`]: `flotilla net …` and the `--network` flags of a node or an agent.
 //! - [`machine`]: the flags that make a node or an agent a machine.
 //! - [`tls`]: TLS flags — etcdctl's for clients, etcd's for a member's listeners.
 //! - [`units`]: `flotilla units …`, a fleetctl work-alike over fleet's API v1
@@ -14,6 +15,7 @@ pub mod agent;
 pub mod confd;
 pub mod kv;
 pub mod machine;
+pub mod net;
 pub mod node;
 pub mod table;
 pub mod tls;
@@ -58,6 +60,9 @@ enum Cmd {
     /// confd: render template resources (conf.d/*.toml) from the store into config files.
     #[command(after_help = "More: docs/rendering.md.")]
     Confd(Box<confd::ConfdArgs>),
+    /// The container network: init (flannel's config), leases, status.
+    #[command(after_help = "More: docs/network.md.")]
+    Net(net::NetCmdArgs),
 }
 
 /// A command that has said why it failed: exit with this code, printing nothing more.
@@ -92,6 +97,7 @@ pub fn main() -> ExitCode {
         Cmd::Units(args) => units::run(args),
         Cmd::Agent(args) => agent::run(*args),
         Cmd::Confd(args) => confd::run(*args),
+        Cmd::Net(args) => net::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -86,6 +86,8 @@ pub struct NodeArgs {
     pub machine: MachineArgs,
     #[command(flatten)]
     pub tls: super::tls::ServerTlsArgs,
+    #[command(flatten)]
+    pub net: super::net::NetArgs,
 }
 
 impl NodeArgs {
@@ -242,6 +244,7 @@ pub fn run(a: NodeArgs) -> Result<()> {
 
 async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
     let dir = a.data_dir.display().to_string();
+    let net_opts = a.net.options()?;
     let disk = open_disk(&a, &cfg)?;
     if let Some(m) = cfg.agent.as_mut().map(|a| &mut a.machine) {
         if m.id.is_empty() {
@@ -273,6 +276,13 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
     let started = start(&cfg, &env, Box::new(disk), net, peer_rx)
         .await
         .with_context(|| format!("starting from data dir {dir}"))?;
+    // A member reaches the store in-process; it may be the one the config goes into,
+    // so the network waits for the config key rather than refusing to start.
+    let kv = Arc::new(crate::client::inproc::InProc::new(
+        started.handle.clone(),
+        clock.clone(),
+    ));
+    super::net::start(net_opts, kv, clock.clone(), &*spawn, env.seed ^ 0x6e6574)?;
     let peer_accept = flotilla_shims::tcp::accept_tokio(
         peer_listener,
         peer_tx,

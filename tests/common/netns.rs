@@ -36,6 +36,7 @@ pub struct Bridge {
     pub name: String,
     /// The bridge's own address, without its prefix length.
     pub addr: String,
+    forwarding: bool,
 }
 
 impl Bridge {
@@ -49,12 +50,40 @@ impl Bridge {
         Self {
             name: name.to_string(),
             addr,
+            forwarding: false,
         }
+    }
+
+    /// Lets packets between the machines on this bridge through the host's FORWARD
+    /// chain: Docker's engine sets its policy to DROP and `br_netfilter` sends bridged
+    /// frames through it, so machine-to-machine packets that are not for the bridge's
+    /// own address (a routed container subnet) would be dropped. Removed on drop.
+    pub fn allow_forwarding(&mut self) {
+        let rule = [
+            "FORWARD", "-i", &self.name, "-o", &self.name, "-j", "ACCEPT",
+        ];
+        let out = Command::new("iptables")
+            .arg("-I")
+            .args(rule)
+            .output()
+            .expect("iptables must be installed (scripts/test-all installs it)");
+        assert!(
+            out.status.success(),
+            "iptables -I {}: {out:?}",
+            rule.join(" ")
+        );
+        self.forwarding = true;
     }
 }
 
 impl Drop for Bridge {
     fn drop(&mut self) {
+        if self.forwarding {
+            let rule = [
+                "FORWARD", "-i", &self.name, "-o", &self.name, "-j", "ACCEPT",
+            ];
+            let _ = Command::new("iptables").arg("-D").args(rule).output();
+        }
         ip_quiet(&["link", "del", &self.name]);
     }
 }

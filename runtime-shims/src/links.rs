@@ -1,0 +1,152 @@
+//! Links and routes: the container network's kernel side, behind [`Links`].
+//!
+//! Node logic decides which [`Entry`]s should exist (a route per peer subnet, and for
+//! VXLAN an ARP and an FDB entry per peer); this seam adds and removes them. Production
+//! ([`crate::netlink`]) speaks rtnetlink to the kernel of the current network namespace;
+//! the simulator keeps a table per machine.
+
+use crate::BoxFuture;
+use std::fmt;
+use std::io;
+use std::net::Ipv4Addr;
+
+/// A MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out = [0u8; 6];
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(format!("{s:?} is not a MAC address (six hex pairs)"));
+        }
+        for (o, p) in out.iter_mut().zip(parts) {
+            *o = u8::from_str_radix(p, 16)
+                .ok()
+                .filter(|_| p.len() == 2)
+                .ok_or_else(|| format!("{s:?} is not a MAC address (six hex pairs)"))?;
+        }
+        Ok(Mac(out))
+    }
+}
+
+/// One kernel entry the network keeps.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Entry {
+    /// `dst/len via via [dev dev] [onlink]` in the main table.
+    Route {
+        dst: Ipv4Addr,
+        len: u8,
+        via: Ipv4Addr,
+        dev: Option<String>,
+        onlink: bool,
+    },
+    /// A permanent ARP entry: `ip` is at `mac` on `dev`.
+    Neigh { dev: String, ip: Ipv4Addr, mac: Mac },
+    /// A VXLAN forwarding entry on `dev`: frames for `mac` go to the VTEP at `dst`.
+    Fdb {
+        dev: String,
+        mac: Mac,
+        dst: Ipv4Addr,
+    },
+}
+
+impl Entry {
+    pub fn is_route(&self) -> bool {
+        matches!(self, Entry::Route { .. })
+    }
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Entry::Route {
+                dst,
+                len,
+                via,
+                dev,
+                onlink,
+            } => {
+                write!(f, "route {dst}/{len} via {via}")?;
+                if let Some(d) = dev {
+                    write!(f, " dev {d}")?;
+                }
+                if *onlink {
+                    write!(f, " onlink")?;
+                }
+                Ok(())
+            }
+            Entry::Neigh { dev, ip, mac } => write!(f, "neigh {ip} lladdr {mac} dev {dev}"),
+            Entry::Fdb { dev, mac, dst } => write!(f, "fdb {mac} dst {dst} dev {dev}"),
+        }
+    }
+}
+
+/// An interface's IPv4 address and MTU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Iface {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// A VXLAN device as flannel makes it: learning off, the local VTEP address on `local`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    pub local: Ipv4Addr,
+    /// The underlay device's index name, so VXLAN packets leave through it.
+    pub underlay: String,
+    pub mtu: u32,
+    /// The address the device holds once the lease is known: its network address, as a
+    /// /32 (flannel's scheme).
+    pub addr: Option<Ipv4Addr>,
+}
+
+pub trait Links: Send + Sync + 'static {
+    /// The interface named, or (`None`) the one the default route leaves by.
+    fn iface(&self, name: Option<&str>) -> BoxFuture<'_, io::Result<Iface>>;
+    /// Makes (or finds and re-checks) the VXLAN device; its MAC, which peers need.
+    fn ensure_vxlan(&self, spec: &VxlanSpec) -> BoxFuture<'_, io::Result<Mac>>;
+    /// Adds or replaces an entry: adding one that exists is not an error.
+    fn add(&self, e: &Entry) -> BoxFuture<'_, io::Result<()>>;
+    /// Removes an entry: removing one that is gone is not an error.
+    fn remove(&self, e: &Entry) -> BoxFuture<'_, io::Result<()>>;
+    /// The main table's routes whose destination lies inside `net/len`: what the repair
+    /// pass compares with what should be there.
+    fn routes_within(&self, net: Ipv4Addr, len: u8) -> BoxFuture<'_, io::Result<Vec<Entry>>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_and_print() {
+        let m: Mac = "c6:d2:32:6f:8f:44".parse().unwrap();
+        assert_eq!(m.to_string(), "c6:d2:32:6f:8f:44");
+        for bad in [
+            "c6:d2:32:6f:8f",
+            "c6:d2:32:6f:8f:4",
+            "zz:d2:32:6f:8f:44",
+            "",
+        ] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad}");
+        }
+    }
+}

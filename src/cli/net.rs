@@ -1,0 +1,317 @@
+//! `flotilla net …` (configure and inspect the container network) and the `--network`
+//! flags a node or an agent runs it with.
+
+use crate::client::endpoints::Endpoints;
+use crate::client::http::HttpKv;
+use crate::client::{KvClient, SetOpts};
+use crate::kv::Precondition;
+use crate::net::config::NetConfig;
+use crate::net::lease::Lease;
+use crate::net::subnet::Ipv4Net;
+use crate::net::{NetOptions, NetSeams};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use flotilla_shims::links::Links;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The flags that put a machine on the cluster network (flannel's names where it has one).
+#[derive(Args, Debug, Clone)]
+pub struct NetArgs {
+    /// Take a subnet lease and route to every other machine's subnet. It changes this
+    /// host's routes, so it is never on by default.
+    #[arg(long)]
+    pub network: bool,
+    /// Where the network's keys live (flannel's --etcd-prefix).
+    #[arg(long, default_value = "/coreos.com/network")]
+    pub network_prefix: String,
+    /// The interface whose IPv4 address is this machine's public IP (default: the one
+    /// the default route leaves by).
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// flannel's subnet file, for `dockerd --bip=$FLANNEL_SUBNET --mtu=$FLANNEL_MTU`.
+    #[arg(long, default_value = crate::net::subnet_file::DEFAULT_PATH)]
+    pub subnet_file: String,
+    /// How long a lease outlives its machine (`24h`, `10m`, `90s`).
+    #[arg(long, default_value = "24h")]
+    pub subnet_lease_ttl: String,
+    /// How long before expiry a lease is renewed.
+    #[arg(long, default_value = "1h")]
+    pub subnet_lease_renew_margin: String,
+}
+
+impl NetArgs {
+    /// The network's options, when `--network` is on; the error names the bad flag.
+    pub fn options(&self) -> Result<Option<NetOptions>> {
+        if !self.network {
+            return Ok(None);
+        }
+        let secs = |flag: &str, v: &str| -> Result<u64> {
+            let d = humantime::parse_duration(v)
+                .with_context(|| format!("--{flag} {v:?}: not a duration"))?;
+            if d.as_secs() == 0 {
+                bail!("--{flag} {v:?}: must be at least 1s");
+            }
+            Ok(d.as_secs())
+        };
+        let ttl = secs("subnet-lease-ttl", &self.subnet_lease_ttl)?;
+        let margin = secs("subnet-lease-renew-margin", &self.subnet_lease_renew_margin)?;
+        if !self.network_prefix.starts_with('/') {
+            bail!(
+                "--network-prefix {:?}: must start with /",
+                self.network_prefix
+            );
+        }
+        if self.subnet_file.is_empty() {
+            bail!("--subnet-file must name a file");
+        }
+        if let Some(dir) = std::path::Path::new(&self.subnet_file).parent() {
+            flotilla_shims::files::ensure_dir(dir)
+                .with_context(|| format!("--subnet-file: creating {}", dir.display()))?;
+        }
+        Ok(Some(NetOptions {
+            prefix: self.network_prefix.trim_end_matches('/').to_string(),
+            iface: self.iface.clone(),
+            subnet_file: self.subnet_file.clone(),
+            lease_ttl_s: ttl,
+            renew_margin_s: margin,
+            ..NetOptions::defaults()
+        }))
+    }
+}
+
+/// Starts the network with the production seams, if `--network` asked for it.
+pub fn start(
+    opts: Option<NetOptions>,
+    kv: Arc<dyn KvClient>,
+    clock: Arc<dyn flotilla_shims::Clock>,
+    spawn: &dyn flotilla_shims::Spawn,
+    seed: u64,
+) -> Result<()> {
+    let Some(opts) = opts else { return Ok(()) };
+    let links = flotilla_shims::netlink::Netlink::new().context("--network: opening rtnetlink")?;
+    let seams = NetSeams {
+        kv,
+        clock,
+        links: Arc::new(links),
+        files: Arc::new(flotilla_shims::files::RealFiles),
+        seed,
+    };
+    crate::net::start(seams, opts, spawn);
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct NetCmdArgs {
+    /// Client URLs to try, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:2379",
+        env = "FLOTILLA_ENDPOINTS"
+    )]
+    endpoints: String,
+    #[command(flatten)]
+    tls: super::tls::ClientTlsArgs,
+    /// Where the network's keys live (flannel's --etcd-prefix).
+    #[arg(long, global = true, default_value = "/coreos.com/network")]
+    network_prefix: String,
+    #[command(subcommand)]
+    cmd: NetCmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendArg {
+    HostGw,
+    Vxlan,
+    Wireguard,
+}
+
+#[derive(Subcommand, Debug)]
+enum NetCmd {
+    /// Configure the network (writes <prefix>/config, flannel's JSON); refuses to
+    /// overwrite an existing config unless --force.
+    Init {
+        /// The whole network, e.g. 10.1.0.0/16.
+        cidr: String,
+        #[arg(long, value_enum, default_value = "vxlan")]
+        backend: BackendArg,
+        /// Each machine's subnet length (default: flannel's, 24 for a /22 or larger).
+        #[arg(long)]
+        subnet_len: Option<u8>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Every machine's lease: subnet, public IP, backend, and whether it is a reservation.
+    Leases,
+    /// This machine: its lease, backend, peers and the routes it holds into the network.
+    Status {
+        /// The interface whose address is this machine's public IP (as the node's --iface).
+        #[arg(long)]
+        iface: Option<String>,
+    },
+}
+
+pub fn run(a: NetCmdArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(exec(a))
+}
+
+async fn exec(a: NetCmdArgs) -> Result<()> {
+    let endpoints = Endpoints::parse("--endpoints", &a.endpoints).map_err(anyhow::Error::msg)?;
+    a.tls.install(endpoints.urls())?;
+    let kv = HttpKv::new(endpoints, Duration::from_secs(5));
+    let prefix = a.network_prefix.trim_end_matches('/').to_string();
+    match a.cmd {
+        NetCmd::Init {
+            cidr,
+            backend,
+            subnet_len,
+            force,
+        } => init(&kv, &prefix, &cidr, backend, subnet_len, force).await,
+        NetCmd::Leases => {
+            for line in lease_lines(&leases(&kv, &prefix).await?) {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        NetCmd::Status { iface } => status(&kv, &prefix, iface.as_deref()).await,
+    }
+}
+
+async fn init(
+    kv: &HttpKv,
+    prefix: &str,
+    cidr: &str,
+    backend: BackendArg,
+    len: Option<u8>,
+    force: bool,
+) -> Result<()> {
+    let net = Ipv4Net::parse_cidr(cidr).map_err(|e| anyhow::anyhow!("CIDR: {e}"))?;
+    let backend = match backend {
+        BackendArg::HostGw => "host-gw",
+        BackendArg::Vxlan => "vxlan",
+        BackendArg::Wireguard => "wireguard",
+    };
+    let json = NetConfig::init_json(net, len, backend);
+    // The same checks a node makes when it reads it: refuse now, not on every machine.
+    NetConfig::parse(&json).map_err(anyhow::Error::msg)?;
+    let prev = Precondition {
+        exist: (!force).then_some(false),
+        ..Default::default()
+    };
+    let key = format!("{prefix}/config");
+    match kv
+        .set(
+            &key,
+            &json,
+            SetOpts {
+                prev,
+                ..Default::default()
+            },
+        )
+        .await
+    {
+        Ok(_) => {
+            println!("{json}");
+            Ok(())
+        }
+        Err(crate::client::ClientError::Store(e)) if e.code == crate::kv::error::NODE_EXIST => {
+            bail!("{key} exists already; --force replaces it (machines holding leases keep them until they restart)")
+        }
+        Err(e) => Err(e).context(format!("writing {key}")),
+    }
+}
+
+async fn leases(kv: &HttpKv, prefix: &str) -> Result<Vec<Lease>> {
+    let dir = format!("{prefix}/subnets");
+    let Some(got) = kv
+        .get(&dir, true, true)
+        .await
+        .with_context(|| format!("reading {dir}"))?
+    else {
+        return Ok(vec![]);
+    };
+    let mut out = Vec::new();
+    for n in got.node.nodes.unwrap_or_default() {
+        let seg = n.key.rsplit('/').next().unwrap_or("");
+        match Lease::parse(seg, n.value.as_deref().unwrap_or(""), n.expire_ms.is_some()) {
+            Ok(l) => out.push(l),
+            Err(e) => eprintln!("flotilla: skipping {}: {e}", n.key),
+        }
+    }
+    out.sort_by_key(|l| l.subnet);
+    Ok(out)
+}
+
+fn lease_lines(ls: &[Lease]) -> Vec<String> {
+    let mut out = vec![format!(
+        "{:<18} {:<16} {:<10} {}",
+        "SUBNET", "PUBLIC IP", "BACKEND", "KIND"
+    )];
+    for l in ls {
+        let kind = if l.reservation {
+            "reservation"
+        } else {
+            "lease"
+        };
+        out.push(format!(
+            "{:<18} {:<16} {:<10} {}",
+            l.subnet.to_string(),
+            l.attrs.public_ip.to_string(),
+            l.attrs.backend_type,
+            kind
+        ));
+    }
+    out
+}
+
+async fn status(kv: &HttpKv, prefix: &str, iface: Option<&str>) -> Result<()> {
+    let key = format!("{prefix}/config");
+    let cfg = match kv
+        .get(&key, false, true)
+        .await
+        .with_context(|| format!("reading {key}"))?
+    {
+        Some(g) => {
+            NetConfig::parse(g.node.value.as_deref().unwrap_or("")).map_err(anyhow::Error::msg)?
+        }
+        None => bail!("the network is not configured: {key} is missing (flotilla net init CIDR)"),
+    };
+    let links = flotilla_shims::netlink::Netlink::new().context("opening rtnetlink")?;
+    let me = links
+        .iface(iface)
+        .await
+        .context("finding this machine's interface")?;
+    let all = leases(kv, prefix).await?;
+    let mine = all.iter().find(|l| l.attrs.public_ip == me.ip);
+    println!(
+        "network: {} ({}), subnets /{}",
+        cfg.network,
+        cfg.backend.type_name(),
+        cfg.subnet_len
+    );
+    println!("this machine: {} on {} (mtu {})", me.ip, me.name, me.mtu);
+    match mine {
+        Some(l) => println!("lease: {}", l.subnet),
+        None => println!("lease: none held by {}", me.ip),
+    }
+    let peers: Vec<&Lease> = all.iter().filter(|l| l.attrs.public_ip != me.ip).collect();
+    println!("peers: {}", peers.len());
+    for l in peers {
+        println!(
+            "  {} via {} ({})",
+            l.subnet, l.attrs.public_ip, l.attrs.backend_type
+        );
+    }
+    let routes = links
+        .routes_within(cfg.network.ip(), cfg.network.prefix_len())
+        .await?;
+    println!("routes into the network: {}", routes.len());
+    for r in routes {
+        println!("  {r}");
+    }
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! The container network across machines, as flannel built it on etcd: a subnet lease
+//! per machine in flannel's key layout, the subnet file Docker starts from, and routes
+//! to every peer's subnet.
+//!
+//! # Layout
+//! - [`subnet`]: IPv4 networks (`10.1.0.0/16`, lease keys `10.1.74.0-24`).
+//! - [`config`]: `<prefix>/config`, flannel's JSON with flannel's defaults and checks.
+//! - [`lease`]: which lease to hold (flannel's order, plus "the same subnet again"), and
+//!   when to renew — pure.
+//! - [`routes`]: which kernel entries the peers' leases call for per backend, and the
+//!   ordered changes from what is there — pure.
+//! - [`subnet_file`] writes and reads `/run/flannel/subnet.env`.
+//! - [`manager`]: the async shell — config → lease → subnet file → watch the peers →
+//!   [`flotilla_shims::links::Links`] (rtnetlink in production).
+//!
+//! Data flow: store (`KvClient`) → leases → `routes::wanted` → `routes::diff` → `Links`.
+
+pub mod config;
+pub mod lease;
+pub mod manager;
+pub mod routes;
+pub mod subnet;
+pub mod subnet_file;
+
+pub use manager::{NetOptions, NetSeams, NetStatus};
+
+use flotilla_shims::Spawn;
+use tokio::sync::watch;
+
+/// Starts the network on this machine; the receiver follows what it holds.
+pub fn start(seams: NetSeams, opts: NetOptions, spawn: &dyn Spawn) -> watch::Receiver<NetStatus> {
+    let (tx, rx) = watch::channel(NetStatus::default());
+    spawn.spawn("net", Box::pin(manager::run(seams, opts, tx)));
+    rx
+}

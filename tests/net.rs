@@ -1,0 +1,301 @@
+//! The container network on machines that have networks of their own: network
+//! namespaces on a bridge, each running `flotilla agent --network`, one member on the
+//! bridge's address. Each backend is shown carrying packets between the subnets the
+//! machines leased (a bridge holds each lease's first address, as Docker's
+//! bridge would with `--bip=$FLANNEL_SUBNET`).
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod common;
+
+use common::netns::{tag, Bridge, Netns};
+use common::*;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LEASE_TTL: &str = "4s";
+
+struct Machine {
+    ns: Netns,
+    dir: PathBuf,
+    member: String,
+    child: Option<Child>,
+}
+
+impl Machine {
+    fn subnet_file(&self) -> PathBuf {
+        self.dir.join(format!("{}.env", self.ns.name))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.ns.name))).unwrap_or_default()
+    }
+
+    fn start(&mut self) {
+        let name = &self.ns.name;
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        let mut cmd = self.ns.command(env!("CARGO_BIN_EXE_flotilla"));
+        cmd.args(["agent", "--network"])
+            .arg(format!("--endpoints={}", self.member))
+            .arg(format!("--listen=http://{}:2391", self.ns.addr))
+            .arg(format!("--machine-id={name}"))
+            .arg(format!("--data-dir={}", self.dir.join(name).display()))
+            .arg(format!("--subnet-file={}", self.subnet_file().display()))
+            .arg(format!("--subnet-lease-ttl={LEASE_TTL}"))
+            .arg("--agent-ttl=5s")
+            .env("FLOTILLA_LOG", "info,flotilla::net=debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("flotilla agent starts"));
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The lease the subnet file names (`FLANNEL_SUBNET=10.x.y.1/24` → `10.x.y.0/24`).
+    fn subnet(&self) -> Option<(String, String)> {
+        let text = std::fs::read_to_string(self.subnet_file()).ok()?;
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
+        let (gw, len) = v.split_once('/')?;
+        let o: Vec<&str> = gw.split('.').collect();
+        Some((
+            format!("{}.{}.{}.0/{len}", o[0], o[1], o[2]),
+            gw.to_string(),
+        ))
+    }
+
+    fn routes(&self) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns.name, "route"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A bridge holding the lease's first address, as Docker's would with `--bip`.
+    fn give_bridge_address(&self, gw_cidr: &str) {
+        let n = &self.ns.name;
+        let _ = Command::new("ip")
+            .args(["-n", n, "link", "del", "cbr0"])
+            .output();
+        common::netns::ip(&["-n", n, "link", "add", "cbr0", "type", "bridge"]);
+        common::netns::ip(&["-n", n, "addr", "add", gw_cidr, "dev", "cbr0"]);
+        common::netns::ip(&["-n", n, "link", "set", "cbr0", "up"]);
+    }
+
+    fn ping(&self, from: &str, to: &str) -> bool {
+        let out = self
+            .ns
+            .command("busybox")
+            .args(["ping", "-c", "1", "-W", "2", "-I", from, to])
+            .output()
+            .expect("busybox runs");
+        out.status.success()
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct World {
+    _bridge: Bridge,
+    cl: Cluster,
+    member: String,
+    machines: Vec<Machine>,
+}
+
+impl World {
+    async fn new(letter: char, backend: &str, net: &str) -> Self {
+        let t = tag();
+        let octet = 1 + std::process::id() % 250;
+        let under = match letter {
+            'h' => 81,
+            _ => 82,
+        };
+        let mut bridge = Bridge::new(
+            &format!("fln{letter}{t}"),
+            &format!("10.{under}.{octet}.1/24"),
+        );
+        bridge.allow_forwarding();
+        let mut cl = Cluster::new(1, &[]);
+        let member = format!("http://{}:{}", bridge.addr, free_port());
+        cl.nodes[0].client_url = member.clone();
+        cl.nodes[0].start();
+        let c = client();
+        wait_healthy(&c, &member).await;
+        let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args([
+                "net",
+                &format!("--endpoints={member}"),
+                "init",
+                net,
+                "--backend",
+                backend,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "net init: {out:?}");
+        let dir = cl.dir.path().to_path_buf();
+        let machines = (0..3)
+            .map(|i| {
+                let name = format!("fl{letter}{i}{t}");
+                let ns = Netns::new(&name, &bridge, &format!("10.{under}.{octet}.{}/24", 10 + i));
+                Machine {
+                    ns,
+                    dir: dir.clone(),
+                    member: member.clone(),
+                    child: None,
+                }
+            })
+            .collect();
+        Self {
+            _bridge: bridge,
+            cl,
+            member,
+            machines,
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut s = self.cl.logs();
+        for m in &self.machines {
+            s += &format!("\n--- {}:\n{}\n{}", m.ns.name, m.log(), m.routes());
+        }
+        s
+    }
+
+    fn eventually(&self, what: &str, within: Duration, ok: impl Fn() -> bool) {
+        let end = Instant::now() + within;
+        while !ok() {
+            assert!(
+                Instant::now() < end,
+                "{what}: not within {within:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every machine leased, distinct subnets, each with every other's route.
+    fn all_routed(&self) -> Vec<(String, String)> {
+        self.eventually("every machine leased", Duration::from_secs(20), || {
+            self.machines.iter().all(|m| m.subnet().is_some())
+        });
+        let subnets: Vec<(String, String)> =
+            self.machines.iter().map(|m| m.subnet().unwrap()).collect();
+        let distinct: std::collections::BTreeSet<&String> = subnets.iter().map(|s| &s.0).collect();
+        assert_eq!(
+            distinct.len(),
+            3,
+            "three machines started at once share a subnet: {subnets:?}"
+        );
+        self.eventually(
+            "every machine routes to the others",
+            Duration::from_secs(10),
+            || {
+                self.machines.iter().enumerate().all(|(i, m)| {
+                    let r = m.routes();
+                    subnets
+                        .iter()
+                        .enumerate()
+                        .all(|(j, s)| i == j || r.contains(&s.0))
+                })
+            },
+        );
+        subnets
+    }
+
+    fn pings_across(&self, subnets: &[(String, String)]) {
+        for (i, m) in self.machines.iter().enumerate() {
+            let len = subnets[i].0.split('/').nth(1).unwrap();
+            m.give_bridge_address(&format!("{}/{len}", subnets[i].1));
+        }
+        for (i, m) in self.machines.iter().enumerate() {
+            for (j, s) in subnets.iter().enumerate() {
+                if i != j {
+                    assert!(
+                        m.ping(&subnets[i].1, &s.1),
+                        "{} ({}) cannot reach {} on {}\n{}",
+                        m.ns.name,
+                        subnets[i].1,
+                        s.1,
+                        self.machines[j].ns.name,
+                        self.logs()
+                    );
+                }
+            }
+        }
+    }
+
+    fn leases_listed(&self) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(["net", &format!("--endpoints={}", self.member), "leases"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_gw_routes_between_machines_frees_a_dead_ones_subnet_and_gives_it_back() {
+    let mut w = World::new('h', "host-gw", "10.201.0.0/16").await;
+    for m in &mut w.machines {
+        m.start();
+    }
+    let subnets = w.all_routed();
+    w.pings_across(&subnets);
+    let listed = w.leases_listed();
+    for (s, _) in &subnets {
+        assert!(listed.contains(s.as_str()), "{s} missing from\n{listed}");
+    }
+    assert!(listed.contains("host-gw"), "{listed}");
+
+    // c dies: once its lease expires, a and b drop their route to it.
+    w.machines[2].kill9();
+    let dead = subnets[2].0.clone();
+    w.eventually(
+        "the dead machine's routes leave",
+        Duration::from_secs(15),
+        || w.machines[..2].iter().all(|m| !m.routes().contains(&dead)),
+    );
+    // c comes back: the same subnet (its subnet file), and routes to it again.
+    w.machines[2].start();
+    let again = w.all_routed();
+    assert_eq!(again[2].0, dead, "a restarted machine keeps its subnet");
+    w.pings_across(&again);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vxlan_carries_packets_and_a_deleted_route_comes_back() {
+    let mut w = World::new('v', "vxlan", "10.202.0.0/16").await;
+    for m in &mut w.machines {
+        m.start();
+    }
+    let subnets = w.all_routed();
+    for m in &w.machines {
+        let r = m.routes();
+        assert!(r.contains("dev flannel.1") && r.contains("onlink"), "{r}");
+    }
+    let listed = w.leases_listed();
+    assert!(listed.contains("vxlan"), "{listed}");
+    w.pings_across(&subnets);
+    // Someone deletes a's route to b: the repair pass puts it back.
+    let a = &w.machines[0];
+    let b_subnet = subnets[1].0.clone();
+    common::netns::ip(&["-n", &a.ns.name, "route", "del", &b_subnet]);
+    assert!(!a.routes().contains(&b_subnet));
+    w.eventually("the deleted route is back", Duration::from_secs(15), || {
+        w.machines[0].routes().contains(&b_subnet)
+    });
+    w.pings_across(&subnets);
+}
