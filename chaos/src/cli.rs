@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The workloads `--scenario` can name.
-const SCENARIOS: [&str; 4] = ["kv", "sched", "render", "stack"];
+const SCENARIOS: [&str; 5] = ["kv", "sched", "render", "stack", "net"];
 /// Every planted bug `--bug` can name (test-only), across the layers.
-pub const BUGS: [&str; 9] = [
+pub const BUGS: [&str; 12] = [
     "skip-sync",
     "ack-on-propose",
     "drop-foreign-ttls",
@@ -24,6 +24,9 @@ pub const BUGS: [&str; 9] = [
     "fence-late",
     "render-skip-sync",
     "presence-no-ttl",
+    "lease-no-prev-exist",
+    "routes-kept-on-expiry",
+    "renew-moves-subnet",
 ];
 
 #[derive(Parser)]
@@ -64,7 +67,10 @@ enum Cmd {
         /// proposed), `reshuffle-on-takeover` (a new leader's engine re-places correctly
         /// placed units),
         /// `render-skip-sync` (the renderer renames its stage file into place unsynced),
-        /// `presence-no-ttl` (presence keys are written without a TTL).
+        /// `presence-no-ttl` (presence keys are written without a TTL),
+        /// `lease-no-prev-exist`, `routes-kept-on-expiry`, `renew-moves-subnet` (the
+        /// network, `--scenario net`: leases created blind, routes kept after a peer's
+        /// lease expired, renewals that move the subnet).
         #[arg(long, value_parser = BUGS)]
         bug: Option<String>,
         /// `kv`: clients on the key-value store; `sched`: the same, and members are
@@ -381,6 +387,7 @@ impl Plan {
         let mut s = match self.scenario.as_str() {
             "sched" => Scenario::generate_sched(seed, self.nodes, &self.kinds),
             "stack" => Scenario::generate_stack(seed, self.nodes, &self.kinds),
+            "net" => Scenario::generate_net(seed, self.nodes, &self.kinds),
             _ => Scenario::generate(seed, self.nodes, &self.kinds),
         };
         s.render |= self.scenario == "render";
@@ -394,6 +401,9 @@ impl Plan {
         s.bug_reshuffle_on_takeover = bug == Some("reshuffle-on-takeover");
         s.bug_render_skip_sync = bug == Some("render-skip-sync");
         s.bug_presence_no_ttl = bug == Some("presence-no-ttl");
+        s.bug_lease_no_prev_exist = bug == Some("lease-no-prev-exist");
+        s.bug_routes_kept_on_expiry = bug == Some("routes-kept-on-expiry");
+        s.bug_renew_moves_subnet = bug == Some("renew-moves-subnet");
         if let Some(n) = self.agents {
             s.agents = n;
         }

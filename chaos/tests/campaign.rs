@@ -429,3 +429,38 @@ fn stack_seeds_shrink_their_unit_operations() {
         ops(&small)
     );
 }
+
+#[test]
+fn network_seeds_pass_every_checker() {
+    for seed in 0..30 {
+        let s = Scenario::generate_net(seed, 3, ALL_FAULTS);
+        let r = run(&s);
+        assert!(r.clean(), "{}", failure(&s, &r));
+    }
+}
+
+#[test]
+fn network_planted_bugs_are_found_within_five_seeds() {
+    type Plant = fn(&mut Scenario);
+    let bugs: [(&str, Plant, &str); 2] = [
+        (
+            "routes-kept-on-expiry",
+            |s| s.bug_routes_kept_on_expiry = true,
+            "tables differ from the live leases",
+        ),
+        (
+            "renew-moves-subnet",
+            |s| s.bug_renew_moves_subnet = true,
+            "stayed free",
+        ),
+    ];
+    for (bug, plant, says) in bugs {
+        let found = (0..5).find_map(|seed| {
+            let mut s = Scenario::generate_net(seed, 3, ALL_FAULTS);
+            plant(&mut s);
+            run(&s).violations.into_iter().next()
+        });
+        let v = found.unwrap_or_else(|| panic!("--bug {bug} survived 5 network seeds"));
+        assert!(v.contains(says), "--bug {bug}: {v}");
+    }
+}

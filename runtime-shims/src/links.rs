@@ -130,6 +130,9 @@ pub trait Links: Send + Sync + 'static {
     /// The main table's routes whose destination lies inside `net/len`: what the repair
     /// pass compares with what should be there.
     fn routes_within(&self, net: Ipv4Addr, len: u8) -> BoxFuture<'_, io::Result<Vec<Entry>>>;
+    /// The permanent ARP and FDB entries on device `dev` (none when it does not exist):
+    /// a restarted node finds those of peers that died while it was down.
+    fn neighbours_on(&self, dev: &str) -> BoxFuture<'_, io::Result<Vec<Entry>>>;
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
 };
-use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState,
+};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage,
 };
@@ -315,6 +317,40 @@ impl Netlink {
         link_mac(&l).ok_or_else(|| io::Error::other("the VXLAN device has no MAC address"))
     }
 
+    async fn neighbours(&self, dev: &str) -> io::Result<Vec<Entry>> {
+        let Some(l) = self.link_by_name(dev).await? else {
+            return Ok(vec![]);
+        };
+        let mut out = Vec::new();
+        let mut s = self.h.neighbours().get().execute();
+        while let Some(n) = s.try_next().await.map_err(nl("listing neighbours"))? {
+            if n.header.ifindex != l.header.index || n.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            let (mut ip, mut mac) = (None, None);
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => ip = Some(*d),
+                    NeighbourAttribute::LinkLocalAddress(b) if b.len() == 6 => {
+                        let mut m = [0u8; 6];
+                        m.copy_from_slice(b);
+                        mac = Some(Mac(m));
+                    }
+                    _ => {}
+                }
+            }
+            let (Some(ip), Some(mac)) = (ip, mac) else {
+                continue;
+            };
+            let dev = dev.to_string();
+            out.push(match n.header.family {
+                AddressFamily::Bridge => Entry::Fdb { dev, mac, dst: ip },
+                _ => Entry::Neigh { dev, ip, mac },
+            });
+        }
+        Ok(out)
+    }
+
     async fn routes(&self, net: Ipv4Addr, len: u8) -> io::Result<Vec<Entry>> {
         let mask = if len == 0 {
             0
@@ -467,5 +503,10 @@ impl Links for Netlink {
 
     fn routes_within(&self, net: Ipv4Addr, len: u8) -> BoxFuture<'_, io::Result<Vec<Entry>>> {
         Box::pin(async move { self.routes(net, len).await })
+    }
+
+    fn neighbours_on(&self, dev: &str) -> BoxFuture<'_, io::Result<Vec<Entry>>> {
+        let dev = dev.to_string();
+        Box::pin(async move { self.neighbours(&dev).await })
     }
 }

@@ -10,7 +10,7 @@
 //! - `env`, `fabric`, `docker`, `world` (only with `--cfg madsim`): the runtime seam on
 //!   madsim — clock/tasks, the message fabric (latency, loss, duplication, reordering,
 //!   partitions), the container engine with seeded failures, the renderer's checked
-//!   files and commands (`render`) — and [`world::run`], which
+//!   files and commands (`render`), each machine's kernel tables (`links`) — and [`world::run`], which
 //!   builds a cluster of real flotilla nodes on it, drives the workload and the fault
 //!   schedule, heals, and runs every checker.
 //!
@@ -28,6 +28,8 @@ pub mod docker;
 pub mod env;
 #[cfg(madsim)]
 pub mod fabric;
+#[cfg(madsim)]
+pub mod links;
 #[cfg(madsim)]
 pub mod processes;
 #[cfg(madsim)]

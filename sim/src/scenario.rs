@@ -148,6 +148,19 @@ pub struct Scenario {
     /// Machines that are not members (`flotilla agent`), reaching the cluster over HTTP.
     #[serde(default)]
     pub agents: usize,
+    /// Machines on the cluster network (`chaos run --scenario net`): each runs the
+    /// network manager; one dies for good, one dies and returns after its lease expired.
+    #[serde(default)]
+    pub net_machines: usize,
+    /// Planted bug (test-only): a new lease is written without `prevExist=false`.
+    #[serde(default)]
+    pub bug_lease_no_prev_exist: bool,
+    /// Planted bug (test-only): a peer's expired lease leaves its routes in place.
+    #[serde(default)]
+    pub bug_routes_kept_on_expiry: bool,
+    /// Planted bug (test-only): a renewal gives up the lease for a new subnet.
+    #[serde(default)]
+    pub bug_renew_moves_subnet: bool,
 }
 
 /// Timed operations on units (each through a member's in-process client, as the fleet API
@@ -599,7 +612,18 @@ impl Scenario {
             bug_render_skip_sync: false,
             bug_presence_no_ttl: false,
             agents: 0,
+            net_machines: 0,
+            bug_lease_no_prev_exist: false,
+            bug_routes_kept_on_expiry: false,
+            bug_renew_moves_subnet: false,
         }
+    }
+
+    /// [`Scenario::generate`] with machines on the cluster network beside the KV workload.
+    pub fn generate_net(seed: u64, nodes: usize, allowed: &[&str]) -> Self {
+        let mut s = Self::generate(seed, nodes, allowed);
+        s.net_machines = 6;
+        s
     }
 
     /// [`Scenario::generate`] with the scheduling workload on top (its own random stream,
@@ -702,6 +726,10 @@ impl Scenario {
             bug_render_skip_sync: false,
             bug_presence_no_ttl: false,
             agents: 0,
+            net_machines: 0,
+            bug_lease_no_prev_exist: false,
+            bug_routes_kept_on_expiry: false,
+            bug_renew_moves_subnet: false,
         }
     }
 }

@@ -37,6 +37,19 @@ pub struct NetOptions {
     pub ip_masq: bool,
     /// How often the routing table is compared with what should be there.
     pub repair_ms: u64,
+    /// Planted bugs (the simulator's tests only; never set in production).
+    pub bugs: NetBugs,
+}
+
+/// Planted bugs the simulator's checkers must catch (test-only).
+#[derive(Debug, Clone, Default)]
+pub struct NetBugs {
+    /// A new lease is written without `prevExist=false`: two machines can take one subnet.
+    pub create_without_prev_exist: bool,
+    /// A peer's expired or deleted lease leaves its routes in place.
+    pub keep_routes_on_expiry: bool,
+    /// A renewal gives up the lease and takes a new subnet.
+    pub renew_moves_subnet: bool,
 }
 
 impl NetOptions {
@@ -49,6 +62,7 @@ impl NetOptions {
             renew_margin_s: 3600,
             ip_masq: false,
             repair_ms: 10_000,
+            bugs: NetBugs::default(),
         }
     }
 }
@@ -120,7 +134,7 @@ impl Net {
     async fn hold(&mut self, mut previous: Option<Ipv4Net>) {
         loop {
             let (subnet, index) = self.acquire(previous).await;
-            previous = Some(subnet);
+            previous = (!self.o.bugs.renew_moves_subnet).then_some(subnet);
             self.publish_local(subnet).await;
             self.follow(subnet, index).await;
             tracing::warn!(%subnet, "lease lost; taking it again");
@@ -172,7 +186,7 @@ impl Net {
                     subnet,
                     Some(self.o.lease_ttl_s),
                     Precondition {
-                        exist: Some(false),
+                        exist: (!self.o.bugs.create_without_prev_exist).then_some(false),
                         ..Default::default()
                     },
                 ),
@@ -250,7 +264,9 @@ impl Net {
         let _ = index;
         let renew_s = lease::renew_after_s(self.o.lease_ttl_s, self.o.renew_margin_s);
         let mut renew_at = self.s.clock.now_mono() + Duration::from_secs(renew_s);
-        let mut repair_at = self.s.clock.now_mono() + Duration::from_millis(self.o.repair_ms);
+        // The first repair pass comes at once: a restarted node finds what peers that
+        // died meanwhile left in its tables.
+        let mut repair_at = self.s.clock.now_mono();
         loop {
             self.apply(&peers.0).await;
             let now = self.s.clock.now_mono();
@@ -283,6 +299,11 @@ impl Net {
             let now = self.s.clock.now_mono();
             if now >= renew_at {
                 match self.renew(subnet).await {
+                    Ok(()) if self.o.bugs.renew_moves_subnet => {
+                        let key = self.key(&subnet);
+                        let _ = self.s.kv.delete(&key, false, Precondition::default()).await;
+                        return;
+                    }
                     Ok(()) => renew_at = now + Duration::from_secs(renew_s),
                     Err(ClientError::Store(e)) if e.code == error::KEY_NOT_FOUND => return,
                     Err(e) => {
@@ -330,7 +351,9 @@ impl Net {
             return !gone;
         }
         if gone {
-            peers.remove(&subnet);
+            if !self.o.bugs.keep_routes_on_expiry {
+                peers.remove(&subnet);
+            }
             return true;
         }
         match Lease::parse(
@@ -412,19 +435,23 @@ impl Net {
         let Ok(routes) = self.s.links.routes_within(n.ip(), n.prefix_len()).await else {
             return;
         };
-        let actual: BTreeSet<Entry> = routes.into_iter().collect();
+        let mut actual: BTreeSet<Entry> = routes.into_iter().collect();
+        if let Backend::Vxlan { vni, .. } = &self.cfg.backend {
+            let dev = routes::vxlan_dev(*vni);
+            actual.extend(self.s.links.neighbours_on(&dev).await.unwrap_or_default());
+        }
         let missing: Vec<Entry> = self
             .have
             .iter()
-            .filter(|e| e.is_route() && !actual.contains(e))
+            .filter(|e| !actual.contains(e))
             .cloned()
             .collect();
         for e in missing {
-            tracing::warn!(entry = %e, "a route went missing; putting it back");
+            tracing::warn!(entry = %e, "an entry went missing; putting it back");
             self.have.remove(&e);
         }
         for e in actual.difference(&self.have) {
-            tracing::warn!(entry = %e, "removing a route into the network that no lease calls for");
+            tracing::warn!(entry = %e, "removing an entry into the network that no lease calls for");
             self.s.links.remove(e).await.ok();
         }
     }

@@ -22,7 +22,7 @@ pub mod routes;
 pub mod subnet;
 pub mod subnet_file;
 
-pub use manager::{NetOptions, NetSeams, NetStatus};
+pub use manager::{NetBugs, NetOptions, NetSeams, NetStatus};
 
 use flotilla_shims::Spawn;
 use tokio::sync::watch;

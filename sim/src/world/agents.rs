@@ -131,24 +131,13 @@ impl Transport for FabricHttp {
 impl AgentMachine {
     /// Agent-only machine `j` of world `w`: every member's client URL, its own first.
     pub(super) fn new(w: &Weak<World>, j: usize, nodes: usize, faults: DockerFaults) -> Self {
-        let endpoint = AGENT_BASE + j as u64;
-        let urls = (0..nodes)
-            .map(|k| format!("http://10.0.0.{}:2379", (j + k) % nodes + 1))
-            .collect();
-        let transport = Arc::new(FabricHttp {
-            world: w.clone(),
-            from: endpoint,
-        });
-        let endpoints = Endpoints::new("agent", urls)
-            .expect("simulated endpoints are URLs")
-            .with_transport(transport);
         Self {
             id: format!("m{}", nodes + j),
             clock: SimClock::default(),
             docker: SimDocker::new(faults),
             procs: SimProcesses::new(),
             files: MemFiles::new(),
-            kv: Arc::new(HttpKv::new(endpoints, REQUEST_TIMEOUT)),
+            kv: fabric_kv(w, AGENT_BASE + j as u64, j, nodes),
             agent: Mutex::new(None),
         }
     }
@@ -183,6 +172,22 @@ impl AgentMachine {
             ..member.clone()
         }
     }
+}
+
+/// The store as a machine at fabric endpoint `from` reaches it: etcd's v2 HTTP API
+/// through every member's client URL, member `j mod nodes`'s first.
+pub(super) fn fabric_kv(w: &Weak<World>, from: u64, j: usize, nodes: usize) -> Arc<dyn KvClient> {
+    let urls = (0..nodes)
+        .map(|k| format!("http://10.0.0.{}:2379", (j + k) % nodes + 1))
+        .collect();
+    let transport = Arc::new(FabricHttp {
+        world: w.clone(),
+        from,
+    });
+    let endpoints = Endpoints::new("agent", urls)
+        .expect("simulated endpoints are URLs")
+        .with_transport(transport);
+    Arc::new(HttpKv::new(endpoints, REQUEST_TIMEOUT))
 }
 
 /// Boots the agent-only machines of `w`, each on its own simulated node.

@@ -39,6 +39,7 @@ mod boot;
 mod checks;
 mod clients;
 mod faults;
+mod network;
 mod rendering;
 mod scheduling;
 mod stack;
@@ -199,6 +200,9 @@ struct World {
     /// Machines that are not members, indexed after the members.
     agents: Vec<Arc<AgentMachine>>,
     agent_nodes: Mutex<Vec<NodeHandle>>,
+    /// Machines on the cluster network (`--scenario net`).
+    nets: Vec<Arc<network::NetMachine>>,
+    net_nodes: Mutex<Vec<NodeHandle>>,
     /// The largest clock disagreement any sample saw: a lease stamped and expired on
     /// different clocks may end early by up to twice this.
     skew_seen_ms: std::sync::atomic::AtomicU64,
@@ -268,6 +272,9 @@ async fn simulate(s: Scenario) -> Report {
     for a in w.agent_nodes.lock().expect("nodes lock").drain(..) {
         w.rt.kill(a.id());
     }
+    for a in w.net_nodes.lock().expect("nodes lock").drain(..) {
+        w.rt.kill(a.id());
+    }
     w.rt.kill(helpers.id());
     w.nodes.lock().expect("nodes lock").clear();
     report
@@ -297,6 +304,10 @@ fn build(s: &Scenario) -> Arc<World> {
             .map(|j| Arc::new(AgentMachine::new(world, j, s.nodes, faults.clone())))
             .collect(),
         agent_nodes: Mutex::new(vec![]),
+        nets: (0..s.net_machines)
+            .map(|j| Arc::new(network::NetMachine::new(world, j, s.nodes)))
+            .collect(),
+        net_nodes: Mutex::new(vec![]),
         s: s.clone(),
         rt: Handle::current(),
         fabric,
@@ -326,7 +337,11 @@ fn start(w: &Arc<World>) -> NodeHandle {
         w.nodes.lock().expect("nodes lock").push(node);
     }
     start_agents(w);
+    network::start_net(w);
     let helpers = w.rt.create_node().name("harness").build();
+    if !w.nets.is_empty() {
+        helpers.spawn(network::deaths(w.clone()));
+    }
     helpers.spawn(supervise(w.clone()));
     if !w.s.bench {
         helpers.spawn(sampler(w.clone()));
@@ -383,6 +398,7 @@ async fn after_the_heal(w: &Arc<World>) {
     } else if w.s.render {
         render_convergence(w).await;
     }
+    network::check_net(w).await;
     drain_render_logs(w);
     sample_digests(w);
 }

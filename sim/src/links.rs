@@ -1,0 +1,93 @@
+//! The links seam in the simulated world: a machine's kernel tables as a set of
+//! entries, so the checkers can ask what a machine routes where.
+
+use flotilla_shims::links::{Entry, Iface, Links, Mac, VxlanSpec};
+use flotilla_shims::BoxFuture;
+use std::collections::BTreeSet;
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+/// One machine's tables. Clones share them (the machine's node and the checkers).
+#[derive(Clone)]
+pub struct SimLinks {
+    ip: Ipv4Addr,
+    entries: Arc<Mutex<BTreeSet<Entry>>>,
+    vxlan: Arc<Mutex<Option<VxlanSpec>>>,
+}
+
+impl SimLinks {
+    pub fn new(ip: Ipv4Addr) -> Self {
+        Self {
+            ip,
+            entries: Default::default(),
+            vxlan: Default::default(),
+        }
+    }
+
+    /// What the machine's tables hold now.
+    pub fn entries(&self) -> BTreeSet<Entry> {
+        self.entries.lock().expect("links lock").clone()
+    }
+
+    /// The VTEP MAC: fixed per machine, from its address, as a real device's is per boot.
+    fn mac(&self) -> Mac {
+        let o = self.ip.octets();
+        Mac([0x02, 0x42, o[0], o[1], o[2], o[3]])
+    }
+}
+
+impl Links for SimLinks {
+    fn iface(&self, _name: Option<&str>) -> BoxFuture<'_, io::Result<Iface>> {
+        let ip = self.ip;
+        Box::pin(async move {
+            Ok(Iface {
+                name: "eth0".into(),
+                ip,
+                mtu: 1500,
+            })
+        })
+    }
+
+    fn ensure_vxlan(&self, spec: &VxlanSpec) -> BoxFuture<'_, io::Result<Mac>> {
+        *self.vxlan.lock().expect("links lock") = Some(spec.clone());
+        let mac = self.mac();
+        Box::pin(async move { Ok(mac) })
+    }
+
+    fn add(&self, e: &Entry) -> BoxFuture<'_, io::Result<()>> {
+        self.entries.lock().expect("links lock").insert(e.clone());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn remove(&self, e: &Entry) -> BoxFuture<'_, io::Result<()>> {
+        self.entries.lock().expect("links lock").remove(e);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn neighbours_on(&self, dev: &str) -> BoxFuture<'_, io::Result<Vec<Entry>>> {
+        let on = self
+            .entries()
+            .into_iter()
+            .filter(|e| match e {
+                Entry::Neigh { dev: d, .. } | Entry::Fdb { dev: d, .. } => d == dev,
+                Entry::Route { .. } => false,
+            })
+            .collect();
+        Box::pin(async move { Ok(on) })
+    }
+
+    fn routes_within(&self, net: Ipv4Addr, len: u8) -> BoxFuture<'_, io::Result<Vec<Entry>>> {
+        let mask = if len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(len))
+        };
+        let routes = self
+            .entries()
+            .into_iter()
+            .filter(|e| matches!(e, Entry::Route { dst, .. } if u32::from(*dst) & mask == u32::from(net)))
+            .collect();
+        Box::pin(async move { Ok(routes) })
+    }
+}
