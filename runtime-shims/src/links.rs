@@ -68,6 +68,10 @@ impl Entry {
     pub fn is_route(&self) -> bool {
         matches!(self, Entry::Route { .. })
     }
+
+    pub fn is_fdb(&self) -> bool {
+        matches!(self, Entry::Fdb { .. })
+    }
 }
 
 impl fmt::Display for Entry {

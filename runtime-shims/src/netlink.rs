@@ -45,16 +45,6 @@ fn nl(what: &str) -> impl Fn(rtnetlink::Error) -> io::Error + '_ {
     }
 }
 
-fn errno(e: &io::Error, codes: &[i32]) -> bool {
-    // The wrapped message keeps the kind; compare raw codes through the kind's errno.
-    let raw = match e.kind() {
-        io::ErrorKind::AlreadyExists => libc::EEXIST,
-        io::ErrorKind::NotFound => libc::ENOENT,
-        _ => e.raw_os_error().unwrap_or(0),
-    };
-    codes.contains(&raw) || e.to_string().contains("No such process")
-}
-
 impl Netlink {
     async fn link_by_name(&self, name: &str) -> io::Result<Option<LinkMessage>> {
         let mut s = self.h.link().get().match_name(name.to_string()).execute();
@@ -167,37 +157,47 @@ impl Netlink {
                     .await
                     .map_err(nl("adding a route"))
             }
-            Entry::Neigh { dev, ip, mac } => {
+            Entry::Neigh { dev, .. } | Entry::Fdb { dev, .. } => {
                 let i = self.index_of(dev).await?;
-                self.h
-                    .neighbours()
-                    .add(i, IpAddr::V4(*ip))
-                    .link_local_address(&mac.0)
+                let what = if e.is_fdb() {
+                    "adding an FDB entry"
+                } else {
+                    "adding an ARP entry"
+                };
+                self.neighbour(i, e)
                     .replace()
                     .execute()
                     .await
-                    .map_err(nl("adding an ARP entry"))
-            }
-            Entry::Fdb { dev, mac, dst } => {
-                let i = self.index_of(dev).await?;
-                let mut req = self
-                    .h
-                    .neighbours()
-                    .add_bridge(i, &mac.0)
-                    .flags(NeighbourFlags::Own)
-                    .replace();
-                req.message_mut()
-                    .attributes
-                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                        *dst,
-                    )));
-                req.execute().await.map_err(nl("adding an FDB entry"))
+                    .map_err(nl(what))
             }
         }
     }
 
+    /// The request for a Neigh or Fdb entry on link `index` (an add; its message also
+    /// names the entry to delete).
+    fn neighbour(&self, index: u32, e: &Entry) -> rtnetlink::NeighbourAddRequest {
+        match e {
+            Entry::Neigh { ip, mac, .. } => self
+                .h
+                .neighbours()
+                .add(index, IpAddr::V4(*ip))
+                .link_local_address(&mac.0),
+            Entry::Fdb { mac, dst, .. } => {
+                let mut req = self
+                    .h
+                    .neighbours()
+                    .add_bridge(index, &mac.0)
+                    .flags(NeighbourFlags::Own);
+                let dst = NeighbourAttribute::Destination(NeighbourAddress::Inet(*dst));
+                req.message_mut().attributes.push(dst);
+                req
+            }
+            Entry::Route { .. } => unreachable!("routes are not neighbours"),
+        }
+    }
+
     async fn remove_entry(&self, e: &Entry) -> io::Result<()> {
-        let r = match e {
+        let (r, what) = match e {
             Entry::Route {
                 dst,
                 len,
@@ -210,73 +210,43 @@ impl Netlink {
                     None => None,
                 };
                 let m = Self::route_msg(*dst, *len, *via, oif, *onlink);
-                self.h
-                    .route()
-                    .del(m)
-                    .execute()
-                    .await
-                    .map_err(nl("removing a route"))
+                (self.h.route().del(m).execute().await, "removing a route")
             }
-            Entry::Neigh { dev, ip, mac } => {
+            Entry::Neigh { dev, .. } | Entry::Fdb { dev, .. } => {
                 let Some(l) = self.link_by_name(dev).await? else {
                     return Ok(());
                 };
-                let mut req = self
-                    .h
-                    .neighbours()
-                    .add(l.header.index, IpAddr::V4(*ip))
-                    .link_local_address(&mac.0);
-                let m = req.message_mut().clone();
-                self.h
-                    .neighbours()
-                    .del(m)
-                    .execute()
-                    .await
-                    .map_err(nl("removing an ARP entry"))
-            }
-            Entry::Fdb { dev, mac, dst } => {
-                let Some(l) = self.link_by_name(dev).await? else {
-                    return Ok(());
-                };
-                let mut req = self
-                    .h
-                    .neighbours()
-                    .add_bridge(l.header.index, &mac.0)
-                    .flags(NeighbourFlags::Own);
-                req.message_mut()
-                    .attributes
-                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                        *dst,
-                    )));
-                let m = req.message_mut().clone();
-                self.h
-                    .neighbours()
-                    .del(m)
-                    .execute()
-                    .await
-                    .map_err(nl("removing an FDB entry"))
+                let m = self.neighbour(l.header.index, e).message_mut().clone();
+                (
+                    self.h.neighbours().del(m).execute().await,
+                    "removing a neighbour",
+                )
             }
         };
         match r {
-            Err(e) if errno(&e, &[libc::ENOENT, libc::ESRCH]) => Ok(()),
-            r => r,
+            // Already gone: what removing asked for.
+            Err(rtnetlink::Error::NetlinkError(m))
+                if [libc::ENOENT, libc::ESRCH].contains(&m.raw_code().abs()) =>
+            {
+                Ok(())
+            }
+            r => r.map_err(nl(what)),
         }
     }
 
     async fn vxlan(&self, spec: &VxlanSpec) -> io::Result<Mac> {
         let existing = self.link_by_name(&spec.name).await?;
-        if let Some(l) = &existing {
-            if !vxlan_matches(l, spec) {
-                // flannel's rule: a device of ours that does not match is made again.
-                self.h
-                    .link()
-                    .del(l.header.index)
-                    .execute()
-                    .await
-                    .map_err(nl("removing a stale VXLAN device"))?;
-            }
+        let fits = existing.as_ref().is_some_and(|l| vxlan_matches(l, spec));
+        if let Some(l) = existing.as_ref().filter(|_| !fits) {
+            // flannel's rule: a device of ours that does not match is made again.
+            self.h
+                .link()
+                .del(l.header.index)
+                .execute()
+                .await
+                .map_err(nl("removing a stale VXLAN device"))?;
         }
-        if existing.as_ref().is_none_or(|l| !vxlan_matches(l, spec)) {
+        if !fits {
             let under = self.index_of(&spec.underlay).await?;
             let m = LinkVxlan::new(&spec.name, spec.vni)
                 .dev(under)
@@ -307,7 +277,9 @@ impl Netlink {
                 .await;
             r.map_err(nl("addressing the VXLAN device"))?;
         }
-        let up = LinkMessageBuilderUp::up(l.header.index);
+        let up = rtnetlink::LinkUnspec::new_with_index(l.header.index)
+            .up()
+            .build();
         self.h
             .link()
             .set(up)
@@ -399,15 +371,6 @@ impl Netlink {
             });
         }
         Ok(out)
-    }
-}
-
-/// A link-set message that only brings a link up.
-struct LinkMessageBuilderUp;
-
-impl LinkMessageBuilderUp {
-    fn up(index: u32) -> LinkMessage {
-        rtnetlink::LinkUnspec::new_with_index(index).up().build()
     }
 }
 

@@ -133,20 +133,19 @@ impl Net {
     /// Takes a lease, keeps it, and when it is lost takes it again, forever.
     async fn hold(&mut self, mut previous: Option<Ipv4Net>) {
         loop {
-            let (subnet, index) = self.acquire(previous).await;
+            let subnet = self.acquire(previous).await;
             previous = (!self.o.bugs.renew_moves_subnet).then_some(subnet);
             self.publish_local(subnet).await;
-            self.follow(subnet, index).await;
+            self.follow(subnet).await;
             tracing::warn!(%subnet, "lease lost; taking it again");
         }
     }
 
-    /// Writes the lease (retrying), then the subnet file; the lease and the store index
-    /// the peers' watch starts from.
-    async fn acquire(&mut self, previous: Option<Ipv4Net>) -> (Ipv4Net, u64) {
+    /// Writes the lease, retrying until the store takes it.
+    async fn acquire(&mut self, previous: Option<Ipv4Net>) -> Ipv4Net {
         loop {
             match self.try_acquire(previous).await {
-                Ok(Some(held)) => return held,
+                Ok(Some(subnet)) => return subnet,
                 Ok(None) => tracing::error!(network = %self.cfg.network, "out of subnets"),
                 Err(e) => tracing::warn!(error = %e, "taking a lease failed"),
             }
@@ -157,7 +156,7 @@ impl Net {
     async fn try_acquire(
         &mut self,
         previous: Option<Ipv4Net>,
-    ) -> Result<Option<(Ipv4Net, u64)>, ClientError> {
+    ) -> Result<Option<Ipv4Net>, ClientError> {
         let value = serde_json::to_string(&self.attrs).expect("lease serializes");
         for _ in 0..lease::CREATE_ATTEMPTS_MAX {
             let (leases, _) = self.list().await?;
@@ -197,7 +196,7 @@ impl Net {
                 ..Default::default()
             };
             match self.s.kv.set(&self.key(&subnet), &value, opts).await {
-                Ok(ev) => return Ok(Some((subnet, ev.index))),
+                Ok(_) => return Ok(Some(subnet)),
                 Err(ClientError::Store(e)) if e.code == error::NODE_EXIST => continue,
                 Err(e) => return Err(e),
             }
@@ -258,10 +257,9 @@ impl Net {
     }
 
     /// Keeps the lease and the peers' entries until the lease is lost.
-    async fn follow(&mut self, subnet: Ipv4Net, index: u64) {
+    async fn follow(&mut self, subnet: Ipv4Net) {
         let mut peers = self.relist(subnet).await;
         let mut since = peers.1 + 1;
-        let _ = index;
         let renew_s = lease::renew_after_s(self.o.lease_ttl_s, self.o.renew_margin_s);
         let mut renew_at = self.s.clock.now_mono() + Duration::from_secs(renew_s);
         // The first repair pass comes at once: a restarted node finds what peers that
