@@ -150,6 +150,7 @@ fn help_points_to_pages_that_exist() {
         &["units"],
         &["agent"],
         &["confd"],
+        &["net"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
             .args(sub)
@@ -175,5 +176,5 @@ fn help_points_to_pages_that_exist() {
             named += 1;
         }
     }
-    assert!(named >= 6);
+    assert!(named >= 7);
 }

@@ -1,6 +1,7 @@
 //! The scheduling engine on an in-process member, passes driven by hand: a deposed
 //! engine commits nothing once another has taken the lease; a machine's agent, watching
-//! its own schedule prefix, is not woken by other machines' placements.
+//! its own schedule prefix, is not woken by other machines' placements; a machine's key
+//! expiring wakes the engine, which places its units again without waiting to reconcile.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod common;
@@ -118,4 +119,52 @@ async fn an_agent_is_woken_only_by_its_own_machines_placements() {
             .is_err(),
         "m2's agent was woken by m1's placements"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_whose_key_expires_has_its_units_placed_again_at_once() {
+    let kv = one_member().await;
+    // m1's key lives 2 s unless renewed (no agent renews it here).
+    let rec = serde_json::to_string(&MachineRecord {
+        id: "m1".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let ttl = SetOpts {
+        ttl_s: Some(2),
+        ..Default::default()
+    };
+    kv.set(&registry::machine_key("m1"), &rec, ttl)
+        .await
+        .unwrap();
+    // A reconcile interval far past the test: only a wake-up can move the unit.
+    let cfg = EngineConfig {
+        member: "e".into(),
+        reconcile_ms: 600_000,
+        ..Default::default()
+    };
+    let e = Engine::new(kv.clone(), kv.clock.clone(), Arc::new(TokioSpawn), cfg);
+    let run = tokio::spawn(e.run());
+    unit(&kv, "u.service", "").await;
+    let t0 = std::time::Instant::now();
+    while !placed_on(&kv, "m1", "u.service").await {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "u never placed on m1"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    machine(&kv, "m2").await;
+    // m1's key expires about 2 s after it was written; the expiry must wake the engine.
+    let t0 = std::time::Instant::now();
+    while !placed_on(&kv, "m2", "u.service").await {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "u not placed again 20 s after its machine's key was set to expire in 2 s \
+             (the next reconcile is 600 s away)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!placed_on(&kv, "m1", "u.service").await);
+    run.abort();
 }

@@ -327,6 +327,35 @@ fn a_rotated_certificate_is_served_without_a_restart() {
         || logs(&nodes),
     );
     assert!(kv(&ep, &flags, &["get", "/r"]).0, "{}", logs(&nodes));
+    // A rotation that cannot be used (the key no longer matches): logged, the pair that
+    // works is kept.
+    std::thread::sleep(Duration::from_millis(1100));
+    let other = leaf(d, &ca, "n0-other", false);
+    std::fs::copy(&other.1, &key).unwrap();
+    eventually(
+        "the unusable pair named in the log",
+        Duration::from_secs(10),
+        || {
+            let _ = served();
+            logs(&nodes).contains("new certificate not usable; keeping the old one")
+        },
+        || logs(&nodes),
+    );
+    assert_eq!(served(), want, "the working certificate is still served");
+    assert!(kv(&ep, &flags, &["get", "/r"]).0, "{}", logs(&nodes));
+    // A client that connects and never says hello is cut off (the handshake bound, 10 s).
+    let addr = ep.trim_start_matches("https://").to_string();
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = matches!(std::io::Read::read(&mut idle, &mut buf), Ok(0) | Err(_));
+    let waited = t0.elapsed();
+    assert!(
+        closed && waited >= Duration::from_secs(9) && waited < Duration::from_secs(25),
+        "a silent client was held {waited:?} (closed: {closed}); the bound is 10 s"
+    );
 }
 
 #[test]

@@ -45,8 +45,13 @@ pub enum Fault {
     /// A slow machine: every message to or from the node takes `extra_ms` longer, for `ms`.
     Slow { node: usize, extra_ms: u64, ms: u64 },
     /// Whichever live machine runs the most containers when this fires is cut off from
-    /// every other node (as [`Fault::Partition`] of it alone) for `ms`.
-    IsolateBusiest { ms: u64 },
+    /// every other node (as [`Fault::Partition`] of it alone) for `ms`; with
+    /// `outbound_only`, only what it sends is lost (it still hears the others).
+    IsolateBusiest {
+        ms: u64,
+        #[serde(default)]
+        outbound_only: bool,
+    },
 }
 
 impl Fault {
@@ -434,8 +439,11 @@ fn stack_faults(rng: &mut impl Rng, nodes: usize, fault_phase_ms: u64) -> Vec<Ev
     // its key expires before the heal (at 20 s), its units are placed elsewhere, and its
     // agent must have stopped them first.
     if rng.gen_bool(0.7) {
+        // One cut in four is one-way: the machine hears the cluster but cannot answer,
+        // so its renewals fail while it still sees a leader.
         let fault = Fault::IsolateBusiest {
             ms: rng.gen_range(13_500..15_000),
+            outbound_only: rng.gen_bool(0.25),
         };
         out.push(Event {
             at_ms: rng.gen_range(4_000..5_500),

@@ -540,7 +540,9 @@ fn bytes(v: &str) -> Result<i64, ExecError> {
 
 /// etcdctl (v2) commands on the store. Global flags that name endpoints are accepted
 /// and ignored: the unit's machine reaches its own cluster.
-fn etcdctl(args: &[String]) -> Result<KvOp, ExecError> {
+/// etcdctl's own global flags (endpoints, TLS, output) are accepted and ignored: the agent
+/// reaches the cluster it runs in. Returns where the command starts.
+fn skip_global_flags(args: &[String]) -> Result<usize, ExecError> {
     const GLOBAL_VALUED: &[&str] = &[
         "--endpoints",
         "--endpoint",
@@ -576,110 +578,136 @@ fn etcdctl(args: &[String]) -> Result<KvOp, ExecError> {
         }
         i += 1;
     }
+    Ok(i)
+}
+
+/// One etcdctl command's flags and positional arguments, read.
+struct EtcdctlArgs {
+    what: String,
+    flags: BTreeMap<String, String>,
+    pos: Vec<String>,
+}
+
+impl EtcdctlArgs {
+    fn read(cmd: &str, rest: &[String]) -> Result<Self, ExecError> {
+        const VALUED: &[&str] = &[
+            "--ttl",
+            "--swap-with-value",
+            "--swap-with-index",
+            "--with-value",
+            "--with-index",
+        ];
+        const BOOLS: &[&str] = &[
+            "--dir",
+            "--recursive",
+            "-r",
+            "--sort",
+            "-p",
+            "--quorum",
+            "-q",
+        ];
+        let what = format!("etcdctl {cmd}");
+        let (flags, pos) = simple_flags(&what, rest, BOOLS, VALUED)?;
+        Ok(EtcdctlArgs { what, flags, pos })
+    }
+
+    fn num(&self, k: &str) -> Result<Option<u64>, ExecError> {
+        let parse = |v: &String| {
+            v.parse::<u64>()
+                .map_err(|_| ExecError(format!("{}: {k} {v:?} is not a number", self.what)))
+        };
+        self.flags.get(k).map(parse).transpose()
+    }
+
+    fn has(&self, k: &str) -> bool {
+        self.flags.contains_key(k)
+    }
+
+    fn value(&self, k: &str) -> Option<String> {
+        self.flags.get(k).cloned()
+    }
+
+    /// Refuses a flag this command does not take.
+    fn allow(&self, ok: &[&str]) -> Result<(), ExecError> {
+        match self.flags.keys().find(|k| !ok.contains(&k.as_str())) {
+            Some(k) => fail(format!("{}: flag {k} does not apply", self.what)),
+            None => Ok(()),
+        }
+    }
+
+    fn key(&self) -> Result<String, ExecError> {
+        match self.pos.as_slice() {
+            [k] => Ok(k.clone()),
+            _ => fail(format!("{}: expected KEY", self.what)),
+        }
+    }
+
+    fn key_value(&self) -> Result<(String, String), ExecError> {
+        match self.pos.as_slice() {
+            [k, v] => Ok((k.clone(), v.clone())),
+            _ => fail(format!("{}: expected KEY VALUE", self.what)),
+        }
+    }
+}
+
+fn etcdctl(args: &[String]) -> Result<KvOp, ExecError> {
+    let i = skip_global_flags(args)?;
     let Some(cmd) = args.get(i) else {
         return fail("etcdctl: no command given");
     };
-    let rest = &args[i + 1..];
-    let what = format!("etcdctl {cmd}");
-    let valued = [
-        "--ttl",
-        "--swap-with-value",
-        "--swap-with-index",
-        "--with-value",
-        "--with-index",
-    ];
-    let bools = [
-        "--dir",
-        "--recursive",
-        "-r",
-        "--sort",
-        "-p",
-        "--quorum",
-        "-q",
-    ];
-    let (flags, pos) = simple_flags(&what, rest, &bools, &valued)?;
-    let num = |k: &str| -> Result<Option<u64>, ExecError> {
-        flags
-            .get(k)
-            .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| ExecError(format!("{what}: {k} {v:?} is not a number")))
-            })
-            .transpose()
-    };
-    let ttl_s = num("--ttl")?;
-    let allowed = |ok: &[&str]| -> Result<(), ExecError> {
-        match flags.keys().find(|k| !ok.contains(&k.as_str())) {
-            Some(k) => fail(format!("{what}: flag {k} does not apply")),
-            None => Ok(()),
-        }
-    };
-    let key_value = |n: usize| -> Result<(String, String), ExecError> {
-        match pos.as_slice() {
-            [k, v] if n == 2 => Ok((k.clone(), v.clone())),
-            [k] if n == 1 => Ok((k.clone(), String::new())),
-            _ => fail(format!(
-                "{what}: expected {}",
-                if n == 2 { "KEY VALUE" } else { "KEY" }
-            )),
-        }
-    };
-    Ok(match cmd.as_str() {
+    etcdctl_op(cmd, &EtcdctlArgs::read(cmd, &args[i + 1..])?)
+}
+
+/// `mk`/`mkdir` create only, `update`/`updatedir` replace only, the rest either.
+fn exist_rule(cmd: &str) -> Option<bool> {
+    match cmd {
+        "mk" | "mkdir" => Some(false),
+        "update" | "updatedir" => Some(true),
+        _ => None,
+    }
+}
+
+fn etcdctl_op(cmd: &str, a: &EtcdctlArgs) -> Result<KvOp, ExecError> {
+    let recursive = a.has("--recursive") || a.has("-r");
+    Ok(match cmd {
         "set" | "mk" | "update" => {
-            allowed(&["--ttl", "--swap-with-value", "--swap-with-index"])?;
-            let (key, value) = key_value(2)?;
+            a.allow(&["--ttl", "--swap-with-value", "--swap-with-index"])?;
+            let (key, value) = a.key_value()?;
             KvOp::Set {
                 key,
                 value,
-                ttl_s,
-                exist: match cmd.as_str() {
-                    "mk" => Some(false),
-                    "update" => Some(true),
-                    _ => None,
-                },
-                prev_value: flags.get("--swap-with-value").cloned(),
-                prev_index: num("--swap-with-index")?,
+                ttl_s: a.num("--ttl")?,
+                exist: exist_rule(cmd),
+                prev_value: a.value("--swap-with-value"),
+                prev_index: a.num("--swap-with-index")?,
             }
         }
         "mkdir" | "setdir" | "updatedir" => {
-            allowed(&["--ttl"])?;
-            let (key, _) = key_value(1)?;
-            KvOp::Dir {
-                key,
-                ttl_s,
-                exist: match cmd.as_str() {
-                    "mkdir" => Some(false),
-                    "updatedir" => Some(true),
-                    _ => None,
-                },
-            }
+            a.allow(&["--ttl"])?;
+            KvOp::Dir { key: a.key()?, ttl_s: a.num("--ttl")?, exist: exist_rule(cmd) }
         }
         "rm" => {
-            allowed(&["--dir", "--recursive", "-r", "--with-value", "--with-index"])?;
-            let (key, _) = key_value(1)?;
+            a.allow(&["--dir", "--recursive", "-r", "--with-value", "--with-index"])?;
             KvOp::Rm {
-                key,
-                dir: flags.contains_key("--dir"),
-                recursive: flags.contains_key("--recursive") || flags.contains_key("-r"),
-                prev_value: flags.get("--with-value").cloned(),
-                prev_index: num("--with-index")?,
+                key: a.key()?,
+                dir: a.has("--dir"),
+                recursive,
+                prev_value: a.value("--with-value"),
+                prev_index: a.num("--with-index")?,
             }
         }
         "rmdir" => {
-            allowed(&[])?;
-            KvOp::Rmdir { key: key_value(1)?.0 }
+            a.allow(&[])?;
+            KvOp::Rmdir { key: a.key()? }
         }
         "get" => {
-            allowed(&["--quorum", "-q"])?;
-            KvOp::Get { key: key_value(1)?.0 }
+            a.allow(&["--quorum", "-q"])?;
+            KvOp::Get { key: a.key()? }
         }
         "ls" => {
-            allowed(&["--recursive", "-r", "--sort", "-p", "--quorum", "-q"])?;
-            let key = pos.first().cloned().unwrap_or_else(|| "/".into());
-            KvOp::Ls {
-                key,
-                recursive: flags.contains_key("--recursive") || flags.contains_key("-r"),
-            }
+            a.allow(&["--recursive", "-r", "--sort", "-p", "--quorum", "-q"])?;
+            let key = a.pos.first().cloned().unwrap_or_else(|| "/".into());
+            KvOp::Ls { key, recursive }
         }
         other => return fail(format!("etcdctl {other}: not a command flotilla interprets (set, mk, update, rm, mkdir, rmdir, setdir, updatedir, get, ls)")),
     })

@@ -154,6 +154,12 @@ impl Agent {
 impl Executor {
     /// Schedule changes under this machine's prefix, and container exits, become inputs.
     fn spawn_watchers(&self, me: &str) {
+        self.spawn_schedule_watch(me);
+        self.spawn_exit_watch();
+    }
+
+    /// Wakes the loop whenever this machine's schedule changes.
+    fn spawn_schedule_watch(&self, me: &str) {
         let (kv, tx, clock) = (self.seams.kv.clone(), self.tx.clone(), self.clock.clone());
         let (dir, view) = (registry::schedule_dir(me), self.view.clone());
         let retry = Duration::from_millis(WATCH_RETRY_MS);
@@ -191,6 +197,10 @@ impl Executor {
                 }
             }),
         );
+    }
+
+    /// Feeds every container exit the engine reports back as an input.
+    fn spawn_exit_watch(&self) {
         let (containers, tx, clock) = (
             self.seams.containers.clone(),
             self.tx.clone(),

@@ -2,9 +2,9 @@
 //!
 //! Inputs: the schedule as read (`schedule`, then `load` for each unit new here), the
 //! lease (`lease`, with when it was last renewed), step outcomes and main-process ends
-//! (`input`), timers (`tick`), all with `now_ms`. Outputs: [`Effect`]s for the executor
-//! (`run.rs`) — run a step, end a main process, remove a container, fence, publish — and
-//! the units' reports for the journal view (`take_reports`).
+//! (`input`), timers (`tick`), all with `now_ms`. Outputs: [`Effect`]s for the
+//! [`super::executor`] — run a step, end a main process, remove a container, fence,
+//! publish — and the units' reports for the journal view (`take_reports`).
 //!
 //! Invariants and rules it owns:
 //! - **Fencing**: once two thirds of the TTL pass without a renewal every unit is killed

@@ -57,7 +57,7 @@ pub async fn remote(
     authorization: Option<&str>,
     timeout: Duration,
 ) -> Response<Body> {
-    let enc = percent_encoding::utf8_percent_encode(unit, percent_encoding::NON_ALPHANUMERIC);
+    let enc = crate::client::endpoints::segment(unit);
     let target = format!(
         "{}/flotilla/v1/journal/{enc}?n={n}&local=1",
         url.trim_end_matches('/')

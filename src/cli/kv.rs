@@ -349,16 +349,10 @@ async fn exec(a: KvArgs) -> Result<()> {
             q.extend(swap_with_index.map(|i| ("prevIndex", i.to_string())));
             put(&c, out, &key, q, &value).await
         }
-        KvCmd::Mk { key, value, ttl } => {
-            let mut q = ttl_param(ttl);
-            q.push(("prevExist", "false".into()));
-            put(&c, out, &key, q, &value).await
-        }
+        KvCmd::Mk { key, value, ttl } => put(&c, out, &key, exist_params(ttl, false), &value).await,
         KvCmd::Mkdir { key, ttl } => mkdir(&c, &key, ttl).await,
         KvCmd::Update { key, value, ttl } => {
-            let mut q = ttl_param(ttl);
-            q.push(("prevExist", "true".into()));
-            put(&c, out, &key, q, &value).await
+            put(&c, out, &key, exist_params(ttl, true), &value).await
         }
         KvCmd::Rm {
             key,
@@ -367,11 +361,7 @@ async fn exec(a: KvArgs) -> Result<()> {
             with_value,
             with_index,
         } => {
-            let mut q = vec![];
-            q.extend(dir.then(|| ("dir", "true".to_string())));
-            q.extend(recursive.then(|| ("recursive", "true".to_string())));
-            q.extend(with_value.map(|v| ("prevValue", v)));
-            q.extend(with_index.map(|i| ("prevIndex", i.to_string())));
+            let q = rm_params(dir, recursive, with_value, with_index);
             rm(&c, out, &key, &q).await
         }
         KvCmd::Rmdir { key } => {
@@ -386,18 +376,13 @@ async fn exec(a: KvArgs) -> Result<()> {
             slash,
             quorum,
         } => {
-            ls(
-                &c,
-                out,
-                &key,
-                Listing {
-                    sort,
-                    recursive,
-                    slash,
-                    quorum,
-                },
-            )
-            .await
+            let listing = Listing {
+                sort,
+                recursive,
+                slash,
+                quorum,
+            };
+            ls(&c, out, &key, listing).await
         }
         KvCmd::Watch {
             key,
@@ -407,6 +392,27 @@ async fn exec(a: KvArgs) -> Result<()> {
         } => watch(&c, out, &key, forever, recursive, after_index).await,
         KvCmd::Member { cmd } => member(&c, cmd).await,
     }
+}
+
+/// `mk` (`exist` false) and `update` (true): etcd's `prevExist` rule.
+fn exist_params(ttl: Option<u64>, exist: bool) -> Vec<(&'static str, String)> {
+    let mut q = ttl_param(ttl);
+    q.push(("prevExist", exist.to_string()));
+    q
+}
+
+fn rm_params(
+    dir: bool,
+    recursive: bool,
+    with_value: Option<String>,
+    with_index: Option<u64>,
+) -> Vec<(&'static str, String)> {
+    let mut q = vec![];
+    q.extend(dir.then(|| ("dir", "true".to_string())));
+    q.extend(recursive.then(|| ("recursive", "true".to_string())));
+    q.extend(with_value.map(|v| ("prevValue", v)));
+    q.extend(with_index.map(|i| ("prevIndex", i.to_string())));
+    q
 }
 
 /// `get`: a value (a directory is an error, as etcdctl says).

@@ -253,16 +253,7 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
     }
     let clock = Arc::new(TokioClock::new());
     let spawn = Arc::new(TokioSpawn);
-    let env = Env {
-        clock: clock.clone(),
-        spawn: spawn.clone(),
-        seed: SeededRng::from_entropy().next_u64(),
-        agent: cfg.agent.as_ref().map(|c| a.machine.seams(&c.machine.id)),
-        render: cfg
-            .render
-            .as_ref()
-            .map(|_| super::confd::real_seams(clock.clone())),
-    };
+    let env = production_env(&a, &cfg, clock.clone(), spawn.clone());
     let peer_tls = a.tls.peer(&split_urls(&a.listen_peer_urls))?;
     let client_tls = a.tls.client_listener(&split_urls(&a.listen_client_urls))?;
     a.tls.install_client()?;
@@ -308,6 +299,27 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
         machine = cfg.agent.as_ref().map(|c| c.machine.id.as_str()).unwrap_or("-"),
         "flotilla member serving"
     );
+    run_until_stopped(started).await
+}
+
+/// The seams of a real machine: Tokio's clock and tasks, Docker, the host's files.
+fn production_env(
+    a: &NodeArgs,
+    cfg: &NodeConfig,
+    clock: Arc<TokioClock>,
+    spawn: Arc<TokioSpawn>,
+) -> Env {
+    Env {
+        clock: clock.clone(),
+        spawn,
+        seed: SeededRng::from_entropy().next_u64(),
+        agent: cfg.agent.as_ref().map(|c| a.machine.seams(&c.machine.id)),
+        render: cfg.render.as_ref().map(|_| super::confd::real_seams(clock)),
+    }
+}
+
+/// The member runs until its driver stops (a failed sync) or its renderer gives up.
+async fn run_until_stopped(started: crate::node::Started) -> Result<()> {
     let Some(renderer) = started.renderer else {
         started.driver.run().await.context("member stopped")?;
         return Ok(());

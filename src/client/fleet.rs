@@ -2,7 +2,7 @@
 //! failover rule, with the API's own JSON types: what `flotilla units` (and anything else
 //! that drives units from outside a member) speaks.
 
-use super::endpoints::{segment, Endpoints};
+use super::endpoints::{query_value, segment, Endpoints};
 use crate::api::fleet::{ErrorJson, JournalJson, PageJson, PlacementJson, StateJson, UnitJson};
 use crate::sched::place::Desired;
 use crate::sched::registry::MachineRecord;
@@ -97,7 +97,11 @@ impl FleetClient {
         unit: &str,
         machine: &str,
     ) -> Result<Option<StateJson>, FleetError> {
-        let q = format!("unitName={}&machineID={}", segment(unit), segment(machine));
+        let q = format!(
+            "unitName={}&machineID={}",
+            query_value(unit),
+            query_value(machine)
+        );
         Ok(self.states(&q).await?.into_iter().next())
     }
 
@@ -116,7 +120,7 @@ impl FleetClient {
         for _ in 0..PAGES_MAX {
             let mut q: Vec<String> = vec![];
             q.extend((!filter.is_empty()).then(|| filter.to_string()));
-            q.extend((!token.is_empty()).then(|| format!("nextPageToken={}", segment(&token))));
+            q.extend((!token.is_empty()).then(|| format!("nextPageToken={}", query_value(&token))));
             let path = match q.is_empty() {
                 true => format!("/fleet/v1/{what}"),
                 false => format!("/fleet/v1/{what}?{}", q.join("&")),

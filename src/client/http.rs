@@ -2,7 +2,7 @@
 //! agent`), the renderer and the CLIs — against flotilla or a real etcd. Endpoints are
 //! tried in turn; a request that gets no answer moves on to the next.
 
-use super::endpoints::{key_path, Endpoints};
+use super::endpoints::{key_path, query_value, Endpoints};
 use super::{ClientError, Got, KvClient, SetOpts};
 use crate::kv::{Action, Event, NodeView, Precondition, StoreError};
 use bytes::Bytes;
@@ -175,11 +175,11 @@ fn prev_params(p: &Precondition, out: &mut Vec<(String, String)>) {
 }
 
 fn query(params: &[(String, String)]) -> String {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in params {
-        s.append_pair(k, v);
-    }
-    s.finish()
+    let pairs: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{}={}", query_value(k), query_value(v)))
+        .collect();
+    pairs.join("&")
 }
 
 impl KvClient for HttpKv {

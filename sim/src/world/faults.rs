@@ -8,12 +8,15 @@ pub(super) async fn inject(w: Arc<World>, ev: Event) {
     w.count(f.kind());
     w.trace(format!("fault {f:?}"));
     match f {
-        Fault::IsolateBusiest { ms } => {
+        Fault::IsolateBusiest { ms, outbound_only } => {
             let busiest = running(&w)
                 .into_iter()
                 .max_by_key(|(i, units)| (units.len(), std::cmp::Reverse(*i)));
             if let Some((node, _)) = busiest {
-                w.trace(format!("isolate: m{node}"));
+                w.trace(format!("isolate: m{node} outbound_only={outbound_only}"));
+                if outbound_only {
+                    return cut_outbound(&w, node, ms).await;
+                }
                 let cut = Fault::Partition {
                     side: vec![node],
                     ms,
@@ -153,6 +156,22 @@ pub(super) async fn inject(w: Arc<World>, ev: Event) {
 
 /// Crashes a node, flips a bit in one of its durable records, restarts it, and requires
 /// that it refuses to start, naming the damage.
+/// Everything `node` sends to every other machine is lost for `ms`; it still hears them.
+async fn cut_outbound(w: &Arc<World>, node: usize, ms: u64) {
+    let me = w.endpoint(node);
+    let others: Vec<u64> = (0..w.machines())
+        .filter(|i| *i != node)
+        .map(|i| w.endpoint(i))
+        .collect();
+    for o in &others {
+        w.fabric.cut(me, *o);
+    }
+    madsim::time::sleep(Duration::from_millis(ms)).await;
+    for o in &others {
+        w.fabric.restore(me, *o);
+    }
+}
+
 pub(super) async fn corrupt(w: &Arc<World>, node: usize, pick: u64) {
     if matches!(w.slots[node].life(), Life::Refused(_)) {
         return;
