@@ -1,7 +1,8 @@
 //! The docs stay true: every relative link and anchor in README.md and docs/ resolves
 //! (offline: no web links are fetched); every page of docs/ that shows commands says they
-//! are illustrative (the README's tour is run by `tests/tour.rs`); and `flotilla --help`
-//! and each subcommand's help name pages that exist.
+//! are illustrative (the README's tour is run by `tests/tour.rs`); `flotilla --help`
+//! and each subcommand's help name pages that exist; and every flag a page's Reference
+//! names is one `flotilla` takes.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::collections::BTreeSet;
@@ -177,4 +178,75 @@ fn help_points_to_pages_that_exist() {
         }
     }
     assert!(named >= 7);
+}
+
+/// Every command whose help a Reference section may draw on.
+const COMMANDS: &[&[&str]] = &[
+    &["node"],
+    &["agent"],
+    &["confd"],
+    &["kv", "get"],
+    &["kv", "set"],
+    &["kv", "mk"],
+    &["kv", "mkdir"],
+    &["kv", "update"],
+    &["kv", "rm"],
+    &["kv", "ls"],
+    &["kv", "watch"],
+    &["units"],
+    &["units", "journal"],
+    &["net", "init"],
+    &["net", "status"],
+];
+
+#[test]
+fn every_flag_a_reference_names_is_taken() {
+    let mut known = BTreeSet::new();
+    for args in COMMANDS {
+        let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(*args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "flotilla {args:?} --help failed");
+        known.extend(flags_in(&String::from_utf8_lossy(&out.stdout)));
+    }
+    let mut checked = 0;
+    // The simulator's page names the chaos binary's flags (a madsim build serves its
+    // help), the benchmarks' page cargo's.
+    let others = |p: &&PathBuf| p.ends_with("simulation.md") || p.ends_with("benchmarks.md");
+    for page in pages().iter().filter(|p| !others(p)) {
+        let text = std::fs::read_to_string(page).unwrap();
+        let Some(at) = text.find("\n## Reference") else {
+            continue;
+        };
+        for flag in flags_in(&text[at..]) {
+            assert!(
+                known.contains(&flag),
+                "{}: its Reference names {flag}, which no flotilla command takes",
+                page.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "only {checked} flags checked");
+}
+
+/// `--flag` words in a text.
+fn flags_in(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (at, _) in text.match_indices("--") {
+        let before = text[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '-') {
+            continue;
+        }
+        let word: String = text[at + 2..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        if word.chars().next().is_some_and(|c| c.is_ascii_lowercase()) {
+            out.insert(format!("--{word}"));
+        }
+    }
+    out
 }

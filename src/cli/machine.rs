@@ -24,7 +24,7 @@ pub struct MachineArgs {
     #[arg(long)]
     pub public_ip: Option<String>,
     /// How long this machine stays registered without a heartbeat (fleet's agent_ttl);
-    /// it heartbeats at half this. A duration: `30s`, `5s`, `1m`.
+    /// it renews every third of this. A duration: `30s`, `5s`, `1m`.
     #[arg(long, default_value = "30s")]
     pub agent_ttl: String,
     /// Let Exec lines run host commands (anything but docker and etcdctl). Off by
