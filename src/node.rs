@@ -33,6 +33,8 @@ pub struct RunSeams {
     pub containers: Arc<dyn flotilla_shims::containers::Containers>,
     pub procs: Arc<dyn flotilla_shims::process::Processes>,
     pub files: Arc<dyn flotilla_shims::Files>,
+    /// The cluster network's Docker network, which units' containers join.
+    pub network: crate::net::docker::UnitNetwork,
 }
 
 impl RunSeams {
@@ -46,6 +48,7 @@ impl RunSeams {
             containers: self.containers.clone(),
             procs: self.procs.clone(),
             files: self.files.clone(),
+            network: self.network.clone(),
         }
     }
 }

@@ -43,6 +43,9 @@ impl Machine {
             .arg(format!("--subnet-file={}", self.subnet_file().display()))
             .arg(format!("--subnet-lease-ttl={LEASE_TTL}"))
             .arg("--agent-ttl=5s")
+            // These machines share the host's Docker Engine: no Docker network of their own
+            // (tests/net_docker.rs gives each machine an engine and one).
+            .arg("--docker-network=none")
             .env("FLOTILLA_LOG", "info,flotilla::net=debug")
             .stdout(Stdio::null())
             .stderr(log);

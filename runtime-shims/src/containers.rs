@@ -55,6 +55,20 @@ pub struct ContainerSpec {
     pub auto_remove: bool,
 }
 
+/// A bridge network for this machine's containers on its cluster subnet lease: the
+/// self-contained form of flannel's `dockerd --bip=$FLANNEL_SUBNET --mtu=$FLANNEL_MTU`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub name: String,
+    /// The Linux bridge's name.
+    pub bridge: String,
+    /// `10.1.74.0/24`.
+    pub subnet: String,
+    /// The bridge's own address, `10.1.74.1`.
+    pub gateway: String,
+    pub mtu: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerState {
     Created,
@@ -98,6 +112,10 @@ pub trait Containers: Send + Sync + 'static {
     fn next_exit(&self) -> BoxFuture<'static, Result<ExitEvent, ContainerError>>;
     /// Is `image` here (pulled or built locally)?
     fn image_present(&self, image: &str) -> BoxFuture<'static, Result<bool, ContainerError>>;
+    /// Makes the network `spec` describes, or leaves it when it is there as described; one
+    /// of that name with another subnet, gateway, bridge or MTU is replaced (which the
+    /// engine refuses while containers use it).
+    fn ensure_network(&self, spec: NetworkSpec) -> BoxFuture<'static, Result<(), ContainerError>>;
     /// The last `tail` lines the container wrote (stdout and stderr).
     fn logs(
         &self,

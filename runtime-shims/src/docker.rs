@@ -235,6 +235,42 @@ fn config(spec: &ContainerSpec) -> Config<String> {
     }
 }
 
+const BRIDGE_NAME: &str = "com.docker.network.bridge.name";
+const MTU: &str = "com.docker.network.driver.mtu";
+
+fn network_options(spec: &NetworkSpec) -> bollard::network::CreateNetworkOptions<String> {
+    use bollard::models::{Ipam, IpamConfig};
+    bollard::network::CreateNetworkOptions {
+        name: spec.name.clone(),
+        check_duplicate: true,
+        driver: "bridge".into(),
+        ipam: Ipam {
+            config: Some(vec![IpamConfig {
+                subnet: Some(spec.subnet.clone()),
+                gateway: Some(spec.gateway.clone()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        },
+        options: HashMap::from([
+            (BRIDGE_NAME.to_string(), spec.bridge.clone()),
+            (MTU.to_string(), spec.mtu.to_string()),
+        ]),
+        ..Default::default()
+    }
+}
+
+/// Is the engine's network `n` the one `spec` describes?
+fn network_is(n: &bollard::models::Network, spec: &NetworkSpec) -> bool {
+    let cfg = n.ipam.as_ref().and_then(|i| i.config.as_ref());
+    let first = cfg.and_then(|c| c.first());
+    let opts = n.options.clone().unwrap_or_default();
+    first.and_then(|c| c.subnet.as_deref()) == Some(spec.subnet.as_str())
+        && first.and_then(|c| c.gateway.as_deref()) == Some(spec.gateway.as_str())
+        && opts.get(BRIDGE_NAME) == Some(&spec.bridge)
+        && opts.get(MTU) == Some(&spec.mtu.to_string())
+}
+
 fn state_of(s: Option<&bollard::models::ContainerState>) -> ContainerState {
     let Some(s) = s else {
         return ContainerState::Created;
@@ -444,6 +480,30 @@ impl Containers for DockerEngine {
                 }) => Ok(false),
                 Err(e) => Err(map_err(&image, e)),
             }
+        })
+    }
+
+    fn ensure_network(&self, spec: NetworkSpec) -> BoxFuture<'static, Result<(), ContainerError>> {
+        let docker = client_or_fail!(self);
+        Box::pin(async move {
+            use bollard::errors::Error as E;
+            let name = spec.name.clone();
+            match docker.inspect_network::<String>(&name, None).await {
+                Ok(n) if network_is(&n, &spec) => return Ok(()),
+                Ok(_) => docker
+                    .remove_network(&name)
+                    .await
+                    .map_err(|e| map_err(&name, e))?,
+                Err(E::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(e) => return Err(map_err(&name, e)),
+            }
+            docker
+                .create_network(network_options(&spec))
+                .await
+                .map(drop)
+                .map_err(|e| map_err(&name, e))
         })
     }
 

@@ -14,7 +14,8 @@
 //! - [`host`]: what a config template may ask of its host (environment, files, DNS).
 //! - [`process`]: host processes ([`process::Processes`]), in their own process groups.
 //! - [`links`]: the container network's kernel side ([`links::Links`]: routes, ARP and
-//!   FDB entries, the VXLAN device); [`netlink`] implements it over rtnetlink.
+//!   FDB entries, the VXLAN device, packet-filter rules); [`netlink`] implements it over
+//!   rtnetlink and [`iptables`] (flotilla's own chains, set with the host's `iptables`).
 //! - [`containers`]: the container-runtime trait and its types; [`docker`] implements it
 //!   on a Docker Engine (bollard).
 //!
@@ -28,6 +29,7 @@ pub mod docker;
 pub mod files;
 pub mod host;
 pub mod http;
+pub mod iptables;
 pub mod links;
 pub mod mem_disk;
 pub mod net;

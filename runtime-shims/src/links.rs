@@ -122,6 +122,15 @@ pub struct VxlanSpec {
     pub addr: Option<Ipv4Addr>,
 }
 
+/// One packet-filter rule in one of flotilla's own chains (`iptables -t TABLE -A CHAIN
+/// ARGS…`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FilterRule {
+    pub table: &'static str,
+    pub chain: &'static str,
+    pub args: Vec<String>,
+}
+
 pub trait Links: Send + Sync + 'static {
     /// The interface named, or (`None`) the one the default route leaves by.
     fn iface(&self, name: Option<&str>) -> BoxFuture<'_, io::Result<Iface>>;
@@ -137,6 +146,9 @@ pub trait Links: Send + Sync + 'static {
     /// The permanent ARP and FDB entries on device `dev` (none when it does not exist):
     /// a restarted node finds those of peers that died while it was down.
     fn neighbours_on(&self, dev: &str) -> BoxFuture<'_, io::Result<Vec<Entry>>>;
+    /// Makes flotilla's chains hold exactly `rules` (each chain named is flushed and
+    /// refilled), jumped to from `FORWARD`'s end (filter) and `POSTROUTING`'s head (nat).
+    fn set_filter(&self, rules: &[FilterRule]) -> BoxFuture<'_, io::Result<()>>;
 }
 
 #[cfg(test)]

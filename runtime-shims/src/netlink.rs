@@ -2,7 +2,7 @@
 //! rust-netlink crates: maintained, async on Tokio, and what the Rust container tools
 //! use; no `ip` shell-outs).
 
-use crate::links::{Entry, Iface, Links, Mac, VxlanSpec};
+use crate::links::{Entry, FilterRule, Iface, Links, Mac, VxlanSpec};
 use crate::BoxFuture;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
@@ -471,5 +471,10 @@ impl Links for Netlink {
     fn neighbours_on(&self, dev: &str) -> BoxFuture<'_, io::Result<Vec<Entry>>> {
         let dev = dev.to_string();
         Box::pin(async move { self.neighbours(&dev).await })
+    }
+
+    fn set_filter(&self, rules: &[FilterRule]) -> BoxFuture<'_, io::Result<()>> {
+        let rules = rules.to_vec();
+        Box::pin(async move { crate::iptables::set(&rules).await })
     }
 }

@@ -18,6 +18,8 @@ pub struct DockerFaults {
 
 struct State {
     images: BTreeSet<String>,
+    /// Networks made with `ensure_network`, by name.
+    networks: BTreeMap<String, NetworkSpec>,
     containers: BTreeMap<String, ContainerInfo>,
     /// Containers created with `--rm`: removed when they exit.
     auto_remove: BTreeSet<String>,
@@ -60,6 +62,7 @@ impl SimDocker {
         Self {
             st: Arc::new(Mutex::new(State {
                 images: BTreeSet::new(),
+                networks: BTreeMap::new(),
                 containers: BTreeMap::new(),
                 auto_remove: BTreeSet::new(),
                 env: BTreeMap::new(),
@@ -323,6 +326,13 @@ impl Containers for SimDocker {
     fn image_present(&self, image: &str) -> BoxFuture<'static, Result<bool, ContainerError>> {
         let image = image.to_string();
         self.with(move |st| Ok(st.images.contains(&image)))
+    }
+
+    fn ensure_network(&self, spec: NetworkSpec) -> BoxFuture<'static, Result<(), ContainerError>> {
+        self.with(move |st| {
+            st.networks.insert(spec.name.clone(), spec);
+            Ok(())
+        })
     }
 
     fn logs(

@@ -1,7 +1,7 @@
 //! The links seam in the simulated world: a machine's kernel tables as a set of
 //! entries, so the checkers can ask what a machine routes where.
 
-use flotilla_shims::links::{Entry, Iface, Links, Mac, VxlanSpec};
+use flotilla_shims::links::{Entry, FilterRule, Iface, Links, Mac, VxlanSpec};
 use flotilla_shims::BoxFuture;
 use std::collections::BTreeSet;
 use std::io;
@@ -14,6 +14,7 @@ pub struct SimLinks {
     ip: Ipv4Addr,
     entries: Arc<Mutex<BTreeSet<Entry>>>,
     vxlan: Arc<Mutex<Option<VxlanSpec>>>,
+    filter: Arc<Mutex<Vec<FilterRule>>>,
 }
 
 impl SimLinks {
@@ -22,6 +23,7 @@ impl SimLinks {
             ip,
             entries: Default::default(),
             vxlan: Default::default(),
+            filter: Default::default(),
         }
     }
 
@@ -89,5 +91,10 @@ impl Links for SimLinks {
             .filter(|e| matches!(e, Entry::Route { dst, .. } if u32::from(*dst) & mask == u32::from(net)))
             .collect();
         Box::pin(async move { Ok(routes) })
+    }
+
+    fn set_filter(&self, rules: &[FilterRule]) -> BoxFuture<'_, io::Result<()>> {
+        *self.filter.lock().expect("links lock") = rules.to_vec();
+        Box::pin(async { Ok(()) })
     }
 }

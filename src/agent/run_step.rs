@@ -5,6 +5,7 @@ use super::exec_line::{DockerOp, KvOp, Op, RunSpec};
 use super::lifecycle::{Event, Stage, Step, StepResult};
 use crate::client::{ClientError, KvClient, SetOpts};
 use crate::kv::Precondition;
+use crate::net::docker::{Join, UnitNetwork};
 use flotilla_shims::containers::{ContainerError, ContainerSpec, Containers, PortSpec};
 use flotilla_shims::process::{ProcSpec, Processes};
 use flotilla_shims::Files;
@@ -40,6 +41,8 @@ pub struct Seams {
     pub containers: Arc<dyn Containers>,
     pub procs: Arc<dyn Processes>,
     pub files: Arc<dyn Files>,
+    /// What a container that names no network joins.
+    pub network: UnitNetwork,
 }
 
 /// How a step ended, for the agent to record and feed to the lifecycle.
@@ -193,7 +196,7 @@ async fn docker(s: &Seams, ctx: &Ctx, op: &DockerOp) -> Result<String, Failed> {
 async fn docker_run(s: &Seams, ctx: &Ctx, r: &RunSpec, main: bool) -> Outcome {
     let spec = match container_spec(s, ctx, r, main).await {
         Ok(spec) => spec,
-        Err(e) => return done(Err(e.into())),
+        Err(e) => return done(Err(e)),
     };
     let name = spec.name.clone();
     let c = &s.containers;
@@ -227,7 +230,19 @@ async fn container_spec(
     ctx: &Ctx,
     r: &RunSpec,
     main: bool,
-) -> Result<ContainerSpec, String> {
+) -> Result<ContainerSpec, Failed> {
+    let network = match (&r.network, s.network.join()) {
+        (Some(named), _) => Some(named.clone()),
+        (None, Join::Default) => None,
+        (None, Join::Network(n)) => Some(n),
+        // Not the unit's fault: retried as an engine outage is, until the lease is taken.
+        (None, Join::NotYet) => {
+            return Err(Failed {
+                detail: "the cluster network has no Docker network yet (no subnet lease)".into(),
+                runtime: true,
+            })
+        }
+    };
     let mut env = vec![];
     for path in &r.env_files {
         let text = s
@@ -272,7 +287,7 @@ async fn container_spec(
             })
             .collect(),
         volumes: r.volumes.clone(),
-        network: r.network.clone(),
+        network,
         workdir: r.workdir.clone(),
         user: r.user.clone(),
         hostname: r.hostname.clone(),

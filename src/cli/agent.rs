@@ -70,7 +70,9 @@ async fn serve(a: AgentArgs) -> Result<()> {
     }
     let cfg = a.machine.agent_config(machine)?;
     let net = a.net.options()?;
-    let seams = a.machine.seams(&cfg.machine.id);
+    let (docker_net, unit_net) = a.net.unit_network()?;
+    let mut seams = a.machine.seams(&cfg.machine.id);
+    seams.network = unit_net;
     let clock = Arc::new(TokioClock::new());
     let spawn: Arc<dyn Spawn> = Arc::new(TokioSpawn);
     let kv: Arc<dyn KvClient> = Arc::new(HttpKv::new(
@@ -79,7 +81,10 @@ async fn serve(a: AgentArgs) -> Result<()> {
     ));
     let id = cfg.machine.id.clone();
     let seed = flotilla_shims::SeededRng::from_entropy().next_u64();
-    super::net::start(net, kv.clone(), clock.clone(), &*spawn, seed)?;
+    let status = super::net::start(net, kv.clone(), clock.clone(), &*spawn, seed)?;
+    if let (Some(d), Some(status)) = (docker_net, status) {
+        d.follow(status, seams.containers.clone(), clock.clone(), &*spawn);
+    }
     let handle = crate::agent::start(cfg, seams.with_store(kv), clock, spawn.clone());
     let listener = flotilla_shims::tcp::bind(&listen)
         .await

@@ -95,6 +95,7 @@ impl MachineArgs {
             )),
             procs: Arc::new(flotilla_shims::process::HostProcesses::new()),
             files: Arc::new(flotilla_shims::files::RealFiles),
+            network: crate::net::docker::UnitNetwork::off(),
         }
     }
 }

@@ -6,14 +6,16 @@ use crate::client::http::HttpKv;
 use crate::client::{KvClient, SetOpts};
 use crate::kv::Precondition;
 use crate::net::config::NetConfig;
+use crate::net::docker::UnitNetwork;
 use crate::net::lease::Lease;
 use crate::net::subnet::Ipv4Net;
-use crate::net::{NetOptions, NetSeams};
+use crate::net::{NetOptions, NetSeams, NetStatus};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use flotilla_shims::links::Links;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// The flags that put a machine on the cluster network (flannel's names where it has one).
 #[derive(Args, Debug, Clone)]
@@ -38,6 +40,14 @@ pub struct NetArgs {
     /// How long before expiry a lease is renewed.
     #[arg(long, default_value = "1h")]
     pub subnet_lease_renew_margin: String,
+    /// Masquerade traffic leaving the network, as flannel's --ip-masq (for a dockerd
+    /// started from the subnet file with --ip-masq=false).
+    #[arg(long)]
+    pub ip_masq: bool,
+    /// The Docker network on this machine's lease that units' containers join unless
+    /// their `docker run` names one; `none`: make none (dockerd runs from the subnet file).
+    #[arg(long, default_value = crate::net::docker::DEFAULT_NAME)]
+    pub docker_network: String,
 }
 
 impl NetArgs {
@@ -75,20 +85,68 @@ impl NetArgs {
             subnet_file: self.subnet_file.clone(),
             lease_ttl_s: ttl,
             renew_margin_s: margin,
+            ip_masq: self.ip_masq,
             ..NetOptions::defaults()
         }))
     }
 }
 
-/// Starts the network with the production seams, if `--network` asked for it.
+impl NetArgs {
+    /// What units' containers join, and the sender that opens it once the Docker network
+    /// exists (`None`: they join Docker's default).
+    pub fn unit_network(&self) -> Result<(Option<DockerNetwork>, UnitNetwork)> {
+        if !self.network || self.docker_network == "none" {
+            return Ok((None, UnitNetwork::off()));
+        }
+        let name = &self.docker_network;
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            bail!("--docker-network {name:?}: letters, digits, '-', '_' and '.' only");
+        }
+        let (ready, net) = crate::net::docker::channel();
+        Ok((
+            Some(DockerNetwork {
+                name: name.clone(),
+                ready,
+            }),
+            net,
+        ))
+    }
+}
+
+/// The Docker network to keep on the lease, and who waits for it.
+pub struct DockerNetwork {
+    name: String,
+    ready: watch::Sender<Option<String>>,
+}
+
+impl DockerNetwork {
+    /// Keeps the network on the lease `status` follows, on its own task.
+    pub fn follow(
+        self,
+        status: watch::Receiver<NetStatus>,
+        containers: Arc<dyn flotilla_shims::containers::Containers>,
+        clock: Arc<dyn flotilla_shims::Clock>,
+        spawn: &dyn flotilla_shims::Spawn,
+    ) {
+        let f = crate::net::docker::follow(status, containers, clock, self.name, self.ready);
+        spawn.spawn("docker-network", Box::pin(f));
+    }
+}
+
+/// Starts the network with the production seams, if `--network` asked for it; what it
+/// holds, followed.
 pub fn start(
     opts: Option<NetOptions>,
     kv: Arc<dyn KvClient>,
     clock: Arc<dyn flotilla_shims::Clock>,
     spawn: &dyn flotilla_shims::Spawn,
     seed: u64,
-) -> Result<()> {
-    let Some(opts) = opts else { return Ok(()) };
+) -> Result<Option<watch::Receiver<NetStatus>>> {
+    let Some(opts) = opts else { return Ok(None) };
     let links = flotilla_shims::netlink::Netlink::new().context("--network: opening rtnetlink")?;
     let seams = NetSeams {
         kv,
@@ -97,8 +155,7 @@ pub fn start(
         files: Arc::new(flotilla_shims::files::RealFiles),
         seed,
     };
-    crate::net::start(seams, opts, spawn);
-    Ok(())
+    Ok(Some(crate::net::start(seams, opts, spawn)))
 }
 
 #[derive(Args, Debug)]

@@ -1,7 +1,7 @@
 //! `flotilla node`: production wiring (Tokio, TCP, the WAL disk) of [`crate::node`].
 
 use super::machine::{stored_machine_id, MachineArgs};
-use crate::node::{start, ClusterState, Env, NodeConfig};
+use crate::node::{start, ClusterState, Env, NodeConfig, RunSeams};
 use crate::raft::{peer_addr, RaftConfig};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser};
@@ -253,7 +253,8 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
     }
     let clock = Arc::new(TokioClock::new());
     let spawn = Arc::new(TokioSpawn);
-    let env = production_env(&a, &cfg, clock.clone(), spawn.clone());
+    let (docker_net, unit_net) = a.net.unit_network()?;
+    let env = production_env(&a, &cfg, clock.clone(), spawn.clone(), unit_net);
     let peer_tls = a.tls.peer(&split_urls(&a.listen_peer_urls))?;
     let client_tls = a.tls.client_listener(&split_urls(&a.listen_client_urls))?;
     a.tls.install_client()?;
@@ -273,7 +274,11 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
         started.handle.clone(),
         clock.clone(),
     ));
-    super::net::start(net_opts, kv, clock.clone(), &*spawn, env.seed ^ 0x6e6574)?;
+    let status = super::net::start(net_opts, kv, clock.clone(), &*spawn, env.seed ^ 0x6e6574)?;
+    let containers = env.agent.as_ref().map(|s| s.containers.clone());
+    if let (Some(d), Some(status), Some(c)) = (docker_net, status, containers) {
+        d.follow(status, c, clock.clone(), &*spawn);
+    }
     let peer_accept = flotilla_shims::tcp::accept_tokio(
         peer_listener,
         peer_tx,
@@ -308,12 +313,16 @@ fn production_env(
     cfg: &NodeConfig,
     clock: Arc<TokioClock>,
     spawn: Arc<TokioSpawn>,
+    network: crate::net::docker::UnitNetwork,
 ) -> Env {
     Env {
         clock: clock.clone(),
         spawn,
         seed: SeededRng::from_entropy().next_u64(),
-        agent: cfg.agent.as_ref().map(|c| a.machine.seams(&c.machine.id)),
+        agent: cfg.agent.as_ref().map(|c| RunSeams {
+            network,
+            ..a.machine.seams(&c.machine.id)
+        }),
         render: cfg.render.as_ref().map(|_| super::confd::real_seams(clock)),
     }
 }

@@ -9,6 +9,7 @@
 //! again, the same subnet when it is still free; the node never exits over it.
 
 use super::config::{Backend, NetConfig};
+use super::filter;
 use super::lease::{self, Decision, Lease, LeaseAttrs, Plan};
 use super::routes::{self, Change};
 use super::subnet::Ipv4Net;
@@ -80,7 +81,12 @@ pub struct NetSeams {
 /// What this machine holds, for status pages and tests.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NetStatus {
+    /// The whole cluster network (the config's `Network`), once read.
+    pub network: Option<Ipv4Net>,
     pub lease: Option<Ipv4Net>,
+    /// The MTU containers on the lease should use (the interface's, less the backend's
+    /// encapsulation).
+    pub mtu: u32,
     pub backend: String,
     pub peers: BTreeMap<Ipv4Net, Lease>,
     pub entries: BTreeSet<Entry>,
@@ -250,8 +256,16 @@ impl Net {
         })
         .await;
         backend_setup(&self.s, &self.cfg, &self.iface, Some(subnet)).await;
+        // Routes do not wait for the filter: the repair pass sets it again until it holds.
+        let rules = filter::rules(self.cfg.network, subnet, self.o.ip_masq);
+        if let Err(e) = self.s.links.set_filter(&rules).await {
+            tracing::error!(error = %e, "could not set the packet-filter rules; the repair pass retries");
+        }
+        let mtu = self.mtu();
         self.status.send_modify(|st| {
+            st.network = Some(self.cfg.network);
             st.lease = Some(subnet);
+            st.mtu = mtu;
             st.backend = self.cfg.backend.type_name().into();
         });
     }
@@ -311,7 +325,7 @@ impl Net {
                 }
             }
             if now >= repair_at {
-                self.repair().await;
+                self.repair(subnet).await;
                 repair_at = now + Duration::from_millis(self.o.repair_ms);
             }
         }
@@ -427,8 +441,14 @@ impl Net {
     }
 
     /// Routes inside the network that someone added or deleted behind this node's back:
-    /// forget what is gone (the next apply puts it back), remove what nobody wants.
-    async fn repair(&mut self) {
+    /// forget what is gone (the next apply puts it back), remove what nobody wants. The
+    /// filter rules are put back in their places too (Docker puts its own masquerade at
+    /// the head of `POSTROUTING` when it makes a network).
+    async fn repair(&mut self, subnet: Ipv4Net) {
+        let rules = filter::rules(self.cfg.network, subnet, self.o.ip_masq);
+        if let Err(e) = self.s.links.set_filter(&rules).await {
+            tracing::warn!(error = %e, "putting the filter rules back failed; the next repair pass retries");
+        }
         let n = self.cfg.network;
         let Ok(routes) = self.s.links.routes_within(n.ip(), n.prefix_len()).await else {
             return;

@@ -10,12 +10,17 @@
 //! - [`routes`]: which kernel entries the peers' leases call for per backend, and the
 //!   ordered changes from what is there — pure.
 //! - [`subnet_file`] writes and reads `/run/flannel/subnet.env`.
-//! - [`manager`]: the async shell — config → lease → subnet file → watch the peers →
-//!   [`flotilla_shims::links::Links`] (rtnetlink in production).
+//! - [`filter`]: flannel's forwarding and masquerade rules for the lease — pure.
+//! - [`manager`]: the async shell — config → lease → subnet file and filter rules →
+//!   watch the peers → [`flotilla_shims::links::Links`] (rtnetlink in production).
+//! - [`docker`]: the Docker network on the lease that units' containers join.
 //!
-//! Data flow: store (`KvClient`) → leases → `routes::wanted` → `routes::diff` → `Links`.
+//! Data flow: store (`KvClient`) → leases → `routes::wanted` → `routes::diff` → `Links`;
+//! this machine's lease → [`NetStatus`] → [`docker::follow`] → the agent's containers.
 
 pub mod config;
+pub mod docker;
+pub mod filter;
 pub mod lease;
 pub mod manager;
 pub mod routes;

@@ -148,3 +148,114 @@ impl Drop for Netns {
         ip_quiet(&["link", "del", &self.host_end]);
     }
 }
+
+/// A Docker Engine of a machine's own, in its network namespace: its own data root, exec
+/// root, pid file, socket and containerd namespace (the host's containerd is shared).
+/// Stopped on drop (its containers with it) and its directories removed.
+pub struct Dockerd {
+    pub sock: String,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Dockerd {
+    /// Starts it in `ns`, under `dir`, and loads `images` from the host's engine.
+    pub fn start(ns: &Netns, dir: &std::path::Path, images: &[&str]) -> Self {
+        let dir = dir.join(format!("docker-{}", ns.name));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("daemon.json"), "{}").unwrap();
+        let sock = format!("unix://{}", dir.join("docker.sock").display());
+        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let d = |p: &str| dir.join(p).display().to_string();
+        let child = ns
+            .command("dockerd")
+            .args(["--data-root", &d("data"), "--exec-root", &d("exec")])
+            .args([
+                "--pidfile",
+                &d("docker.pid"),
+                "--config-file",
+                &d("daemon.json"),
+            ])
+            .args(["-H", &sock, "--bridge=none"])
+            .args(["--containerd-namespace", &format!("fl-{}", ns.name)])
+            .args([
+                "--containerd-plugins-namespace",
+                &format!("fl-{}-p", ns.name),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd starts");
+        let me = Self {
+            sock,
+            dir,
+            child: Some(child),
+        };
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !me.docker(&["info"]).status.success() {
+            assert!(
+                std::time::Instant::now() < end,
+                "dockerd in {}: {}",
+                ns.name,
+                me.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        me.load(images);
+        me
+    }
+
+    fn load(&self, images: &[&str]) {
+        let save = Command::new("docker")
+            .arg("save")
+            .args(images)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("docker save");
+        let mut save = save;
+        let out = Command::new("docker")
+            .args(["-H", &self.sock, "load"])
+            .stdin(save.stdout.take().expect("docker save's output"))
+            .output()
+            .expect("docker load");
+        assert!(save.wait().is_ok_and(|s| s.success()), "docker save failed");
+        assert!(out.status.success(), "docker load: {out:?}");
+    }
+
+    /// `docker ARGS` against this engine.
+    pub fn docker(&self, args: &[&str]) -> std::process::Output {
+        Command::new("docker")
+            .args(["-H", &self.sock])
+            .args(args)
+            .output()
+            .expect("the docker CLI runs")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM: dockerd stops its containers before it exits.
+            let _ = Command::new("kill").arg(c.id().to_string()).output();
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while std::time::Instant::now() < end {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Overlay mounts of a killed daemon would keep the directory busy.
+        let _ = Command::new("umount")
+            .args(["-R", "-l"])
+            .arg(self.dir.join("data"))
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -148,6 +148,7 @@ impl AgentMachine {
             containers: Arc::new(self.docker.clone()),
             procs: Arc::new(self.procs.clone()),
             files: Arc::new(self.files.clone()),
+            network: flotilla::net::docker::UnitNetwork::off(),
         };
         let clock = Arc::new(self.clock.clone());
         let handle = flotilla::agent::start(

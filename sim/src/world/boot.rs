@@ -79,6 +79,7 @@ pub(super) async fn boot(w: Arc<World>, i: usize) {
             containers: Arc::new(slot.docker.clone()),
             procs: Arc::new(slot.procs.clone()),
             files: Arc::new(slot.files.clone()),
+            network: flotilla::net::docker::UnitNetwork::off(),
         }),
         render: slot
             .render
