@@ -1,5 +1,5 @@
-//! The cluster network with Docker, on machines that have networks and Docker Engines of
-//! their own: three network namespaces on a bridge, each running its own `dockerd` and
+//! The cluster network with Docker, per backend (host-gw, vxlan), on machines that have
+//! networks and Docker Engines of their own: three network namespaces on a bridge, each running its own `dockerd` and
 //! `flotilla agent --network`, one member on the bridge's address. The seed's
 //! apache@.service, as written, runs on each machine and its container gets a cluster
 //! address from that machine's lease (the agent's Docker network); a sidekick beside it
@@ -236,11 +236,23 @@ fn servers(upstream: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_seeds_units_get_cluster_addresses_and_reach_each_other_across_machines() {
+async fn on_host_gw_the_seeds_units_get_cluster_addresses_and_reach_each_other() {
+    seeds_units_across_machines('h', "host-gw", 203).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_vxlan_the_seeds_units_get_cluster_addresses_and_reach_each_other() {
+    seeds_units_across_machines('v', "vxlan", 204).await;
+}
+
+/// The network `10.<net>.0.0/16` on `backend`; `letter` keeps the two tests' names apart.
+async fn seeds_units_across_machines(letter: char, backend: &str, net: u8) {
     ensure_images();
-    let t = tag();
+    let t = format!("{letter}{}", tag());
+    let cidr = format!("10.{net}.0.0/16");
+    let under = if letter == 'h' { 83 } else { 84 };
     let octet = 1 + std::process::id() % 250;
-    let mut bridge = Bridge::new(&format!("fld{t}"), &format!("10.83.{octet}.1/24"));
+    let mut bridge = Bridge::new(&format!("fld{t}"), &format!("10.{under}.{octet}.1/24"));
     bridge.allow_forwarding();
     let mut cl = Cluster::new(1, &[]);
     let member = format!("http://{}:{}", bridge.addr, free_port());
@@ -248,7 +260,7 @@ async fn the_seeds_units_get_cluster_addresses_and_reach_each_other_across_machi
     cl.nodes[0].start();
     wait_healthy(&client(), &member).await;
     let ep = format!("--endpoints={member}");
-    let out = flotilla(&["net", &ep, "init", "10.203.0.0/16", "--backend", "host-gw"]);
+    let out = flotilla(&["net", &ep, "init", &cidr, "--backend", backend]);
     assert!(out.status.success(), "net init: {out:?}");
     let dir = cl.dir.path().to_path_buf();
     let mut machines: Vec<Machine> = (0..3)
@@ -256,7 +268,7 @@ async fn the_seeds_units_get_cluster_addresses_and_reach_each_other_across_machi
             let ns = Netns::new(
                 &format!("fld{i}{t}"),
                 &bridge,
-                &format!("10.83.{octet}.{}/24", 10 + i),
+                &format!("10.{under}.{octet}.{}/24", 10 + i),
             );
             let docker = Dockerd::start(&ns, &dir, IMAGES);
             Machine {
@@ -350,7 +362,7 @@ async fn the_seeds_units_get_cluster_addresses_and_reach_each_other_across_machi
                     .lines()
                     .find(|l| l.starts_with("-A POSTROUTING"))
                     .is_some_and(|l| l == "-A POSTROUTING -j FLOTILLA-POSTRTG");
-                nat_first && t.contains("-A FLOTILLA-FWD -d 10.203.0.0/16 -j ACCEPT")
+                nat_first && t.contains(&format!("-A FLOTILLA-FWD -d {cidr} -j ACCEPT"))
             })
         },
     );
