@@ -225,24 +225,27 @@ async fn docker_run(s: &Seams, ctx: &Ctx, r: &RunSpec, main: bool) -> Outcome {
     }
 }
 
+/// The network `docker run` names, else the cluster network once it exists.
+fn network_for(s: &Seams, r: &RunSpec) -> Result<Option<String>, Failed> {
+    match (&r.network, s.network.join()) {
+        (Some(named), _) => Ok(Some(named.clone())),
+        (None, Join::Default) => Ok(None),
+        (None, Join::Network(n)) => Ok(Some(n)),
+        // Not the unit's fault: retried as an engine outage is, until the lease is taken.
+        (None, Join::NotYet) => Err(Failed {
+            detail: "the cluster network has no Docker network yet (no subnet lease)".into(),
+            runtime: true,
+        }),
+    }
+}
+
 async fn container_spec(
     s: &Seams,
     ctx: &Ctx,
     r: &RunSpec,
     main: bool,
 ) -> Result<ContainerSpec, Failed> {
-    let network = match (&r.network, s.network.join()) {
-        (Some(named), _) => Some(named.clone()),
-        (None, Join::Default) => None,
-        (None, Join::Network(n)) => Some(n),
-        // Not the unit's fault: retried as an engine outage is, until the lease is taken.
-        (None, Join::NotYet) => {
-            return Err(Failed {
-                detail: "the cluster network has no Docker network yet (no subnet lease)".into(),
-                runtime: true,
-            })
-        }
-    };
+    let network = network_for(s, r)?;
     let mut env = vec![];
     for path in &r.env_files {
         let text = s
