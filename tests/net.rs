@@ -1,6 +1,7 @@
 //! The container network on machines that have networks of their own: network
 //! namespaces on a bridge, each running `flotilla agent --network`, one member on the
-//! bridge's address. Each backend is shown carrying packets between the subnets the
+//! bridge's address (host-gw) or in a namespace of its own with `--network --no-agent`
+//! (vxlan). Each backend is shown carrying packets between the subnets the
 //! machines leased (a bridge holds each lease's first address, as Docker's
 //! bridge would with `--bip=$FLANNEL_SUBNET`).
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -61,16 +62,7 @@ impl Machine {
 
     /// The lease the subnet file names (`FLANNEL_SUBNET=10.x.y.1/24` → `10.x.y.0/24`).
     fn subnet(&self) -> Option<(String, String)> {
-        let text = std::fs::read_to_string(self.subnet_file()).ok()?;
-        let v = text
-            .lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
-        let (gw, len) = v.split_once('/')?;
-        let o: Vec<&str> = gw.split('.').collect();
-        Some((
-            format!("{}.{}.{}.0/{len}", o[0], o[1], o[2]),
-            gw.to_string(),
-        ))
+        lease_in(&self.subnet_file())
     }
 
     fn routes(&self) -> String {
@@ -109,7 +101,74 @@ impl Drop for Machine {
     }
 }
 
+/// The member, when it is a machine on the network itself (`flotilla node --network
+/// --no-agent` in a namespace of its own, as a load balancer's machine would run).
+struct MemberMachine {
+    child: Child,
+    ns: Netns,
+    subnet_file: PathBuf,
+}
+
+impl Drop for MemberMachine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `flotilla node --network --no-agent` inside `ns`: the cluster's one member, which
+/// serves the store the network's config goes into and takes a lease from it too.
+fn start_member_on_network(cl: &mut Cluster, ns: Netns) -> MemberMachine {
+    let url = format!("http://{}:{}", ns.addr, free_port());
+    cl.nodes[0].client_url = url.clone();
+    let node = &cl.nodes[0];
+    let subnet_file = cl.dir.path().join("member.env");
+    let log = std::fs::File::create(&node.log_path).unwrap();
+    let child = ns
+        .command(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["node", &format!("--name={}", node.name)])
+        .arg(format!("--data-dir={}", node.data_dir.display()))
+        .arg(format!("--listen-client-urls={url}"))
+        .arg(format!("--listen-peer-urls={}", node.peer_url))
+        .arg(format!("--initial-cluster={}", node.cluster))
+        .args([
+            "--heartbeat-interval=50",
+            "--election-timeout=500",
+            "--no-agent",
+        ])
+        .args(["--network", "--docker-network=none"])
+        .arg(format!("--subnet-file={}", subnet_file.display()))
+        .arg(format!("--subnet-lease-ttl={LEASE_TTL}"))
+        .env("FLOTILLA_LOG", "info,flotilla::net=debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("flotilla node starts");
+    MemberMachine {
+        child,
+        ns,
+        subnet_file,
+    }
+}
+
+/// The lease a subnet file names (`FLANNEL_SUBNET=10.x.y.1/24` → `10.x.y.0/24`), and its
+/// first address.
+fn lease_in(path: &std::path::Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+
+    let v = text
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
+    let (gw, len) = v.split_once('/')?;
+    let o: Vec<&str> = gw.split('.').collect();
+    Some((
+        format!("{}.{}.{}.0/{len}", o[0], o[1], o[2]),
+        gw.to_string(),
+    ))
+}
+
 struct World {
+    member_machine: Option<MemberMachine>,
     _bridge: Bridge,
     cl: Cluster,
     member: String,
@@ -117,7 +176,7 @@ struct World {
 }
 
 impl World {
-    async fn new(letter: char, backend: &str, net: &str) -> Self {
+    async fn new(letter: char, backend: &str, net: &str, member_on_network: bool) -> Self {
         let t = tag();
         let octet = 1 + std::process::id() % 250;
         let under = match letter {
@@ -130,9 +189,21 @@ impl World {
         );
         bridge.allow_forwarding();
         let mut cl = Cluster::new(1, &[]);
-        let member = format!("http://{}:{}", bridge.addr, free_port());
-        cl.nodes[0].client_url = member.clone();
-        cl.nodes[0].start();
+        let mut member_machine = None;
+        let member = if member_on_network {
+            let ns = Netns::new(
+                &format!("fl{letter}m{t}"),
+                &bridge,
+                &format!("10.{under}.{octet}.9/24"),
+            );
+            member_machine = Some(start_member_on_network(&mut cl, ns));
+            cl.nodes[0].client_url.clone()
+        } else {
+            let member = format!("http://{}:{}", bridge.addr, free_port());
+            cl.nodes[0].client_url = member.clone();
+            cl.nodes[0].start();
+            member
+        };
         let c = client();
         wait_healthy(&c, &member).await;
         let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
@@ -161,6 +232,7 @@ impl World {
             })
             .collect();
         Self {
+            member_machine,
             _bridge: bridge,
             cl,
             member,
@@ -251,7 +323,7 @@ impl World {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_gw_routes_between_machines_frees_a_dead_ones_subnet_and_gives_it_back() {
-    let mut w = World::new('h', "host-gw", "10.201.0.0/16").await;
+    let mut w = World::new('h', "host-gw", "10.201.0.0/16", false).await;
     for m in &mut w.machines {
         m.start();
     }
@@ -279,8 +351,8 @@ async fn host_gw_routes_between_machines_frees_a_dead_ones_subnet_and_gives_it_b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vxlan_carries_packets_and_a_deleted_route_comes_back() {
-    let mut w = World::new('v', "vxlan", "10.202.0.0/16").await;
+async fn vxlan_carries_packets_routes_a_member_on_the_network_and_repairs_a_deleted_route() {
+    let mut w = World::new('v', "vxlan", "10.202.0.0/16", true).await;
     for m in &mut w.machines {
         m.start();
     }
@@ -292,6 +364,36 @@ async fn vxlan_carries_packets_and_a_deleted_route_comes_back() {
     let listed = w.leases_listed();
     assert!(listed.contains("vxlan"), "{listed}");
     w.pings_across(&subnets);
+    // The member is a machine on the network too (--network --no-agent, started before
+    // the config existed): a fourth subnet, and routes both ways.
+    let mm = w
+        .member_machine
+        .as_ref()
+        .expect("the member runs in a namespace here");
+    w.eventually("the member leased", Duration::from_secs(20), || {
+        lease_in(&mm.subnet_file).is_some()
+    });
+    let (ms, _) = lease_in(&mm.subnet_file).unwrap();
+    assert!(
+        subnets.iter().all(|s| s.0 != ms),
+        "{ms} is shared: {subnets:?}"
+    );
+    let member_routes = || {
+        let out = Command::new("ip")
+            .args(["-n", &mm.ns.name, "route"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    w.eventually(
+        "the member and the machines route to each other",
+        Duration::from_secs(15),
+        || {
+            let r = member_routes();
+            subnets.iter().all(|s| r.contains(&s.0))
+                && w.machines.iter().all(|m| m.routes().contains(&ms))
+        },
+    );
     // Someone deletes a's route to b: the repair pass puts it back.
     let a = &w.machines[0];
     let b_subnet = subnets[1].0.clone();
