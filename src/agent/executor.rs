@@ -116,8 +116,27 @@ impl Agent {
             let effects = sup.lease(now, renewed_ms);
             self.exec.apply(&mut sup, effects);
             if now >= next_reconcile {
-                self.exec.reconcile(&mut sup, &self.cfg, now).await;
-                next_reconcile = now + self.cfg.reconcile_ms;
+                // A pass reads the store and the engine, which can stall for seconds (a
+                // partition, failover across endpoints): it never holds up the fence.
+                let due = sup.fence_due_ms(renewed_ms).map(|t| t.saturating_sub(now));
+                let pass = self.exec.reconcile(&mut sup, &self.cfg, now);
+                let done = match due {
+                    Some(ms) => bounded(&*self.exec.clock, Duration::from_millis(ms.max(1)), pass)
+                        .await
+                        .is_some(),
+                    None => {
+                        pass.await;
+                        true
+                    }
+                };
+                next_reconcile = if done {
+                    now + self.cfg.reconcile_ms
+                } else {
+                    now
+                };
+                if !done {
+                    continue;
+                }
             }
             let effects = [sup.decide(now), sup.clean_up(), sup.publish(now)].concat();
             self.exec.apply(&mut sup, effects);

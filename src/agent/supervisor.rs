@@ -235,12 +235,7 @@ impl Supervisor {
     /// the machine's key, if any); lifts the fence when renewals resume.
     pub fn lease(&mut self, now: u64, renewed_ms: Option<u64>) -> Vec<Effect> {
         let last = renewed_ms.unwrap_or(self.started_ms);
-        let fence_after_ms = if self.cfg.bugs.fence_late {
-            self.ttl_ms() * 3 / 2
-        } else {
-            self.ttl_ms() * 2 / 3
-        };
-        let ok = now.saturating_sub(last) < fence_after_ms;
+        let ok = now.saturating_sub(last) < self.fence_after_ms();
         if ok == self.fenced {
             self.fenced = !ok;
             if self.fenced && !self.cfg.bugs.no_fencing {
@@ -248,6 +243,21 @@ impl Supervisor {
             }
         }
         self.take()
+    }
+
+    fn fence_after_ms(&self) -> u64 {
+        if self.cfg.bugs.fence_late {
+            self.ttl_ms() * 3 / 2
+        } else {
+            self.ttl_ms() * 2 / 3
+        }
+    }
+
+    /// When a lease last renewed at `renewed_ms` runs out and [`Self::lease`] must fence;
+    /// `None` once fenced. The executor holds no pass over the store past it.
+    pub fn fence_due_ms(&self, renewed_ms: Option<u64>) -> Option<u64> {
+        let last = renewed_ms.unwrap_or(self.started_ms);
+        (!self.fenced).then(|| last + self.fence_after_ms())
     }
 
     fn fence(&mut self, now: u64) {
@@ -944,7 +954,9 @@ mod tests {
         load(&mut s, "web.service", SLEEPER, &[]);
         s.decide(0);
         main_started(&mut s, "web.service", 1, 1, 0);
-        // Renewed at 1 s; two thirds of 30 s later the lease is taken as lost.
+        // Renewed at 1 s; two thirds of 30 s later the lease is taken as lost, and the
+        // executor is told when, so no pass over the store holds the fence up.
+        assert_eq!(s.fence_due_ms(Some(1_000)), Some(21_000));
         assert!(s.lease(20_999, Some(1_000)).is_empty());
         assert_eq!(
             show(&s.lease(21_000, Some(1_000))),
@@ -954,6 +966,7 @@ mod tests {
             ]
         );
         assert!(s.is_fenced());
+        assert_eq!(s.fence_due_ms(Some(1_000)), None);
         // Its main container is gone; fenced, it is not started again.
         let gone = Input::MainGone {
             unit: "web.service".into(),
