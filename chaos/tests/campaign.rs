@@ -366,6 +366,8 @@ const STACK_BUGS: [(&str, Plant, &[&str]); 8] = [
             "refused",
             // raft-rs's own assertion: a member acknowledged entries it then lost.
             "out of range",
+            // A member that lost its unsynced log stays behind the others for good.
+            "did not converge",
         ],
     ),
     (
