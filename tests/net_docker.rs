@@ -17,26 +17,6 @@ use std::time::{Duration, Instant};
 
 const IMAGES: &[&str] = &["coreos/apache", "jpweb/nginx-presence", "flotilla/busybox"];
 
-/// The seed's unit, as written.
-const APACHE: &str = "[Unit]
-Description=My Advanced Service
-After=etcd.service
-After=docker.service
-
-[Service]
-TimeoutStartSec=0
-ExecStartPre=-/usr/bin/docker kill apache1
-ExecStartPre=-/usr/bin/docker rm apache1
-ExecStartPre=/usr/bin/docker pull coreos/apache
-ExecStart=/usr/bin/docker run --name apache1 -p 8081:80 coreos/apache /usr/sbin/httpd -D FOREGROUND
-ExecStartPost=/usr/bin/etcdctl set /domains/example.com/10.10.10.123:8081 run
-ExecStop=/usr/bin/docker stop apache1
-ExecStopPost=/usr/bin/etcdctl rm /domains/example.com/10.10.10.123:8081
-
-[X-Fleet]
-Conflicts=%p@*.service
-";
-
 /// The seed's sidekick pattern, in the app's network: it announces the app's cluster
 /// address (the presence image's own address, and port 80).
 fn presence(member: &str) -> String {

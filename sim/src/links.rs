@@ -32,6 +32,11 @@ impl SimLinks {
         self.entries.lock().expect("links lock").clone()
     }
 
+    /// The packet-filter rules the machine's node last set.
+    pub fn filter(&self) -> Vec<FilterRule> {
+        self.filter.lock().expect("links lock").clone()
+    }
+
     /// The VTEP MAC: fixed per machine, from its address, as a real device's is per boot.
     fn mac(&self) -> Mac {
         let o = self.ip.octets();

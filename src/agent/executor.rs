@@ -129,14 +129,12 @@ impl Agent {
                         true
                     }
                 };
-                next_reconcile = if done {
-                    now + self.cfg.reconcile_ms
-                } else {
-                    now
-                };
                 if !done {
+                    // Cut short at the fence: fence first (at the top), then pass again.
+                    next_reconcile = now;
                     continue;
                 }
+                next_reconcile = now + self.cfg.reconcile_ms;
             }
             let effects = [sup.decide(now), sup.clean_up(), sup.publish(now)].concat();
             self.exec.apply(&mut sup, effects);

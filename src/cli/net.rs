@@ -89,9 +89,7 @@ impl NetArgs {
             ..NetOptions::defaults()
         }))
     }
-}
 
-impl NetArgs {
     /// What units' containers join, and the sender that opens it once the Docker network
     /// exists (`None`: they join Docker's default).
     pub fn unit_network(&self) -> Result<(Option<DockerNetwork>, UnitNetwork)> {

@@ -81,8 +81,6 @@ pub struct NetSeams {
 /// What this machine holds, for status pages and tests.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NetStatus {
-    /// The whole cluster network (the config's `Network`), once read.
-    pub network: Option<Ipv4Net>,
     pub lease: Option<Ipv4Net>,
     /// The MTU containers on the lease should use (the interface's, less the backend's
     /// encapsulation).
@@ -263,7 +261,6 @@ impl Net {
         }
         let mtu = self.mtu();
         self.status.send_modify(|st| {
-            st.network = Some(self.cfg.network);
             st.lease = Some(subnet);
             st.mtu = mtu;
             st.backend = self.cfg.backend.type_name().into();

@@ -256,6 +256,12 @@ async fn net_state(w: &World) -> Option<Result<(), String>> {
             .filter(|(s, _)| **s != own)
             .map(|(s, l)| (*s, l.clone()))
             .collect();
+        if m.links.filter() != flotilla::net::filter::rules(cfg.network, own, false) {
+            return Some(Err(format!(
+                "machine {j}'s filter rules are not those of its lease {own}: {:?}",
+                m.links.filter()
+            )));
+        }
         let want = flotilla::net::routes::wanted(&cfg.backend, &peers);
         let have = m.links.entries();
         if have != want {
