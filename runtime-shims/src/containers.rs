@@ -43,6 +43,8 @@ pub struct ContainerSpec {
     /// `-v` values: `host:container[:mode]`, or an anonymous `container` path.
     pub volumes: Vec<String>,
     pub network: Option<String>,
+    /// Resolvers (`--dns`).
+    pub dns: Vec<String>,
     pub workdir: Option<String>,
     pub user: Option<String>,
     pub hostname: Option<String>,
@@ -83,6 +85,10 @@ pub struct ContainerInfo {
     pub image: String,
     pub state: ContainerState,
     pub labels: BTreeMap<String, String>,
+    /// Its IPv4 address on each network it joined, by network name.
+    pub addresses: BTreeMap<String, String>,
+    /// The host ports it publishes.
+    pub published: Vec<u16>,
 }
 
 /// An exit seen on the runtime's event stream.

@@ -211,6 +211,7 @@ fn config(spec: &ContainerSpec) -> Config<String> {
         port_bindings: (!bindings.is_empty()).then_some(bindings),
         binds: (!binds.is_empty()).then_some(binds),
         network_mode: spec.network.clone(),
+        dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
         memory: spec.memory_bytes,
         nano_cpus: spec.nano_cpus,
         privileged: Some(spec.privileged),
@@ -390,7 +391,18 @@ impl Containers for DockerEngine {
                 .await
                 .map_err(|e| map_err(&name, e))?;
             let cfg = c.config.unwrap_or_default();
+            let net = c.network_settings.unwrap_or_default();
+            let published = net
+                .ports
+                .unwrap_or_default()
+                .into_values()
+                .flatten()
+                .flatten()
+                .filter_map(|b| b.host_port?.parse().ok())
+                .collect();
             Ok(ContainerInfo {
+                addresses: addresses(net.networks),
+                published,
                 id: c.id.unwrap_or_default(),
                 name: c
                     .name
@@ -427,7 +439,15 @@ impl Containers for DockerEngine {
                 .map(|c| {
                     let running = c.state.as_deref() == Some("running");
                     let created = c.state.as_deref() == Some("created");
+                    let networks = c.network_settings.and_then(|n| n.networks);
                     ContainerInfo {
+                        addresses: addresses(networks),
+                        published: c
+                            .ports
+                            .unwrap_or_default()
+                            .iter()
+                            .filter_map(|p| p.public_port)
+                            .collect(),
                         id: c.id.unwrap_or_default(),
                         name: c
                             .names
@@ -539,4 +559,15 @@ impl Containers for DockerEngine {
             Ok(out.split_off(skip))
         })
     }
+}
+
+/// Each network's IPv4 address, as the engine reports it (empty ones left out).
+fn addresses(
+    networks: Option<HashMap<String, bollard::models::EndpointSettings>>,
+) -> BTreeMap<String, String> {
+    networks
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, e)| Some((name, e.ip_address.filter(|ip| !ip.is_empty())?)))
+        .collect()
 }

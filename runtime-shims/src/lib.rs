@@ -16,6 +16,8 @@
 //! - [`links`]: the container network's kernel side ([`links::Links`]: routes, ARP and
 //!   FDB entries, the VXLAN device, packet-filter rules); [`netlink`] implements it over
 //!   rtnetlink and [`iptables`] (flotilla's own chains, set with the host's `iptables`).
+//! - [`dns`]: DNS on the wire (hickory-server, UDP and TCP) from the node's
+//!   [`dns::Resolve`]r, forwarding names it does not own.
 //! - [`containers`]: the container-runtime trait and its types; [`docker`] implements it
 //!   on a Docker Engine (bollard).
 //!
@@ -25,6 +27,7 @@
 pub mod clock;
 pub mod containers;
 pub mod disk;
+pub mod dns;
 pub mod docker;
 pub mod files;
 pub mod host;

@@ -241,6 +241,8 @@ impl Containers for SimDocker {
                     image: spec.image,
                     state: ContainerState::Created,
                     labels: spec.labels,
+                    addresses: BTreeMap::new(),
+                    published: spec.ports.iter().filter_map(|p| p.host_port).collect(),
                 },
             );
             Ok(id)

@@ -502,6 +502,7 @@ impl Executor {
                 hash: c.labels.get(LABEL_HASH).cloned().unwrap_or_default(),
                 main: c.labels.get(LABEL_ROLE).map(String::as_str) == Some("main"),
                 running: c.state == ContainerState::Running,
+                reach: super::run_step::reach_of(&c, &self.seams.network),
                 name: c.name,
                 id: c.id,
             });

@@ -3,10 +3,13 @@
 
 use super::exec_line::{DockerOp, KvOp, Op, RunSpec};
 use super::lifecycle::{Event, Stage, Step, StepResult};
+use super::supervisor::Reach;
 use crate::client::{ClientError, KvClient, SetOpts};
 use crate::kv::Precondition;
 use crate::net::docker::{Join, UnitNetwork};
-use flotilla_shims::containers::{ContainerError, ContainerSpec, Containers, PortSpec};
+use flotilla_shims::containers::{
+    ContainerError, ContainerInfo, ContainerSpec, Containers, PortSpec,
+};
 use flotilla_shims::process::{ProcSpec, Processes};
 use flotilla_shims::Files;
 use std::collections::BTreeMap;
@@ -53,6 +56,7 @@ pub enum Outcome {
     MainContainer {
         name: String,
         id: String,
+        reach: Reach,
     },
     /// The main step started a host process (its handle).
     MainProcess {
@@ -219,10 +223,28 @@ async fn docker_run(s: &Seams, ctx: &Ctx, r: &RunSpec, main: bool) -> Outcome {
         return done(Err(e.into()));
     }
     if main && !r.detach {
-        Outcome::MainContainer { name, id }
+        // Where DNS will send callers; a failed look leaves it unknown, not the unit down.
+        let reach = match c.inspect(&name).await {
+            Ok(info) => reach_of(&info, &s.network),
+            Err(_) => Reach::default(),
+        };
+        Outcome::MainContainer { name, id, reach }
     } else {
         done(Ok(format!("started container {name}")))
     }
+}
+
+/// A container's address on the cluster network (when it joined it) and its published
+/// host ports.
+pub fn reach_of(info: &ContainerInfo, network: &UnitNetwork) -> Reach {
+    let address = match network.join() {
+        Join::Network(n) => info.addresses.get(&n).cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
+    let mut ports = info.published.clone();
+    ports.sort_unstable();
+    ports.dedup();
+    Reach { address, ports }
 }
 
 /// The network `docker run` names, else the cluster network once it exists.
@@ -269,7 +291,16 @@ async fn container_spec(
     labels.insert(LABEL_HASH.into(), ctx.hash.clone());
     labels.insert(LABEL_ROLE.into(), if main { "main" } else { "step" }.into());
     let name = r.name.clone().unwrap_or_else(|| default_name(&ctx.unit));
+    // Docker refuses resolvers for a container in another's network namespace.
+    let own_net = network
+        .as_deref()
+        .is_none_or(|n| !(n == "host" || n == "none" || n.starts_with("container:")));
     Ok(ContainerSpec {
+        dns: if own_net {
+            s.network.dns_servers()
+        } else {
+            vec![]
+        },
         name: container_name(ctx, &name),
         image: r.image.clone(),
         cmd: r.cmd.clone(),

@@ -75,6 +75,14 @@ pub enum Main {
     Process(u64),
 }
 
+/// Where a unit's main container can be reached: its address on the cluster network
+/// and the host ports it publishes (DNS answers the unit's name with them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    pub address: String,
+    pub ports: Vec<u16>,
+}
+
 /// A container carrying this machine's label, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -84,6 +92,7 @@ pub struct Found {
     pub running: bool,
     /// A unit's `ExecStart` container (not one of its steps').
     pub main: bool,
+    pub reach: Reach,
 }
 
 /// What the executor is to do. Results come back as [`Input`]s naming `unit` and `gen`
@@ -178,6 +187,9 @@ struct Managed {
     leaving: bool,
     /// (active, sub, when) last written.
     published: Option<(&'static str, &'static str, u64)>,
+    /// The main container's reach now, and as last written.
+    reach: Reach,
+    published_reach: Reach,
     /// Retry after a failure that was not the unit's own: (at, backoff).
     retry: Option<(u64, u64)>,
     /// Ended main containers to remove once the unit is down.
@@ -357,7 +369,9 @@ impl Supervisor {
                     ),
                     None => (lifecycle::Unit::new(p.spec), Main::None),
                 };
-                self.managed(name, gen, e, unit, p.deps, p.env, main)
+                let mut m = self.managed(name, gen, e, unit, p.deps, p.env, main);
+                m.reach = adopt.map(|c| c.reach.clone()).unwrap_or_default();
+                m
             }
             Err(why) => self.managed(
                 name,
@@ -418,6 +432,8 @@ impl Supervisor {
             main,
             leaving: false,
             published: None,
+            reach: Reach::default(),
+            published_reach: Reach::default(),
             retry: None,
             leftovers: vec![],
             publish_after: 0,
@@ -564,11 +580,12 @@ impl Supervisor {
             return;
         };
         match &outcome {
-            Outcome::MainContainer { name, id } => {
+            Outcome::MainContainer { name, id, reach } => {
                 m.main = Main::Container {
                     name: name.clone(),
                     id: id.clone(),
-                }
+                };
+                m.reach = reach.clone();
             }
             Outcome::MainProcess { handle } => {
                 m.main = Main::Process(*handle);
@@ -657,13 +674,15 @@ impl Supervisor {
         let mut writes = vec![];
         for (name, m) in self.units.iter_mut() {
             let r = m.unit.reported();
-            let stale = m.published.is_none_or(|(a, s, at)| {
-                (a, s) != (r.active, r.sub) || now.saturating_sub(at) >= ttl_s * 500
-            });
+            let stale = m.reach != m.published_reach
+                || m.published.is_none_or(|(a, s, at)| {
+                    (a, s) != (r.active, r.sub) || now.saturating_sub(at) >= ttl_s * 500
+                });
             if !stale || now < m.publish_after {
                 continue;
             }
             m.published = Some((r.active, r.sub, now));
+            m.published_reach = m.reach.clone();
             let st = UnitState {
                 name: name.clone(),
                 hash: m.hash.clone(),
@@ -671,6 +690,8 @@ impl Supervisor {
                 systemd_load_state: r.load.to_string(),
                 systemd_active_state: r.active.to_string(),
                 systemd_sub_state: r.sub.to_string(),
+                address: m.reach.address.clone(),
+                ports: m.reach.ports.clone(),
             };
             writes.push(Publish {
                 unit: name.clone(),
@@ -845,6 +866,7 @@ mod tests {
         let outcome = Outcome::MainContainer {
             name: unit.trim_end_matches(".service").into(),
             id: format!("id-{unit}"),
+            reach: Reach::default(),
         };
         s.input(
             Input::Step {
@@ -919,6 +941,53 @@ mod tests {
             reports[0].1.as_ref().map(|r| r.reported.sub),
             Some("running")
         );
+    }
+
+    /// The main container's cluster address and published ports go into its state (DNS
+    /// answers the unit's name from them); a new address is written at once, and an
+    /// adopted container keeps the address it was found with.
+    #[test]
+    fn where_the_main_container_is_reached_is_published_with_its_state() {
+        let mut s = supervisor();
+        load(&mut s, "web.service", SLEEPER, &[]);
+        s.decide(0);
+        let reach = |address: &str| Reach {
+            address: address.into(),
+            ports: vec![8081],
+        };
+        let started = |reach| Input::Step {
+            unit: "web.service".into(),
+            gen: 1,
+            id: 1,
+            outcome: Outcome::MainContainer {
+                name: "web".into(),
+                id: "c1".into(),
+                reach,
+            },
+        };
+        s.input(started(reach("10.1.74.2")), 1);
+        let p = show(&s.publish(1));
+        assert!(
+            p[0].contains(r#""address":"10.1.74.2","ports":[8081]"#),
+            "{p:?}"
+        );
+        s.input(Input::Published { failed: vec![] }, 2);
+        assert!(s.publish(3).is_empty());
+        s.units.get_mut("web.service").unwrap().reach = reach("10.1.74.9");
+        assert!(show(&s.publish(4))[0].contains(r#""address":"10.1.74.9""#));
+
+        let mut s = supervisor();
+        let rec = stored("web.service", SLEEPER);
+        let found = [Found {
+            name: "web".into(),
+            id: "c-now".into(),
+            hash: rec.hash.clone(),
+            running: true,
+            main: true,
+            reach: reach("10.1.74.3"),
+        }];
+        load(&mut s, "web.service", SLEEPER, &found);
+        assert!(show(&s.publish(0))[0].contains(r#""address":"10.1.74.3""#));
     }
 
     /// States are written one batch at a time, so a newer state is never overwritten by
@@ -1003,6 +1072,7 @@ mod tests {
                 hash: rec.hash.clone(),
                 running: true,
                 main: true,
+                reach: Reach::default(),
             },
             Found {
                 name: "web-old".into(),
@@ -1010,6 +1080,7 @@ mod tests {
                 hash: "an-older-version".into(),
                 running: false,
                 main: true,
+                reach: Reach::default(),
             },
         ];
         let mut s = supervisor();

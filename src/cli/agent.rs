@@ -70,9 +70,10 @@ async fn serve(a: AgentArgs) -> Result<()> {
     }
     let cfg = a.machine.agent_config(machine)?;
     let net = a.net.options()?;
+    let dns = a.net.dns()?;
     let (docker_net, unit_net) = a.net.unit_network()?;
     let mut seams = a.machine.seams(&cfg.machine.id);
-    seams.network = unit_net;
+    seams.network = unit_net.with_dns(dns.as_ref().map(|d| d.container_dns()).unwrap_or_default());
     let clock = Arc::new(TokioClock::new());
     let spawn: Arc<dyn Spawn> = Arc::new(TokioSpawn);
     let kv: Arc<dyn KvClient> = Arc::new(HttpKv::new(
@@ -81,6 +82,9 @@ async fn serve(a: AgentArgs) -> Result<()> {
     ));
     let id = cfg.machine.id.clone();
     let seed = flotilla_shims::SeededRng::from_entropy().next_u64();
+    if let Some(dns) = dns {
+        dns.start(kv.clone(), clock.clone(), &*spawn).await?;
+    }
     let status = super::net::start(net, kv.clone(), clock.clone(), &*spawn, seed)?;
     if let (Some(d), Some(status)) = (docker_net, status) {
         d.follow(status, seams.containers.clone(), clock.clone(), &*spawn);

@@ -6,7 +6,7 @@ use crate::client::http::HttpKv;
 use crate::client::{KvClient, SetOpts};
 use crate::kv::Precondition;
 use crate::net::config::NetConfig;
-use crate::net::docker::UnitNetwork;
+use crate::net::docker::{ContainerDns, UnitNetwork};
 use crate::net::lease::Lease;
 use crate::net::subnet::Ipv4Net;
 use crate::net::{NetOptions, NetSeams, NetStatus};
@@ -48,9 +48,100 @@ pub struct NetArgs {
     /// their `docker run` names one; `none`: make none (dockerd runs from the subnet file).
     #[arg(long, default_value = crate::net::docker::DEFAULT_NAME)]
     pub docker_network: String,
+    /// Answer DNS here, UDP and TCP (e.g. `0.0.0.0:53`): SkyDNS's /skydns records, and
+    /// units' running instances and machines under --dns-domain. On port 53, units'
+    /// containers get it as their resolver (the cluster network's gateway for 0.0.0.0).
+    #[arg(long)]
+    pub dns_addr: Option<String>,
+    /// The domain flotilla's own names sit under (`apache.<domain>`, `<id>.machine.<domain>`).
+    #[arg(long, default_value = crate::net::dns::DEFAULT_DOMAIN)]
+    pub dns_domain: String,
+    /// Upstream servers (`ip[:port]`, comma-separated) for names outside the cluster's;
+    /// without any, such names are refused.
+    #[arg(long, value_delimiter = ',')]
+    pub dns_forward: Vec<String>,
+}
+
+/// The DNS server the flags ask for.
+#[derive(Debug, Clone)]
+pub struct DnsPlan {
+    addr: std::net::SocketAddr,
+    domain: String,
+    forward: Vec<std::net::SocketAddr>,
+}
+
+impl DnsPlan {
+    /// The resolver units' containers are given.
+    pub fn container_dns(&self) -> ContainerDns {
+        let ip = self.addr.ip();
+        if self.addr.port() != 53 || ip.is_loopback() {
+            // resolv.conf names no port, and a container's loopback is its own.
+            ContainerDns::None
+        } else if ip.is_unspecified() {
+            ContainerDns::Gateway
+        } else {
+            ContainerDns::Addr(ip.to_string())
+        }
+    }
+
+    /// Binds, starts answering, and keeps the answers current from `kv`.
+    pub async fn start(
+        self,
+        kv: Arc<dyn KvClient>,
+        clock: Arc<dyn flotilla_shims::Clock>,
+        spawn: &dyn flotilla_shims::Spawn,
+    ) -> Result<std::net::SocketAddr> {
+        let dns = Arc::new(crate::net::dns::Dns::new(clock, &self.domain));
+        crate::net::dns::follow(&dns, kv, spawn);
+        let (bound, run) = flotilla_shims::dns::bind(self.addr, dns, self.forward)
+            .await
+            .with_context(|| format!("--dns-addr {}: cannot listen", self.addr))?;
+        spawn.spawn("dns", run);
+        tracing::info!(addr = %bound, domain = %self.domain, "answering DNS");
+        Ok(bound)
+    }
+}
+
+/// `host:port` or a bare host with `default_port`.
+fn socket_addr(flag: &str, v: &str, default_port: u16) -> Result<std::net::SocketAddr> {
+    if let Ok(a) = v.parse() {
+        return Ok(a);
+    }
+    match v.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok((ip, default_port).into()),
+        Err(_) => bail!("--{flag} {v:?}: not an address (ip or ip:port)"),
+    }
 }
 
 impl NetArgs {
+    /// The DNS server, when `--dns-addr` asks for one; the error names the bad flag.
+    pub fn dns(&self) -> Result<Option<DnsPlan>> {
+        let Some(addr) = &self.dns_addr else {
+            return Ok(None);
+        };
+        let addr = socket_addr("dns-addr", addr, 53)?;
+        let domain = self.dns_domain.trim_matches('.').to_ascii_lowercase();
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if domain.is_empty() || !domain.split('.').all(label_ok) {
+            bail!("--dns-domain {:?}: not a domain name", self.dns_domain);
+        }
+        let forward = self
+            .dns_forward
+            .iter()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| socket_addr("dns-forward", v.trim(), 53))
+            .collect::<Result<_>>()?;
+        Ok(Some(DnsPlan {
+            addr,
+            domain,
+            forward,
+        }))
+    }
+
     /// The network's options, when `--network` is on; the error names the bad flag.
     pub fn options(&self) -> Result<Option<NetOptions>> {
         if !self.network {
@@ -118,7 +209,7 @@ impl NetArgs {
 /// The Docker network to keep on the lease, and who waits for it.
 pub struct DockerNetwork {
     name: String,
-    ready: watch::Sender<Option<String>>,
+    ready: watch::Sender<Option<crate::net::docker::Made>>,
 }
 
 impl DockerNetwork {

@@ -253,7 +253,9 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
     }
     let clock = Arc::new(TokioClock::new());
     let spawn = Arc::new(TokioSpawn);
+    let dns = a.net.dns()?;
     let (docker_net, unit_net) = a.net.unit_network()?;
+    let unit_net = unit_net.with_dns(dns.as_ref().map(|d| d.container_dns()).unwrap_or_default());
     let env = production_env(&a, &cfg, clock.clone(), spawn.clone(), unit_net);
     let peer_tls = a.tls.peer(&split_urls(&a.listen_peer_urls))?;
     let client_tls = a.tls.client_listener(&split_urls(&a.listen_client_urls))?;
@@ -274,6 +276,9 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
         started.handle.clone(),
         clock.clone(),
     ));
+    if let Some(dns) = dns {
+        dns.start(kv.clone(), clock.clone(), &*spawn).await?;
+    }
     let status = super::net::start(net_opts, kv, clock.clone(), &*spawn, env.seed ^ 0x6e6574)?;
     let containers = env.agent.as_ref().map(|s| s.containers.clone());
     if let (Some(d), Some(status), Some(c)) = (docker_net, status, containers) {

@@ -80,13 +80,19 @@ fn error_of(r: &ClientResponse) -> ClientError {
     }
 }
 
-/// etcd's node JSON as a [`NodeView`] (`expiration` is not needed by callers: dropped).
+/// etcd's `expiration` (RFC 3339, UTC) as wall-clock ms; DNS counts TTLs down with it.
+fn expire_ms_of(expiration: Option<&str>) -> Option<u64> {
+    let t = humantime::parse_rfc3339_weak(expiration?).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64)
+}
+
+/// etcd's node JSON as a [`NodeView`].
 pub fn node_of(v: &Value) -> NodeView {
     NodeView {
         key: v["key"].as_str().unwrap_or("/").to_string(),
         value: v["value"].as_str().map(String::from),
         dir: v["dir"].as_bool().unwrap_or(false),
-        expire_ms: None,
+        expire_ms: expire_ms_of(v["expiration"].as_str()),
         nodes: v["nodes"]
             .as_array()
             .map(|a| a.iter().map(node_of).collect()),
@@ -104,6 +110,7 @@ struct WireNode {
     value: Option<String>,
     #[serde(default)]
     dir: bool,
+    expiration: Option<String>,
     nodes: Option<Vec<WireNode>>,
     #[serde(rename = "modifiedIndex", default)]
     modified_index: u64,
@@ -126,7 +133,7 @@ impl From<WireNode> for NodeView {
             key: w.key,
             value: w.value,
             dir: w.dir,
-            expire_ms: None,
+            expire_ms: expire_ms_of(w.expiration.as_deref()),
             nodes: w.nodes.map(|n| n.into_iter().map(NodeView::from).collect()),
             modified_index: w.modified_index,
             created_index: w.created_index,

@@ -20,9 +20,32 @@ pub const BRIDGE: &str = "flotilla0";
 const RETRY_MS: u64 = 500;
 const RETRY_MAX_MS: u64 = 10_000;
 
-/// What units' containers join: off (no cluster network), or the network once it exists.
+/// What units' containers join: off (no cluster network), or the network (its name and
+/// gateway) once it exists.
+/// Also the resolver they are given.
 #[derive(Clone, Default)]
-pub struct UnitNetwork(Option<watch::Receiver<Option<String>>>);
+pub struct UnitNetwork {
+    made: Option<watch::Receiver<Option<Made>>>,
+    dns: ContainerDns,
+}
+
+/// The Docker network as made: its name and its gateway (the bridge's address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Made {
+    pub name: String,
+    pub gateway: String,
+}
+
+/// The resolver units' containers are given (`--dns-addr`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ContainerDns {
+    /// Docker's own choice.
+    #[default]
+    None,
+    /// The node answers on every address: the cluster network's gateway reaches it.
+    Gateway,
+    Addr(String),
+}
 
 /// Where the agent stands on a container that names no network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,17 +61,33 @@ pub enum Join {
 impl UnitNetwork {
     /// No cluster network: containers get Docker's default.
     pub fn off() -> Self {
-        Self(None)
+        Self::default()
+    }
+
+    /// These containers get `dns` as their resolver.
+    pub fn with_dns(self, dns: ContainerDns) -> Self {
+        Self { dns, ..self }
+    }
+
+    /// The `--dns` servers a container gets.
+    pub fn dns_servers(&self) -> Vec<String> {
+        match &self.dns {
+            ContainerDns::None => vec![],
+            ContainerDns::Gateway => self.made().map(|m| m.gateway).into_iter().collect(),
+            ContainerDns::Addr(a) => vec![a.clone()],
+        }
     }
 
     pub fn join(&self) -> Join {
-        match &self.0 {
-            None => Join::Default,
-            Some(rx) => match rx.borrow().clone() {
-                Some(name) => Join::Network(name),
-                None => Join::NotYet,
-            },
+        match (&self.made, self.made()) {
+            (None, _) => Join::Default,
+            (Some(_), Some(m)) => Join::Network(m.name),
+            (Some(_), None) => Join::NotYet,
         }
+    }
+
+    fn made(&self) -> Option<Made> {
+        self.made.as_ref().and_then(|rx| rx.borrow().clone())
     }
 }
 
@@ -64,9 +103,13 @@ pub fn spec(name: &str, lease: Ipv4Net, mtu: u32) -> NetworkSpec {
 }
 
 /// A [`UnitNetwork`] for the agent, and the sender [`follow`] opens it with.
-pub fn channel() -> (watch::Sender<Option<String>>, UnitNetwork) {
+pub fn channel() -> (watch::Sender<Option<Made>>, UnitNetwork) {
     let (tx, rx) = watch::channel(None);
-    (tx, UnitNetwork(Some(rx)))
+    let net = UnitNetwork {
+        made: Some(rx),
+        dns: ContainerDns::None,
+    };
+    (tx, net)
 }
 
 /// Keeps the Docker network on the lease `status` holds, for good.
@@ -75,7 +118,7 @@ pub async fn follow(
     containers: Arc<dyn Containers>,
     clock: Arc<dyn Clock>,
     name: String,
-    ready: watch::Sender<Option<String>>,
+    ready: watch::Sender<Option<Made>>,
 ) {
     let mut made: Option<NetworkSpec> = None;
     loop {
@@ -86,7 +129,10 @@ pub async fn follow(
         if let Some(want) = want.filter(|w| made.as_ref() != Some(w)) {
             ensure(&*containers, &*clock, &want).await;
             tracing::info!(network = %want.name, subnet = %want.subnet, mtu = want.mtu, "docker network on the lease");
-            ready.send_replace(Some(name.clone()));
+            ready.send_replace(Some(Made {
+                name: name.clone(),
+                gateway: want.gateway.clone(),
+            }));
             made = Some(want);
         }
         if status.changed().await.is_err() {
@@ -133,7 +179,16 @@ mod tests {
         assert_eq!(UnitNetwork::off().join(), Join::Default);
         let (tx, net) = channel();
         assert_eq!(net.join(), Join::NotYet);
-        tx.send_replace(Some("flotilla".into()));
+        let net = net.with_dns(ContainerDns::Gateway);
+        assert_eq!(net.dns_servers(), Vec::<String>::new());
+        tx.send_replace(Some(Made {
+            name: "flotilla".into(),
+            gateway: "10.1.74.1".into(),
+        }));
         assert_eq!(net.join(), Join::Network("flotilla".into()));
+        assert_eq!(net.dns_servers(), ["10.1.74.1"]);
+        let net = net.with_dns(ContainerDns::Addr("192.168.9.9".into()));
+        assert_eq!(net.dns_servers(), ["192.168.9.9"]);
+        assert_eq!(UnitNetwork::off().dns_servers(), Vec::<String>::new());
     }
 }

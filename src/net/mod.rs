@@ -14,11 +14,13 @@
 //! - [`manager`]: the async shell — config → lease → subnet file and filter rules →
 //!   watch the peers → [`flotilla_shims::links::Links`] (rtnetlink in production).
 //! - [`docker`]: the Docker network on the lease that units' containers join.
+//! - [`dns`]: DNS answered from the store (SkyDNS's `/skydns` layout, units, machines).
 //!
 //! Data flow: store (`KvClient`) → leases → `routes::wanted` → `routes::diff` → `Links`;
 //! this machine's lease → [`NetStatus`] → [`docker::follow`] → the agent's containers.
 
 pub mod config;
+pub mod dns;
 pub mod docker;
 pub mod filter;
 pub mod lease;

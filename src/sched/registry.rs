@@ -92,6 +92,13 @@ pub struct UnitState {
     pub systemd_load_state: String,
     pub systemd_active_state: String,
     pub systemd_sub_state: String,
+    /// The main container's address on the cluster network, if it has one (not part of
+    /// fleet's state entity; DNS answers the unit's name with it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    /// The host ports the main container publishes (SRV records).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
 }
 
 /// The engine's lease: the member scheduling and the Raft term it took over in.
