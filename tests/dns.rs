@@ -253,6 +253,24 @@ async fn a_member_answers_skydns_records_units_and_machines_and_forwards_the_res
     );
     let (rc, _, _) = ask(server, "nothing.flotilla.local", WireType::A).await;
     assert_eq!(rc, ResponseCode::NXDomain);
+    // A label as a unit instance has it ('@' is not an escape), in any case.
+    put(
+        &c,
+        &base,
+        "/skydns/local/flotilla/x@1",
+        r#"{"host":"10.0.0.9"}"#,
+        None,
+    )
+    .await;
+    let (_, a, _) = ask_until(
+        server,
+        "X@1.flotilla.local",
+        WireType::A,
+        Duration::from_secs(5),
+        |g| !g.1.is_empty(),
+    )
+    .await;
+    assert_eq!(ips(&a), ["10.0.0.9"]);
 
     // A unit's name answers while it runs (a host process: its machine's address), and
     // stops answering when it stops.

@@ -67,6 +67,7 @@ impl Machine {
             .arg(format!("--subnet-file={}", self.subnet_file().display()))
             .arg(format!("--docker-host={}", self.docker.sock))
             .arg("--agent-ttl=10s")
+            .arg("--dns-addr=0.0.0.0:53")
             .env("FLOTILLA_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);
@@ -326,6 +327,58 @@ async fn seeds_units_across_machines(letter: char, backend: &str, net: u8) {
             want.sort();
             got == want
         },
+    );
+
+    // Names: in each machine's apache container (its resolver is the node it runs on,
+    // through the network's gateway) the template's name lists the three cluster
+    // addresses, and an instance's name one of them.
+    let lookup = |m: &Machine, name: &str| {
+        let out = m.docker.docker(&["exec", "apache1", "nslookup", name]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dns_logs = || {
+        let m = &machines[0];
+        let dns = m
+            .docker
+            .docker(&["inspect", "-f", "{{.HostConfig.Dns}}", "apache1"]);
+        let states = Command::new("curl")
+            .args([
+                "-s",
+                &format!("{member}/v2/keys/_flotilla/states?recursive=true"),
+            ])
+            .output()
+            .unwrap();
+        format!(
+            "nslookup in {}: {}\nits --dns: {}\nstates: {}\n{}",
+            m.ns.name,
+            lookup(m, "apache.flotilla.local"),
+            String::from_utf8_lossy(&dns.stdout),
+            String::from_utf8_lossy(&states.stdout),
+            logs()
+        )
+    };
+    eventually(
+        "apache.flotilla.local resolves in every container",
+        Duration::from_secs(60),
+        dns_logs,
+        || {
+            machines.iter().all(|m| {
+                addrs
+                    .iter()
+                    .all(|a| lookup(m, "apache.flotilla.local").contains(a.as_str()))
+            })
+        },
+    );
+    let one = lookup(&machines[0], "apache@2.flotilla.local");
+    let named: Vec<&String> = addrs.iter().filter(|a| one.contains(a.as_str())).collect();
+    assert_eq!(named.len(), 1, "apache@2 is one instance: {one}");
+    let machine = lookup(
+        &machines[2],
+        &format!("{}.machine.flotilla.local", machines[1].ns.name),
+    );
+    assert!(
+        machine.contains(&machines[1].ns.addr),
+        "a machine by id: {machine}"
     );
 
     // Cluster traffic keeps its source: flotilla's nat chain sits above the masquerade

@@ -117,10 +117,21 @@ fn qtype_of(t: RecordType) -> QType {
     }
 }
 
+/// A name from its labels as they are: `apache@2` is one label, not an escape.
 fn name_of(s: &str) -> Option<Name> {
-    let mut n = Name::from_ascii(s).ok()?;
+    let labels = s.trim_end_matches('.').split('.').filter(|l| !l.is_empty());
+    let mut n = Name::from_labels(labels.map(str::as_bytes)).ok()?;
     n.set_fqdn(true);
     Some(n)
+}
+
+/// A question's name, lower case, its labels joined as they are (no escapes).
+fn text_of(n: &Name) -> String {
+    let labels: Vec<String> = n
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+        .collect();
+    labels.join(".")
 }
 
 fn wire(r: &Record) -> Option<WireRecord> {
@@ -155,9 +166,8 @@ impl RequestHandler for Handler {
                 return send(&mut response, msg).await;
             }
         };
-        let name = info.query.name().to_string();
         let q = Question {
-            name: name.trim_end_matches('.').to_ascii_lowercase(),
+            name: text_of(info.query.name()),
             qtype: qtype_of(info.query.query_type()),
         };
         let (rcode, answers, additional) = match self.resolver.resolve(&q) {

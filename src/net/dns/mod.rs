@@ -119,11 +119,15 @@ async fn keep(dns: Arc<Dns>, kv: Arc<dyn KvClient>, root: Root) {
 async fn load(dns: &Dns, kv: &dyn KvClient, root: Root) -> Result<u64, ClientError> {
     let (node, index) = match kv.get(root.key(), true, false).await? {
         Some(got) => (Some(got.node), got.index),
-        // Absent: the store's index says where a watch for its creation starts.
-        None => (
-            None,
-            kv.get("/", false, false).await?.map_or(0, |g| g.index),
-        ),
+        None => {
+            // Absent: a watch for its creation starts past the store's index, read
+            // *before* looking again, so a creation in between is not skipped.
+            let before = kv.get("/", false, false).await?.map_or(0, |g| g.index);
+            match kv.get(root.key(), true, false).await? {
+                Some(got) => (Some(got.node), got.index),
+                None => (None, before),
+            }
+        }
     };
     dns.with(|v| root.of(v).load(node.as_ref()));
     Ok(index + 1)
