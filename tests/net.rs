@@ -15,6 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const LEASE_TTL: &str = "4s";
+/// A payload sent between subnets, looked for on the underlay.
+const CANARY: &str = "FLOTILLA-PLAINTEXT-CANARY";
 
 struct Machine {
     ns: Netns,
@@ -82,6 +84,20 @@ impl Machine {
         common::netns::ip(&["-n", n, "link", "add", "cbr0", "type", "bridge"]);
         common::netns::ip(&["-n", n, "addr", "add", gw_cidr, "dev", "cbr0"]);
         common::netns::ip(&["-n", n, "link", "set", "cbr0", "up"]);
+    }
+
+    /// Five UDP datagrams carrying [`CANARY`] from this machine's `from` to `to`.
+    fn send_canary(&self, from: &str, to: &str) {
+        let py = format!(
+            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{from}',0))\nfor _ in range(5): s.sendto(b'{CANARY}',('{to}',9999))"
+        );
+        let out = self
+            .ns
+            .command("python3")
+            .args(["-c", &py])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "sending the canary: {out:?}");
     }
 
     fn ping(&self, from: &str, to: &str) -> bool {
@@ -169,7 +185,7 @@ fn lease_in(path: &std::path::Path) -> Option<(String, String)> {
 
 struct World {
     member_machine: Option<MemberMachine>,
-    _bridge: Bridge,
+    bridge: Bridge,
     cl: Cluster,
     member: String,
     machines: Vec<Machine>,
@@ -181,6 +197,7 @@ impl World {
         let octet = 1 + std::process::id() % 250;
         let under = match letter {
             'h' => 81,
+            'w' => 85,
             _ => 82,
         };
         let mut bridge = Bridge::new(
@@ -233,7 +250,7 @@ impl World {
             .collect();
         Self {
             member_machine,
-            _bridge: bridge,
+            bridge,
             cl,
             member,
             machines,
@@ -311,6 +328,29 @@ impl World {
         }
     }
 
+    /// What crosses the underlay bridge (UDP, as a pcap file's bytes) while `send` runs.
+    fn capture(&self, send: impl Fn()) -> Vec<u8> {
+        let file = self
+            .cl
+            .dir
+            .path()
+            .join(format!("{}.pcap", self.bridge.name));
+        let mut dump = Command::new("tcpdump")
+            .args(["-i", &self.bridge.name, "-U", "-n", "-w"])
+            .arg(&file)
+            .arg("udp")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tcpdump runs");
+        std::thread::sleep(Duration::from_millis(1500));
+        send();
+        std::thread::sleep(Duration::from_millis(1500));
+        // SIGINT would flush as well; -U already wrote each packet as it came.
+        let _ = dump.kill();
+        let _ = dump.wait();
+        std::fs::read(&file).unwrap_or_default()
+    }
+
     fn leases_listed(&self) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
             .args(["net", &format!("--endpoints={}", self.member), "leases"])
@@ -334,6 +374,12 @@ async fn host_gw_routes_between_machines_frees_a_dead_ones_subnet_and_gives_it_b
         assert!(listed.contains(s.as_str()), "{s} missing from\n{listed}");
     }
     assert!(listed.contains("host-gw"), "{listed}");
+    // host-gw carries packets as they are: the payload is on the underlay.
+    let cap = w.capture(|| w.machines[0].send_canary(&subnets[0].1, &subnets[1].1));
+    assert!(
+        contains(&cap, CANARY.as_bytes()),
+        "host-gw shows the payload"
+    );
 
     // c dies: once its lease expires, a and b drop their route to it.
     w.machines[2].kill9();
@@ -403,4 +449,67 @@ async fn vxlan_carries_packets_routes_a_member_on_the_network_and_repairs_a_dele
         w.machines[0].routes().contains(&b_subnet)
     });
     w.pings_across(&subnets);
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wireguard_carries_packets_encrypted_and_a_restarted_machine_keeps_subnet_and_key() {
+    let mut w = World::new('w', "wireguard", "10.205.0.0/16", false).await;
+    for m in &mut w.machines {
+        m.start();
+    }
+    let subnets = w.all_routed();
+    for m in &w.machines {
+        let r = m.routes();
+        assert!(r.contains("dev flannel-wg"), "{r}");
+    }
+    let listed = w.leases_listed();
+    assert!(listed.contains("wireguard"), "{listed}");
+    w.pings_across(&subnets);
+    // The same datagrams host-gw shows in the clear cross the underlay encrypted: WireGuard's
+    // port carries them, the payload is nowhere.
+    let cap = w.capture(|| w.machines[0].send_canary(&subnets[0].1, &subnets[1].1));
+    assert!(
+        !contains(&cap, CANARY.as_bytes()),
+        "the payload crossed in the clear"
+    );
+    assert!(
+        cap.len() > 24 + 5 * 80,
+        "nothing crossed the underlay: {} bytes",
+        cap.len()
+    );
+    let public_key = |subnet: &str| {
+        let key = subnet.replace('/', "-");
+        let url = format!("{}/v2/keys/coreos.com/network/subnets/{key}", w.member);
+        let out = Command::new("curl").args(["-s", &url]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let lease: serde_json::Value =
+            serde_json::from_str(v["node"]["value"].as_str().unwrap()).unwrap();
+        lease["BackendData"]["PublicKey"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let before = public_key(&subnets[2].0);
+    let keys: std::collections::BTreeSet<String> =
+        subnets.iter().map(|s| public_key(&s.0)).collect();
+    assert_eq!(keys.len(), 3, "each machine its own key: {keys:?}");
+
+    // c dies: its lease expires and the others drop its route and its peer.
+    w.machines[2].kill9();
+    let dead = subnets[2].0.clone();
+    w.eventually(
+        "the dead machine's routes leave",
+        Duration::from_secs(15),
+        || w.machines[..2].iter().all(|m| !m.routes().contains(&dead)),
+    );
+    // Back: the same subnet, the same key (kept beside its subnet file), and packets flow.
+    w.machines[2].start();
+    let again = w.all_routed();
+    assert_eq!(again[2].0, dead, "a restarted machine keeps its subnet");
+    assert_eq!(public_key(&dead), before, "and its key");
+    w.pings_across(&again);
 }

@@ -18,6 +18,8 @@
 //!   rtnetlink and [`iptables`] (flotilla's own chains, set with the host's `iptables`).
 //! - [`dns`]: DNS on the wire (hickory-server, UDP and TCP) from the node's
 //!   [`dns::Resolve`]r, forwarding names it does not own.
+//! - [`wireguard`]: userspace WireGuard (boringtun over a TUN device) for the links seam
+//!   where the kernel has none.
 //! - [`containers`]: the container-runtime trait and its types; [`docker`] implements it
 //!   on a Docker Engine (bollard).
 //!
@@ -44,6 +46,7 @@ pub mod tls;
 pub mod wal_disk;
 pub mod wal_record;
 pub mod wire;
+pub mod wireguard;
 
 pub use clock::{Clock, TokioClock};
 pub use disk::{Blob, Disk, DiskError, FileMeta, Files, Loaded, Producer};

@@ -43,6 +43,37 @@ impl std::str::FromStr for Mac {
     }
 }
 
+/// A WireGuard key (Curve25519), shown as WireGuard shows it: base64.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WgKey(pub [u8; 32]);
+
+impl fmt::Display for WgKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use base64::Engine;
+        f.write_str(&base64::engine::general_purpose::STANDARD.encode(self.0))
+    }
+}
+
+impl fmt::Debug for WgKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WgKey({self})")
+    }
+}
+
+impl std::str::FromStr for WgKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|e| format!("{s:?} is not a WireGuard key (base64): {e}"))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| format!("{s:?} is not a WireGuard key (32 bytes)"))?;
+        Ok(WgKey(key))
+    }
+}
+
 /// One kernel entry the network keeps.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Entry {
@@ -61,6 +92,16 @@ pub enum Entry {
         dev: String,
         mac: Mac,
         dst: Ipv4Addr,
+    },
+    /// A WireGuard peer on `dev`: `key` at `endpoint:port`, carrying `allowed/len`.
+    WgPeer {
+        dev: String,
+        key: WgKey,
+        endpoint: Ipv4Addr,
+        port: u16,
+        allowed: Ipv4Addr,
+        len: u8,
+        psk: Option<WgKey>,
     },
 }
 
@@ -95,6 +136,18 @@ impl fmt::Display for Entry {
             }
             Entry::Neigh { dev, ip, mac } => write!(f, "neigh {ip} lladdr {mac} dev {dev}"),
             Entry::Fdb { dev, mac, dst } => write!(f, "fdb {mac} dst {dst} dev {dev}"),
+            Entry::WgPeer {
+                dev,
+                key,
+                endpoint,
+                port,
+                allowed,
+                len,
+                psk,
+            } => {
+                let psk = if psk.is_some() { " psk" } else { "" };
+                write!(f, "wg peer {key} endpoint {endpoint}:{port} allowed-ips {allowed}/{len}{psk} dev {dev}")
+            }
         }
     }
 }
@@ -122,6 +175,18 @@ pub struct VxlanSpec {
     pub addr: Option<Ipv4Addr>,
 }
 
+/// A WireGuard device as flannel makes it (`flannel-wg`): its private key kept in
+/// `key_file` on this machine (made on first use), listening on `port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgSpec {
+    pub name: String,
+    pub port: u16,
+    pub key_file: String,
+    pub mtu: u32,
+    /// The lease's network address, held as a /32 once the lease is known.
+    pub addr: Option<Ipv4Addr>,
+}
+
 /// One packet-filter rule in one of flotilla's own chains (`iptables -t TABLE -A CHAIN
 /// ARGS…`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -136,6 +201,9 @@ pub trait Links: Send + Sync + 'static {
     fn iface(&self, name: Option<&str>) -> BoxFuture<'_, io::Result<Iface>>;
     /// Makes (or finds and re-checks) the VXLAN device; its MAC, which peers need.
     fn ensure_vxlan(&self, spec: &VxlanSpec) -> BoxFuture<'_, io::Result<Mac>>;
+    /// Makes (or finds and re-checks) the WireGuard device; its public key, which peers
+    /// need.
+    fn ensure_wireguard(&self, spec: &WgSpec) -> BoxFuture<'_, io::Result<WgKey>>;
     /// Adds or replaces an entry: adding one that exists is not an error.
     fn add(&self, e: &Entry) -> BoxFuture<'_, io::Result<()>>;
     /// Removes an entry: removing one that is gone is not an error.
@@ -143,7 +211,8 @@ pub trait Links: Send + Sync + 'static {
     /// The main table's routes whose destination lies inside `net/len`: what the repair
     /// pass compares with what should be there.
     fn routes_within(&self, net: Ipv4Addr, len: u8) -> BoxFuture<'_, io::Result<Vec<Entry>>>;
-    /// The permanent ARP and FDB entries on device `dev` (none when it does not exist):
+    /// The permanent ARP and FDB entries, or the WireGuard peers, on device `dev` (none
+    /// when it does not exist):
     /// a restarted node finds those of peers that died while it was down.
     fn neighbours_on(&self, dev: &str) -> BoxFuture<'_, io::Result<Vec<Entry>>>;
     /// Makes flotilla's chains hold exactly `rules` (each chain named is flushed and
@@ -159,6 +228,14 @@ mod tests {
     fn macs_parse_and_print() {
         let m: Mac = "c6:d2:32:6f:8f:44".parse().unwrap();
         assert_eq!(m.to_string(), "c6:d2:32:6f:8f:44");
+        let k: WgKey = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+            .parse()
+            .unwrap();
+        assert_eq!(
+            k.to_string(),
+            "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+        );
+        assert!("c2hvcnQ=".parse::<WgKey>().is_err());
         for bad in [
             "c6:d2:32:6f:8f",
             "c6:d2:32:6f:8f:4",

@@ -2,7 +2,7 @@
 //! rust-netlink crates: maintained, async on Tokio, and what the Rust container tools
 //! use; no `ip` shell-outs).
 
-use crate::links::{Entry, FilterRule, Iface, Links, Mac, VxlanSpec};
+use crate::links::{Entry, FilterRule, Iface, Links, Mac, VxlanSpec, WgKey, WgSpec};
 use crate::BoxFuture;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
@@ -24,6 +24,8 @@ use std::net::{IpAddr, Ipv4Addr};
 #[derive(Clone)]
 pub struct Netlink {
     h: Handle,
+    /// WireGuard devices run in this process (the kernel here has no WireGuard).
+    wg: std::sync::Arc<crate::wireguard::Userspace>,
 }
 
 impl Netlink {
@@ -31,7 +33,10 @@ impl Netlink {
     pub fn new() -> io::Result<Self> {
         let (conn, h, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        Ok(Self { h })
+        Ok(Self {
+            h,
+            wg: Default::default(),
+        })
     }
 }
 
@@ -137,6 +142,7 @@ impl Netlink {
 
     async fn add_entry(&self, e: &Entry) -> io::Result<()> {
         match e {
+            Entry::WgPeer { .. } => self.wg.peer(e, true),
             Entry::Route {
                 dst,
                 len,
@@ -192,12 +198,13 @@ impl Netlink {
                 req.message_mut().attributes.push(dst);
                 req
             }
-            Entry::Route { .. } => unreachable!("routes are not neighbours"),
+            Entry::Route { .. } | Entry::WgPeer { .. } => unreachable!("not a neighbour: {e}"),
         }
     }
 
     async fn remove_entry(&self, e: &Entry) -> io::Result<()> {
         let (r, what) = match e {
+            Entry::WgPeer { .. } => return self.wg.peer(e, false),
             Entry::Route {
                 dst,
                 len,
@@ -267,7 +274,20 @@ impl Netlink {
             .link_by_name(&spec.name)
             .await?
             .ok_or_else(|| io::Error::other("the VXLAN device vanished after it was made"))?;
-        if let Some(addr) = spec.addr {
+        self.address_and_up(&l, spec.addr, None, "the VXLAN device")
+            .await?;
+        link_mac(&l).ok_or_else(|| io::Error::other("the VXLAN device has no MAC address"))
+    }
+
+    /// Gives link `l` the /32 `addr` (if known) and `mtu` (if given), and sets it up.
+    async fn address_and_up(
+        &self,
+        l: &LinkMessage,
+        addr: Option<Ipv4Addr>,
+        mtu: Option<u32>,
+        what: &str,
+    ) -> io::Result<()> {
+        if let Some(addr) = addr {
             let r = self
                 .h
                 .address()
@@ -275,21 +295,35 @@ impl Netlink {
                 .replace()
                 .execute()
                 .await;
-            r.map_err(nl("addressing the VXLAN device"))?;
+            r.map_err(nl(&format!("addressing {what}")))?;
         }
-        let up = rtnetlink::LinkUnspec::new_with_index(l.header.index)
-            .up()
-            .build();
+        let mut up = rtnetlink::LinkUnspec::new_with_index(l.header.index).up();
+        if let Some(m) = mtu {
+            up = up.mtu(m);
+        }
         self.h
             .link()
-            .set(up)
+            .set(up.build())
             .execute()
             .await
-            .map_err(nl("setting the VXLAN device up"))?;
-        link_mac(&l).ok_or_else(|| io::Error::other("the VXLAN device has no MAC address"))
+            .map_err(nl(&format!("setting {what} up")))
+    }
+
+    async fn wireguard(&self, spec: &WgSpec) -> io::Result<WgKey> {
+        let public = self.wg.ensure(spec)?;
+        let l = self
+            .link_by_name(&spec.name)
+            .await?
+            .ok_or_else(|| io::Error::other("the WireGuard device has no link"))?;
+        self.address_and_up(&l, spec.addr, Some(spec.mtu), "the WireGuard device")
+            .await?;
+        Ok(public)
     }
 
     async fn neighbours(&self, dev: &str) -> io::Result<Vec<Entry>> {
+        if self.wg.has(dev) {
+            return self.wg.peers(dev);
+        }
         let Some(l) = self.link_by_name(dev).await? else {
             return Ok(vec![]);
         };
@@ -452,6 +486,11 @@ impl Links for Netlink {
     fn ensure_vxlan(&self, spec: &VxlanSpec) -> BoxFuture<'_, io::Result<Mac>> {
         let spec = spec.clone();
         Box::pin(async move { self.vxlan(&spec).await })
+    }
+
+    fn ensure_wireguard(&self, spec: &WgSpec) -> BoxFuture<'_, io::Result<WgKey>> {
+        let spec = spec.clone();
+        Box::pin(async move { self.wireguard(&spec).await })
     }
 
     fn add(&self, e: &Entry) -> BoxFuture<'_, io::Result<()>> {

@@ -1,7 +1,7 @@
 //! The links seam in the simulated world: a machine's kernel tables as a set of
 //! entries, so the checkers can ask what a machine routes where.
 
-use flotilla_shims::links::{Entry, FilterRule, Iface, Links, Mac, VxlanSpec};
+use flotilla_shims::links::{Entry, FilterRule, Iface, Links, Mac, VxlanSpec, WgKey, WgSpec};
 use flotilla_shims::BoxFuture;
 use std::collections::BTreeSet;
 use std::io;
@@ -62,6 +62,13 @@ impl Links for SimLinks {
         Box::pin(async move { Ok(mac) })
     }
 
+    fn ensure_wireguard(&self, _spec: &WgSpec) -> BoxFuture<'_, io::Result<WgKey>> {
+        // Fixed per machine, from its address, as a kept key file's is.
+        let mut key = [0x57u8; 32];
+        key[..4].copy_from_slice(&self.ip.octets());
+        Box::pin(async move { Ok(WgKey(key)) })
+    }
+
     fn add(&self, e: &Entry) -> BoxFuture<'_, io::Result<()>> {
         self.entries.lock().expect("links lock").insert(e.clone());
         Box::pin(async { Ok(()) })
@@ -77,7 +84,9 @@ impl Links for SimLinks {
             .entries()
             .into_iter()
             .filter(|e| match e {
-                Entry::Neigh { dev: d, .. } | Entry::Fdb { dev: d, .. } => d == dev,
+                Entry::Neigh { dev: d, .. }
+                | Entry::Fdb { dev: d, .. }
+                | Entry::WgPeer { dev: d, .. } => d == dev,
                 Entry::Route { .. } => false,
             })
             .collect();

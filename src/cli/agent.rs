@@ -69,7 +69,7 @@ async fn serve(a: AgentArgs) -> Result<()> {
         machine.id = stored_machine_id(&a.data_dir)?;
     }
     let cfg = a.machine.agent_config(machine)?;
-    let net = a.net.options()?;
+    let net = a.net.options(&a.data_dir)?;
     let dns = a.net.dns()?;
     let (docker_net, unit_net) = a.net.unit_network()?;
     let mut seams = a.machine.seams(&cfg.machine.id);

@@ -142,8 +142,9 @@ impl NetArgs {
         }))
     }
 
-    /// The network's options, when `--network` is on; the error names the bad flag.
-    pub fn options(&self) -> Result<Option<NetOptions>> {
+    /// The network's options, when `--network` is on; the error names the bad flag. The
+    /// WireGuard key is kept in `data_dir` (it outlives a reboot, as the machine id does).
+    pub fn options(&self, data_dir: &std::path::Path) -> Result<Option<NetOptions>> {
         if !self.network {
             return Ok(None);
         }
@@ -177,6 +178,7 @@ impl NetArgs {
             lease_ttl_s: ttl,
             renew_margin_s: margin,
             ip_masq: self.ip_masq,
+            wg_key_file: Some(data_dir.join("wgkey").display().to_string()),
             ..NetOptions::defaults()
         }))
     }

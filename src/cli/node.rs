@@ -244,7 +244,7 @@ pub fn run(a: NodeArgs) -> Result<()> {
 
 async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
     let dir = a.data_dir.display().to_string();
-    let net_opts = a.net.options()?;
+    let net_opts = a.net.options(&a.data_dir)?;
     let disk = open_disk(&a, &cfg)?;
     if let Some(m) = cfg.agent.as_mut().map(|a| &mut a.machine) {
         if m.id.is_empty() {

@@ -16,7 +16,7 @@ use super::subnet::Ipv4Net;
 use super::subnet_file;
 use crate::client::{ClientError, KvClient, SetOpts};
 use crate::kv::{error, Action, Event, Precondition};
-use flotilla_shims::links::{Entry, Iface, Links, VxlanSpec};
+use flotilla_shims::links::{Entry, Iface, Links, VxlanSpec, WgSpec};
 use flotilla_shims::{Clock, Files, SeededRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -36,6 +36,9 @@ pub struct NetOptions {
     pub lease_ttl_s: u64,
     pub renew_margin_s: u64,
     pub ip_masq: bool,
+    /// Where the WireGuard private key is kept (`None`: beside the subnet file, as
+    /// `<its name>.wgkey`).
+    pub wg_key_file: Option<String>,
     /// How often the routing table is compared with what should be there.
     pub repair_ms: u64,
     /// Planted bugs (the simulator's tests only; never set in production).
@@ -62,6 +65,7 @@ impl NetOptions {
             lease_ttl_s: 24 * 3600,
             renew_margin_s: 3600,
             ip_masq: false,
+            wg_key_file: None,
             repair_ms: 10_000,
             bugs: NetBugs::default(),
         }
@@ -110,7 +114,7 @@ pub async fn run(s: NetSeams, o: NetOptions, status: watch::Sender<NetStatus>) {
     .await;
     let cfg = wait_config(&s, &o.prefix).await;
     tracing::info!(network = %cfg.network, backend = cfg.backend.type_name(), ip = %iface.ip, "network configured");
-    let backend_data = backend_setup(&s, &cfg, &iface, None).await;
+    let backend_data = backend_setup(&s, &cfg, &iface, None, &wg_key_file(&o)).await;
     let attrs = LeaseAttrs {
         public_ip: iface.ip,
         backend_type: cfg.backend.type_name().into(),
@@ -253,7 +257,14 @@ impl Net {
             files.write_atomic(&path, text.clone().into_bytes(), 0o644)
         })
         .await;
-        backend_setup(&self.s, &self.cfg, &self.iface, Some(subnet)).await;
+        backend_setup(
+            &self.s,
+            &self.cfg,
+            &self.iface,
+            Some(subnet),
+            &wg_key_file(&self.o),
+        )
+        .await;
         // Routes do not wait for the filter: the repair pass sets it again until it holds.
         let rules = filter::rules(self.cfg.network, subnet, self.o.ip_masq);
         if let Err(e) = self.s.links.set_filter(&rules).await {
@@ -451,8 +462,12 @@ impl Net {
             return;
         };
         let mut actual: BTreeSet<Entry> = routes.into_iter().collect();
-        if let Backend::Vxlan { vni, .. } = &self.cfg.backend {
-            let dev = routes::vxlan_dev(*vni);
+        let dev = match &self.cfg.backend {
+            Backend::Vxlan { vni, .. } => Some(routes::vxlan_dev(*vni)),
+            Backend::Wireguard { .. } => Some(routes::WG_DEV.to_string()),
+            Backend::HostGw => None,
+        };
+        if let Some(dev) = dev {
             actual.extend(self.s.links.neighbours_on(&dev).await.unwrap_or_default());
         }
         let missing: Vec<Entry> = self
@@ -496,12 +511,26 @@ async fn wait_config(s: &NetSeams, prefix: &str) -> NetConfig {
     }
 }
 
-/// The backend's device and the data peers need in the lease (`VtepMAC` for VXLAN).
+/// Where this machine's WireGuard private key is kept (it never leaves the machine; the
+/// lease carries the public key): as told, else beside the subnet file.
+pub fn wg_key_file(o: &NetOptions) -> String {
+    if let Some(f) = &o.wg_key_file {
+        return f.clone();
+    }
+    std::path::Path::new(&o.subnet_file)
+        .with_extension("wgkey")
+        .display()
+        .to_string()
+}
+
+/// The backend's device and the data peers need in the lease (`VtepMAC` for VXLAN,
+/// `PublicKey` and `Port` for WireGuard).
 async fn backend_setup(
     s: &NetSeams,
     cfg: &NetConfig,
     iface: &Iface,
     lease: Option<Ipv4Net>,
+    wg_key_file: &str,
 ) -> serde_json::Value {
     match &cfg.backend {
         Backend::Vxlan { vni, port } => {
@@ -517,7 +546,21 @@ async fn backend_setup(
             let mac = retry(s, "set up the VXLAN device", || s.links.ensure_vxlan(&spec)).await;
             serde_json::json!({ "VtepMAC": mac.to_string() })
         }
-        Backend::HostGw | Backend::Wireguard { .. } => serde_json::Value::Null,
+        Backend::Wireguard { listen_port, .. } => {
+            let spec = WgSpec {
+                name: routes::WG_DEV.into(),
+                port: *listen_port,
+                key_file: wg_key_file.to_string(),
+                mtu: iface.mtu.saturating_sub(cfg.backend.mtu_overhead()),
+                addr: lease.map(|l| l.ip()),
+            };
+            let key = retry(s, "set up the WireGuard device", || {
+                s.links.ensure_wireguard(&spec)
+            })
+            .await;
+            serde_json::json!({ "PublicKey": key.to_string(), "Port": listen_port })
+        }
+        Backend::HostGw => serde_json::Value::Null,
     }
 }
 

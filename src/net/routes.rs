@@ -8,7 +8,7 @@
 use super::config::Backend;
 use super::lease::Lease;
 use super::subnet::Ipv4Net;
-use flotilla_shims::links::{Entry, Mac};
+use flotilla_shims::links::{Entry, Mac, WgKey};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One step towards the wanted entries.
@@ -21,6 +21,18 @@ pub enum Change {
 /// The VXLAN device's name: flannel's `flannel.<VNI>`.
 pub fn vxlan_dev(vni: u32) -> String {
     format!("flannel.{vni}")
+}
+
+/// The WireGuard device's name: flannel's.
+pub const WG_DEV: &str = "flannel-wg";
+
+/// A peer's WireGuard public key and port from its lease's `BackendData`
+/// (`{"PublicKey":"<base64>","Port":51820}`).
+pub fn wg_peer(l: &Lease) -> Option<(WgKey, u16)> {
+    let d = &l.attrs.backend_data;
+    let key = d.get("PublicKey")?.as_str()?.parse().ok()?;
+    let port = u16::try_from(d.get("Port")?.as_u64()?).ok()?;
+    Some((key, port))
 }
 
 /// A peer's VTEP MAC from its lease's `BackendData.VtepMAC`.
@@ -69,9 +81,27 @@ pub fn wanted(backend: &Backend, peers: &BTreeMap<Ipv4Net, Lease>) -> BTreeSet<E
                     onlink: true,
                 });
             }
-            // Its peers are the device's, not the routing table's: routes come with the
-            // WireGuard data path.
-            Backend::Wireguard { .. } => {}
+            Backend::Wireguard { psk, .. } => {
+                let Some((key, port)) = wg_peer(l) else {
+                    continue;
+                };
+                out.insert(Entry::WgPeer {
+                    dev: WG_DEV.into(),
+                    key,
+                    endpoint: l.attrs.public_ip,
+                    port,
+                    allowed: s.ip(),
+                    len: s.prefix_len(),
+                    psk: psk.as_deref().and_then(|p| p.parse().ok()),
+                });
+                out.insert(Entry::Route {
+                    dst: s.ip(),
+                    len: s.prefix_len(),
+                    via: s.ip(),
+                    dev: Some(WG_DEV.into()),
+                    onlink: true,
+                });
+            }
         }
     }
     out
@@ -190,6 +220,36 @@ mod tests {
             ]
         );
         assert!(diff(&want, &want).is_empty());
+    }
+
+    #[test]
+    fn wireguard_peers_carry_their_subnet_to_their_key_then_the_route_follows() {
+        let wg = Backend::Wireguard {
+            listen_port: 51820,
+            psk: None,
+        };
+        let key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+        let v = format!(
+            r#"{{"PublicIP":"192.168.0.2","BackendType":"wireguard","BackendData":{{"PublicKey":"{key}","Port":51821}}}}"#
+        );
+        let l = Lease::parse("10.1.2.0-24", &v, true).unwrap();
+        let bad = r#"{"PublicIP":"192.168.0.3","BackendType":"wireguard","BackendData":{"PublicKey":"short"}}"#;
+        let l2 = Lease::parse("10.1.3.0-24", bad, true).unwrap();
+        let peers = BTreeMap::from([(l.subnet, l), (l2.subnet, l2)]);
+        let peer = Entry::WgPeer {
+            dev: WG_DEV.into(),
+            key: key.parse().unwrap(),
+            endpoint: [192, 168, 0, 2].into(),
+            port: 51821,
+            allowed: [10, 1, 2, 0].into(),
+            len: 24,
+            psk: None,
+        };
+        let r = route([10, 1, 2, 0], [10, 1, 2, 0], Some(WG_DEV));
+        assert_eq!(
+            diff(&BTreeSet::new(), &wanted(&wg, &peers)),
+            vec![Change::Add(peer), Change::Add(r)]
+        );
     }
 
     #[test]

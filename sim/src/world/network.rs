@@ -103,10 +103,10 @@ fn bugs(w: &World) -> NetBugs {
 }
 
 fn config_json(seed: u64) -> String {
-    let backend = if seed.is_multiple_of(2) {
-        "host-gw"
-    } else {
-        "vxlan"
+    let backend = match seed % 3 {
+        0 => "host-gw",
+        1 => "vxlan",
+        _ => "wireguard",
     };
     // Fifteen subnets for six machines: starting at once, they often draw the same one,
     // so a lease created without `prevExist=false` is caught.
