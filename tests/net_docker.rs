@@ -1,4 +1,4 @@
-//! The cluster network with Docker, per backend (host-gw, vxlan), on machines that have
+//! The cluster network with Docker, per backend (host-gw, vxlan, wireguard), on machines that have
 //! networks and Docker Engines of their own: three network namespaces on a bridge, each running its own `dockerd` and
 //! `flotilla agent --network`, one member on the bridge's address. The seed's
 //! apache@.service, as written, runs on each machine and its container gets a cluster
@@ -226,12 +226,21 @@ async fn on_vxlan_the_seeds_units_get_cluster_addresses_and_reach_each_other() {
     seeds_units_across_machines('v', "vxlan", 204).await;
 }
 
-/// The network `10.<net>.0.0/16` on `backend`; `letter` keeps the two tests' names apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_wireguard_the_seeds_units_get_cluster_addresses_and_reach_each_other() {
+    seeds_units_across_machines('w', "wireguard", 205).await;
+}
+
+/// The network `10.<net>.0.0/16` on `backend`; `letter` keeps the tests' names apart.
 async fn seeds_units_across_machines(letter: char, backend: &str, net: u8) {
     ensure_images();
     let t = format!("{letter}{}", tag());
     let cidr = format!("10.{net}.0.0/16");
-    let under = if letter == 'h' { 83 } else { 84 };
+    let under = match letter {
+        'h' => 83,
+        'w' => 86,
+        _ => 84,
+    };
     let octet = 1 + std::process::id() % 250;
     let mut bridge = Bridge::new(&format!("fld{t}"), &format!("10.{under}.{octet}.1/24"));
     bridge.allow_forwarding();
