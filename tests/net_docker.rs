@@ -443,3 +443,159 @@ async fn seeds_units_across_machines(letter: char, backend: &str, net: u8) {
         );
     }
 }
+
+/// The node image (`scripts/build-image`: the binary, its libraries and iptables) runs the
+/// network in a container with host networking, `NET_ADMIN` and the TUN device: on two
+/// machines, each a netns with its own engine, `flotilla agent --network` on wireguard
+/// takes a lease, routes to the other through `flannel-wg`, sets the packet-filter rules
+/// (iptables inside the image), and the two subnets reach each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_image_runs_the_network_with_host_networking_and_net_admin() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(format!("{root}/scripts/build-image"))
+        .env("FLOTILLA", env!("CARGO_BIN_EXE_flotilla"))
+        .output()
+        .expect("scripts/build-image");
+    assert!(out.status.success(), "scripts/build-image: {out:?}");
+    let t = format!("i{}", tag());
+    let octet = 1 + std::process::id() % 250;
+    let mut bridge = Bridge::new(&format!("fld{t}"), &format!("10.87.{octet}.1/24"));
+    bridge.allow_forwarding();
+    let mut cl = Cluster::new(1, &[]);
+    let member = format!("http://{}:{}", bridge.addr, free_port());
+    cl.nodes[0].client_url = member.clone();
+    cl.nodes[0].start();
+    wait_healthy(&client(), &member).await;
+    let out = flotilla(&[
+        "net",
+        &format!("--endpoints={member}"),
+        "init",
+        "10.207.0.0/16",
+        "--backend",
+        "wireguard",
+    ]);
+    assert!(out.status.success(), "net init: {out:?}");
+    let dir = cl.dir.path().to_path_buf();
+    let machines: Vec<(Netns, Dockerd)> = (0..2)
+        .map(|i| {
+            let ns = Netns::new(
+                &format!("fld{i}{t}"),
+                &bridge,
+                &format!("10.87.{octet}.{}/24", 10 + i),
+            );
+            let docker = Dockerd::start(&ns, &dir, &["flotilla:local"]);
+            (ns, docker)
+        })
+        .collect();
+    let data = |ns: &Netns| dir.join(format!("data-{}", ns.name));
+    for (ns, docker) in &machines {
+        let d = data(ns);
+        std::fs::create_dir_all(&d).unwrap();
+        let vol = format!("{}:/data", d.display());
+        let out = docker.docker(&[
+            "run",
+            "-d",
+            "--name",
+            "flotilla",
+            "--network",
+            "host",
+            "--cap-add",
+            "NET_ADMIN",
+            "--device",
+            "/dev/net/tun",
+            "-v",
+            &vol,
+            "flotilla:local",
+            "agent",
+            "--network",
+            &format!("--endpoints={member}"),
+            &format!("--listen=http://{}:2391", ns.addr),
+            &format!("--machine-id={}", ns.name),
+            &format!("--public-ip={}", ns.addr),
+            "--data-dir=/data",
+            "--subnet-file=/data/subnet.env",
+            "--docker-network=none",
+        ]);
+        assert!(out.status.success(), "docker run: {out:?}");
+    }
+    let logs = || {
+        machines
+            .iter()
+            .map(|(ns, docker)| {
+                let l = docker.docker(&["logs", "flotilla"]);
+                format!(
+                    "--- {}:\n{}{}",
+                    ns.name,
+                    String::from_utf8_lossy(&l.stdout),
+                    String::from_utf8_lossy(&l.stderr)
+                )
+            })
+            .collect::<String>()
+    };
+    let lease = |ns: &Netns| -> Option<(String, String)> {
+        let text = std::fs::read_to_string(data(ns).join("subnet.env")).ok()?;
+        let gw = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?
+            .to_string();
+        let (ip, len) = gw.split_once('/')?;
+        let net = format!("{}.0/{len}", ip.rsplit_once('.')?.0);
+        Some((net, ip.to_string()))
+    };
+    let run = |ns: &Netns, prog: &str, args: &[&str]| {
+        let out = ns.command(prog).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually(
+        "both machines leased and routed",
+        Duration::from_secs(30),
+        logs,
+        || {
+            let (Some(a), Some(b)) = (lease(&machines[0].0), lease(&machines[1].0)) else {
+                return false;
+            };
+            run(&machines[0].0, "ip", &["route"]).contains(&format!("{} via", b.0))
+                && run(&machines[1].0, "ip", &["route"]).contains(&format!("{} via", a.0))
+        },
+    );
+    for (ns, _) in &machines {
+        let r = run(ns, "ip", &["route"]);
+        assert!(r.contains("dev flannel-wg"), "{r}");
+        let rules = run(ns, "iptables", &["-S"]);
+        assert!(
+            rules.contains("-A FLOTILLA-FWD -d 10.207.0.0/16 -j ACCEPT"),
+            "iptables in the image set the rules: {rules}"
+        );
+    }
+    let (a, b) = (
+        lease(&machines[0].0).unwrap(),
+        lease(&machines[1].0).unwrap(),
+    );
+    for ((ns, _), (net, gw)) in machines.iter().zip([&a, &b]) {
+        let len = net.split('/').nth(1).unwrap();
+        common::netns::ip(&["-n", &ns.name, "link", "add", "cbr0", "type", "bridge"]);
+        common::netns::ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{gw}/{len}"),
+            "dev",
+            "cbr0",
+        ]);
+        common::netns::ip(&["-n", &ns.name, "link", "set", "cbr0", "up"]);
+    }
+    let ping = machines[0]
+        .0
+        .command("busybox")
+        .args(["ping", "-c", "1", "-W", "3", "-I", &a.1, &b.1])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "{} cannot reach {} through the image's network: {ping:?}\n{}",
+        a.1,
+        b.1,
+        logs()
+    );
+}
