@@ -5,7 +5,9 @@
 //! get the same subnet back). After the heal, within a bound:
 //! - no two live machines hold the same subnet, and no two live leases overlap;
 //! - every live machine's tables hold exactly what the others' live leases call for;
-//! - no machine's subnet changed while its old one stayed free.
+//! - no machine's subnet changed while its old one stayed free;
+//! - no lease write ever replaced another machine's lease (each machine's writes under
+//!   `subnets/` are watched as they return, with the value they replaced).
 
 use super::agents::fabric_kv;
 use super::World;
@@ -39,6 +41,80 @@ pub(super) struct NetMachine {
     status: Mutex<Option<watch::Receiver<NetStatus>>>,
     /// Every subnet this machine held, in order.
     held: Arc<Mutex<Vec<Ipv4Net>>>,
+    /// Lease writes of this machine that replaced another machine's lease.
+    overwrote: Arc<Mutex<Vec<String>>>,
+}
+
+/// A machine's store client that notes every lease write replacing another machine's
+/// lease: with `prevExist=false` on every create, none can.
+struct LeaseWrites {
+    inner: Arc<dyn KvClient>,
+    ip: Ipv4Addr,
+    overwrote: Arc<Mutex<Vec<String>>>,
+}
+
+impl LeaseWrites {
+    fn note(&self, key: &str, ev: &flotilla::kv::Event) {
+        let Some(seg) = key.strip_prefix(&format!("{PREFIX}/subnets/")) else {
+            return;
+        };
+        let prev = ev.prev_node.as_ref().and_then(|p| p.value.as_deref());
+        let Some(prev) = prev.and_then(|v| Lease::parse(seg, v, true).ok()) else {
+            return;
+        };
+        if prev.attrs.public_ip != self.ip {
+            self.overwrote.lock().expect("overwrote lock").push(format!(
+                "{} replaced {}'s lease on {seg} at index {}",
+                self.ip, prev.attrs.public_ip, ev.index
+            ));
+        }
+    }
+}
+
+impl KvClient for LeaseWrites {
+    fn get(
+        &self,
+        key: &str,
+        recursive: bool,
+        quorum: bool,
+    ) -> flotilla_shims::BoxFuture<'_, Result<Option<flotilla::client::Got>, ClientError>> {
+        self.inner.get(key, recursive, quorum)
+    }
+
+    fn set(
+        &self,
+        key: &str,
+        value: &str,
+        opts: SetOpts,
+    ) -> flotilla_shims::BoxFuture<'_, Result<flotilla::kv::Event, ClientError>> {
+        let key = key.to_string();
+        let value = value.to_string();
+        Box::pin(async move {
+            let r = self.inner.set(&key, &value, opts).await;
+            if let Ok(ev) = &r {
+                self.note(&key, ev);
+            }
+            r
+        })
+    }
+
+    fn delete(
+        &self,
+        key: &str,
+        recursive: bool,
+        prev: Precondition,
+    ) -> flotilla_shims::BoxFuture<'_, Result<flotilla::kv::Event, ClientError>> {
+        self.inner.delete(key, recursive, prev)
+    }
+
+    fn watch(
+        &self,
+        key: &str,
+        recursive: bool,
+        since: u64,
+    ) -> flotilla_shims::BoxFuture<'_, Result<flotilla::kv::Event, ClientError>> {
+        self.inner.watch(key, recursive, since)
+    }
 }
 
 impl NetMachine {
@@ -52,12 +128,18 @@ impl NetMachine {
             links: SimLinks::new(ip),
             status: Mutex::new(None),
             held: Default::default(),
+            overwrote: Default::default(),
         }
     }
 
     fn start(&self, bugs: NetBugs, seed: u64) {
+        let kv = LeaseWrites {
+            inner: self.kv.clone(),
+            ip: self.ip,
+            overwrote: self.overwrote.clone(),
+        };
         let seams = NetSeams {
-            kv: self.kv.clone(),
+            kv: Arc::new(kv),
             clock: Arc::new(self.clock.clone()),
             links: Arc::new(self.links.clone()),
             files: Arc::new(self.files.clone()),
@@ -279,8 +361,16 @@ async fn net_state(w: &World) -> Option<Result<(), String>> {
     Some(Ok(()))
 }
 
-/// A machine whose subnet changed must have lost the old one to another machine.
+/// A machine whose subnet changed must have lost the old one to another machine; no
+/// machine's lease write replaced another's.
 async fn check_held(w: &World) {
+    for m in &w.nets {
+        for o in m.overwrote.lock().expect("overwrote lock").iter() {
+            w.violation(format!(
+                "network: a lease write replaced another machine's: {o}"
+            ));
+        }
+    }
     let Some(leases) = store_leases(w).await else {
         return;
     };
