@@ -85,6 +85,10 @@ enum Cmd {
         /// draw of 0 to 2.
         #[arg(long)]
         agents: Option<usize>,
+        /// Six more machines on the cluster network beside the scenario's workload (as
+        /// `--scenario net` has), each on its backend, with the network's checks.
+        #[arg(long)]
+        with_network: bool,
     },
     /// Deterministic throughput: writes per simulated second with a modelled disk and
     /// network (the same number on every run), and the simulator's own speed.
@@ -199,6 +203,7 @@ fn real_main() -> Result<ExitCode> {
             bug,
             scenario,
             agents,
+            with_network,
         } => {
             if !(3..=7).contains(&nodes) {
                 bail!("--nodes {nodes}: use 3 to 7");
@@ -235,6 +240,7 @@ fn real_main() -> Result<ExitCode> {
                 scenario,
                 bug,
                 agents,
+                with_network,
             };
             if range.end - range.start > CHUNK_SEEDS && std::env::var_os(CHUNK_ENV).is_none() {
                 return in_chunks(range, &flags);
@@ -295,6 +301,7 @@ fn real_main() -> Result<ExitCode> {
                 scenario,
                 bug: None,
                 agents: None,
+                with_network: false,
             };
             let s = plan.scenario(seed);
             let file = SeedFile {
@@ -376,6 +383,8 @@ struct Plan {
     bug: Option<String>,
     /// Agent-only machines in every stack seed, if not each seed's own draw.
     agents: Option<usize>,
+    /// Network machines beside any scenario's workload.
+    with_network: bool,
 }
 
 /// Agent-only machines a seed may have: their fabric endpoints sit between the members'
@@ -406,6 +415,9 @@ impl Plan {
         s.bug_renew_moves_subnet = bug == Some("renew-moves-subnet");
         if let Some(n) = self.agents {
             s.agents = n;
+        }
+        if self.with_network {
+            s.net_machines = s.net_machines.max(6);
         }
         s
     }
