@@ -23,6 +23,8 @@ struct Machine {
     dir: PathBuf,
     member: String,
     child: Option<Child>,
+    /// Flags beyond the network's own.
+    extra: Vec<String>,
 }
 
 impl Machine {
@@ -49,6 +51,7 @@ impl Machine {
             // These machines share the host's Docker Engine: no Docker network of their own
             // (tests/net_docker.rs gives each machine an engine and one).
             .arg("--docker-network=none")
+            .args(&self.extra)
             .env("FLOTILLA_LOG", "info,flotilla::net=debug")
             .stdout(Stdio::null())
             .stderr(log);
@@ -198,6 +201,7 @@ impl World {
         let under = match letter {
             'h' => 81,
             'w' => 85,
+            'm' => 88,
             _ => 82,
         };
         let mut bridge = Bridge::new(
@@ -245,6 +249,7 @@ impl World {
                     dir: dir.clone(),
                     member: member.clone(),
                     child: None,
+                    extra: vec![],
                 }
             })
             .collect();
@@ -512,4 +517,68 @@ async fn wireguard_carries_packets_encrypted_and_a_restarted_machine_keeps_subne
     assert_eq!(again[2].0, dead, "a restarted machine keeps its subnet");
     assert_eq!(public_key(&dead), before, "and its key");
     w.pings_across(&again);
+}
+
+/// The source address a UDP datagram from `from` (in machine `m`) to `to` arrives with,
+/// as a receiver bound to `to` in `at` (a machine, or the host for `None`) sees it.
+fn arrives_from(m: &Machine, from: &str, at: Option<&Machine>, to: &str) -> String {
+    let py = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{to}',9998))\ns.settimeout(5)\nprint(s.recvfrom(100)[1][0])"
+    );
+    let mut recv = match at {
+        Some(a) => a.ns.command("python3"),
+        None => Command::new("python3"),
+    };
+    let recv = recv
+        .args(["-c", &py])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let send = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{from}',0))\ns.sendto(b'x',('{to}',9998))"
+    );
+    let out =
+        m.ns.command("python3")
+            .args(["-c", &send])
+            .output()
+            .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let got = recv.wait_with_output().unwrap();
+    String::from_utf8_lossy(&got.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_masq_hides_the_network_behind_the_host_only_for_traffic_leaving_it() {
+    let mut w = World::new('m', "host-gw", "10.206.0.0/16", false).await;
+    for m in &mut w.machines {
+        m.extra.push("--ip-masq".into());
+        m.start();
+    }
+    let subnets = w.all_routed();
+    for (i, m) in w.machines.iter().enumerate() {
+        let len = subnets[i].0.split('/').nth(1).unwrap();
+        m.give_bridge_address(&format!("{}/{len}", subnets[i].1));
+    }
+    let a = &w.machines[0];
+    w.eventually("the masquerade rules", Duration::from_secs(10), || {
+        let t =
+            a.ns.command("iptables")
+                .args(["-t", "nat", "-S"])
+                .output()
+                .unwrap();
+        String::from_utf8_lossy(&t.stdout).contains("MASQUERADE")
+    });
+    // Leaving the network (to the underlay's own address): the host's address.
+    let out = arrives_from(a, &subnets[0].1, None, &w.bridge.addr);
+    assert_eq!(out, a.ns.addr, "traffic leaving the network is masqueraded");
+    // Within it (to another machine's subnet): its own cluster address.
+    let within = arrives_from(a, &subnets[0].1, Some(&w.machines[1]), &subnets[1].1);
+    assert_eq!(
+        within, subnets[0].1,
+        "traffic within the network keeps its source"
+    );
+    // The subnet file says so, for a dockerd started from it.
+    let env = std::fs::read_to_string(a.subnet_file()).unwrap();
+    assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
 }
