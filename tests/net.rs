@@ -581,4 +581,26 @@ async fn ip_masq_hides_the_network_behind_the_host_only_for_traffic_leaving_it()
     // The subnet file says so, for a dockerd started from it.
     let env = std::fs::read_to_string(a.subnet_file()).unwrap();
     assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
+    // Stopped (SIGTERM, as docker stop and systemd do), it takes its chains with it.
+    let nat = |m: &Machine| {
+        let t =
+            m.ns.command("iptables")
+                .args(["-t", "nat", "-S"])
+                .output()
+                .unwrap();
+        String::from_utf8_lossy(&t.stdout).into_owned()
+    };
+    let pid = w.machines[0].child.as_ref().unwrap().id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = w.machines[0].child.as_mut().unwrap().wait().unwrap();
+    assert!(status.success(), "a stop is a clean exit: {status:?}");
+    let left = nat(&w.machines[0]);
+    assert!(
+        !left.contains("FLOTILLA") && !left.contains("MASQUERADE"),
+        "{left}"
+    );
+    assert!(
+        nat(&w.machines[1]).contains("MASQUERADE"),
+        "the others keep theirs"
+    );
 }

@@ -24,6 +24,24 @@ pub async fn set(rules: &[FilterRule]) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes flotilla's `chains` (`(table, chain)`) and every jump into them: what a node
+/// does when it stops, as flannel removes its masquerade rules. Absent ones are no error.
+pub async fn remove(chains: &[(&str, &str)]) -> io::Result<()> {
+    for (table, chain) in chains {
+        let from = if *table == "nat" {
+            "POSTROUTING"
+        } else {
+            "FORWARD"
+        };
+        while run(&["-t", table, "-D", from, "-j", chain]).await.is_ok() {}
+        if run(&["-t", table, "-S", chain]).await.is_ok() {
+            run(&["-t", table, "-F", chain]).await?;
+            run(&["-t", table, "-X", chain]).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes `chain` hold `want` (`-A CHAIN …` lines, as `iptables -S` prints them).
 async fn fill(table: &str, chain: &str, want: &[String]) -> io::Result<()> {
     let have = match run(&["-t", table, "-S", chain]).await {

@@ -54,3 +54,20 @@ impl SeededRng {
         self.0.next_u64() % n
     }
 }
+
+/// Resolves when the process is asked to stop (SIGTERM, as `docker stop` and systemd send
+/// it, or SIGINT); what was set up on the host can be taken down first.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // No handler could be installed: the default action (exit) stays, so never resolve.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

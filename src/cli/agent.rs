@@ -104,6 +104,7 @@ async fn serve(a: AgentArgs) -> Result<()> {
         )),
     );
     tracing::info!(machine = %id, listen = %a.listen, "flotilla agent running");
-    std::future::pending::<()>().await;
+    flotilla_shims::task::stop_signal().await;
+    super::net::on_stop(a.net.network).await;
     Ok(())
 }

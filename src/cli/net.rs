@@ -228,6 +228,25 @@ impl DockerNetwork {
     }
 }
 
+/// Takes down what the network set on the host that another program could trip over:
+/// flotilla's packet-filter chains (the masquerade among them). Routes and devices stay,
+/// as flannel leaves them, so the containers keep their traffic until the next start.
+pub async fn on_stop(net_on: bool) {
+    if !net_on {
+        return;
+    }
+    let chains = [
+        ("filter", crate::net::filter::FORWARD_CHAIN),
+        ("nat", crate::net::filter::POSTROUTING_CHAIN),
+    ];
+    match flotilla_shims::iptables::remove(&chains).await {
+        Ok(()) => tracing::info!("stopping: flotilla's packet-filter chains removed"),
+        Err(e) => {
+            tracing::error!(error = %e, "stopping: could not remove the packet-filter chains")
+        }
+    }
+}
+
 /// Starts the network with the production seams, if `--network` asked for it; what it
 /// holds, followed.
 pub fn start(

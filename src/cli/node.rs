@@ -309,7 +309,15 @@ async fn serve(a: NodeArgs, mut cfg: NodeConfig) -> Result<()> {
         machine = cfg.agent.as_ref().map(|c| c.machine.id.as_str()).unwrap_or("-"),
         "flotilla member serving"
     );
-    run_until_stopped(started).await
+    let net_on = a.net.network;
+    tokio::select! {
+        r = run_until_stopped(started) => r,
+        _ = flotilla_shims::task::stop_signal() => {
+            // Every acknowledged write is already synced: nothing to flush.
+            super::net::on_stop(net_on).await;
+            Ok(())
+        }
+    }
 }
 
 /// The seams of a real machine: Tokio's clock and tasks, Docker, the host's files.
