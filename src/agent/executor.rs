@@ -339,10 +339,7 @@ impl Executor {
                 })
             }
             Effect::Publish { ttl_s, writes } => self.publish(ttl_s, writes),
-            Effect::Unpublish { key } => self.spawn_back("agent-forget", async move {
-                let _ = seams.kv.delete(&key, false, Precondition::default()).await;
-                None
-            }),
+            Effect::Unpublish { keys } => self.unpublish(keys),
         }
     }
 
@@ -399,6 +396,40 @@ impl Executor {
         });
     }
 
+    fn unpublish(&self, keys: Vec<String>) {
+        let (kv, clock, bound) = (self.seams.kv.clone(), self.clock.clone(), self.store_bound);
+        self.spawn_back("agent-forget", async move {
+            let mut failed = vec![];
+            for key in keys {
+                let gone = kv.delete(&key, false, Precondition::default());
+                match bounded(&*clock, bound, gone).await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) if e.code() == Some(crate::kv::error::KEY_NOT_FOUND) => {}
+                    _ => failed.push(key),
+                }
+            }
+            Some(Input::Unpublished { failed })
+        });
+    }
+
+    /// The units the store holds a state of for machine `me` (`None`: not read).
+    async fn stated_here(&self, me: &str) -> Option<Vec<String>> {
+        let read = self.seams.kv.get(registry::STATES, true, false);
+        let got = match bounded(&*self.clock, self.store_bound, read).await? {
+            Ok(got) => got,
+            Err(_) => return None,
+        };
+        let units = got.and_then(|g| g.node.nodes).unwrap_or_default();
+        let mine = units.iter().filter(|u| {
+            let here = u.nodes.as_deref().unwrap_or_default();
+            here.iter().any(|m| m.key.rsplit('/').next() == Some(me))
+        });
+        Some(
+            mine.filter_map(|u| Some(u.key.rsplit('/').next()?.to_string()))
+                .collect(),
+        )
+    }
+
     /// Reads this machine's schedule and containers, loads the units new here, removes
     /// strays, and looks at main containers whose exit the event stream may have missed.
     async fn reconcile(&self, sup: &mut Supervisor, cfg: &AgentConfig, now: u64) {
@@ -416,6 +447,11 @@ impl Executor {
             let here = found.get(&name).map(Vec::as_slice).unwrap_or_default();
             let effects = sup.load(&name, &e, &rec, &files, here);
             self.apply(sup, effects);
+        }
+        if sup.needs_sweep() {
+            if let Some(stated) = self.stated_here(me).await {
+                sup.sweep(&stated, &desired);
+            }
         }
         found.retain(|unit, _| sup.is_stray(unit, &desired));
         for (unit, cs) in found {

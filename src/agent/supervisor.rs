@@ -132,8 +132,9 @@ pub enum Effect {
     /// One publish is in flight at a time: two racing batches could leave a unit's
     /// older state in the store, the newer one lost until the next refresh.
     Publish { ttl_s: u64, writes: Vec<Publish> },
-    /// Delete the state of a unit no longer here.
-    Unpublish { key: String },
+    /// Delete the states of units no longer here → [`Input::Unpublished`]. Sent only
+    /// while no publish is in flight, so a late write cannot bring a state back.
+    Unpublish { keys: Vec<String> },
 }
 
 /// One unit's state to write.
@@ -164,6 +165,8 @@ pub enum Input {
     MainGone { unit: String, gen: u64, code: i64 },
     /// A publish is done; these units' states did not reach the store.
     Published { failed: Vec<String> },
+    /// An unpublish is done; these keys are still there.
+    Unpublished { failed: Vec<String> },
     /// The last output of a main container that ended, for the journal.
     Logs {
         unit: String,
@@ -207,8 +210,15 @@ pub struct Supervisor {
     started_ms: u64,
     /// Units whose report changed (`take_reports`).
     dirty: BTreeSet<String>,
-    /// A publish is in flight: the next waits for its `Input::Published`.
+    /// A publish or an unpublish is in flight: the next waits for its input.
     publishing: bool,
+    /// States of units no longer here, to delete, each not before its time (a failed
+    /// delete is retried: left behind, a state would name a unit running here that does
+    /// not, in the fleet API and in DNS, until its own TTL).
+    unpublish: BTreeMap<String, u64>,
+    /// The store's states for this machine have been compared with what it runs (once,
+    /// at start: an agent restarted knows nothing of the units moved away meanwhile).
+    swept: bool,
     out: Vec<Effect>,
 }
 
@@ -223,6 +233,8 @@ impl Supervisor {
             started_ms: now_ms,
             dirty: BTreeSet::new(),
             publishing: false,
+            unpublish: BTreeMap::new(),
+            swept: false,
             out: vec![],
         }
     }
@@ -331,11 +343,29 @@ impl Supervisor {
         (self.take(), new.into_iter().take(room).collect())
     }
 
+    /// Whether [`Supervisor::sweep`] is still to run.
+    pub fn needs_sweep(&self) -> bool {
+        !self.swept
+    }
+
+    /// `stated` are the units the store holds a state of for this machine: those neither
+    /// managed nor scheduled here are a previous run's, and are deleted.
+    pub fn sweep(&mut self, stated: &[String], desired: &BTreeMap<String, Entry>) {
+        for unit in stated {
+            if !self.units.contains_key(unit) && !desired.contains_key(unit) {
+                tracing::info!(unit, "agent: deleting a state left by an earlier run");
+                let key = registry::state_key(unit, self.me());
+                self.unpublish.entry(key).or_insert(0);
+            }
+        }
+        self.swept = true;
+    }
+
     fn forget(&mut self, unit: &str) {
         self.units.remove(unit);
         self.dirty.insert(unit.to_string());
         let key = registry::state_key(unit, self.me());
-        self.out.push(Effect::Unpublish { key });
+        self.unpublish.insert(key, 0);
         tracing::info!(unit, "agent: unloaded");
     }
 
@@ -351,6 +381,9 @@ impl Supervisor {
         found: &[Found],
     ) -> Vec<Effect> {
         assert_eq!(rec.hash, e.hash, "load a unit only as scheduled");
+        // Back here before its old state was deleted: its new state replaces it.
+        let key = registry::state_key(name, self.me());
+        self.unpublish.remove(&key);
         let gen = self.next_gen;
         self.next_gen += 1;
         let m = match prepare(name, &rec.record.options, files, &self.cfg.host) {
@@ -560,6 +593,14 @@ impl Supervisor {
                 container,
                 lines,
             } => self.logs(&unit, gen, container, lines),
+            Input::Unpublished { failed } => {
+                self.publishing = false;
+                let retry = now + self.ttl_ms() / 12;
+                self.unpublish.retain(|_, at| *at != u64::MAX);
+                for k in failed {
+                    self.unpublish.insert(k, retry);
+                }
+            }
             Input::Published { failed } => {
                 self.publishing = false;
                 // Not at once: a store that refuses now would be asked again and again.
@@ -667,6 +708,22 @@ impl Supervisor {
     /// after it was last written (it expires with the machine).
     pub fn publish(&mut self, now: u64) -> Vec<Effect> {
         if self.publishing {
+            return self.take();
+        }
+        // Units gone from here first, each batch alone in flight.
+        let due: Vec<String> = self
+            .unpublish
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !due.is_empty() {
+            for k in &due {
+                // In flight: marked so the answer can tell it from a key added since.
+                self.unpublish.insert(k.clone(), u64::MAX);
+            }
+            self.publishing = true;
+            self.out.push(Effect::Unpublish { keys: due });
             return self.take();
         }
         let ttl_s = self.cfg.machine.ttl_s.max(1) * STATE_TTL_FACTOR;
@@ -857,7 +914,7 @@ mod tests {
                     let w: Vec<String> = writes.iter().map(|w| w.value.clone()).collect();
                     format!("publish {}", w.join(" "))
                 }
-                Effect::Unpublish { key } => format!("unpublish {key}"),
+                Effect::Unpublish { keys } => format!("unpublish {}", keys.join(" ")),
             })
             .collect()
     }
@@ -988,6 +1045,30 @@ mod tests {
         }];
         load(&mut s, "web.service", SLEEPER, &found);
         assert!(show(&s.publish(0))[0].contains(r#""address":"10.1.74.3""#));
+    }
+
+    /// A restarted agent deletes the states an earlier run left of units that are no
+    /// longer here (moved away while it was down); it keeps those it runs or is given.
+    #[test]
+    fn a_restarted_agent_deletes_the_states_of_units_moved_away_meanwhile() {
+        let mut s = supervisor();
+        assert!(s.needs_sweep());
+        load(&mut s, "web.service", SLEEPER, &[]);
+        let desired = BTreeMap::from([(
+            "db.service".to_string(),
+            entry(&stored("db.service", SLEEPER)),
+        )]);
+        let stated = ["web.service", "db.service", "gone.service"].map(String::from);
+        s.sweep(&stated, &desired);
+        assert!(!s.needs_sweep());
+        let p = show(&s.publish(0));
+        assert_eq!(
+            p,
+            [format!(
+                "unpublish {}",
+                registry::state_key("gone.service", ME)
+            )]
+        );
     }
 
     /// States are written one batch at a time, so a newer state is never overwritten by
@@ -1241,16 +1322,30 @@ mod tests {
         };
         s.input(gone, 2);
         let (effects, _) = s.schedule(&BTreeMap::new());
-        assert_eq!(
-            show(&effects),
-            [format!(
-                "unpublish {}",
-                registry::state_key("web.service", ME)
-            )]
-        );
+        assert!(effects.is_empty(), "{effects:?}");
         assert!(s
             .take_reports()
             .contains(&("web.service".to_string(), None)));
+        // Its state is deleted with the next publish, and again until the store says so.
+        let key = registry::state_key("web.service", ME);
+        let p = show(&s.publish(2));
+        assert_eq!(
+            p.last().map(String::as_str),
+            Some(format!("unpublish {key}").as_str()),
+            "{p:?}"
+        );
+        assert!(s.publish(3).is_empty(), "one in flight at a time");
+        s.input(
+            Input::Unpublished {
+                failed: vec![key.clone()],
+            },
+            4,
+        );
+        let retry_ms = TTL_S * 1000 / 12;
+        assert!(s.publish(4 + retry_ms - 1).is_empty());
+        assert_eq!(show(&s.publish(4 + retry_ms)), [format!("unpublish {key}")]);
+        s.input(Input::Unpublished { failed: vec![] }, 5 + retry_ms);
+        assert!(s.publish(10 * retry_ms).is_empty(), "deleted: never again");
         // A late result of the forgotten run changes nothing.
         assert!(main_started(&mut s, "web.service", 1, 1, 3).is_empty());
     }

@@ -203,6 +203,9 @@ struct World {
     /// Machines on the cluster network (`--scenario net`).
     nets: Vec<Arc<network::NetMachine>>,
     net_nodes: Mutex<Vec<NodeHandle>>,
+    /// A node's DNS, answering from the store over the HTTP client (stack scenarios):
+    /// after the heal it must name exactly the instances that run.
+    dns: std::sync::OnceLock<Arc<flotilla::net::dns::Dns>>,
     /// The largest clock disagreement any sample saw: a lease stamped and expired on
     /// different clocks may end early by up to twice this.
     skew_seen_ms: std::sync::atomic::AtomicU64,
@@ -308,6 +311,7 @@ fn build(s: &Scenario) -> Arc<World> {
             .map(|j| Arc::new(network::NetMachine::new(world, j, s.nodes)))
             .collect(),
         net_nodes: Mutex::new(vec![]),
+        dns: std::sync::OnceLock::new(),
         s: s.clone(),
         rt: Handle::current(),
         fabric,
@@ -338,6 +342,9 @@ fn start(w: &Arc<World>) -> NodeHandle {
     }
     start_agents(w);
     network::start_net(w);
+    if w.s.stack {
+        stack::start_dns(w);
+    }
     let helpers = w.rt.create_node().name("harness").build();
     if !w.nets.is_empty() {
         helpers.spawn(network::deaths(w.clone()));

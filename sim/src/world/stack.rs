@@ -175,6 +175,7 @@ pub(super) async fn converged(w: &Arc<World>) -> bool {
             }
         }
         wrong.extend(unbound_sidekick(w));
+        wrong.extend(dns_disagrees(w));
         if wrong.is_empty() {
             w.trace(format!(
                 "stack converged: {} instances announced",
@@ -183,6 +184,9 @@ pub(super) async fn converged(w: &Arc<World>) -> bool {
             return true;
         }
         if elapsed() > deadline {
+            if dns_disagrees(w).is_some() {
+                wrong.push(format!("the store says {:?}", store_named(w).await));
+            }
             w.violation(format!(
                 "stack convergence: not within {LIVENESS_BOUND:?} after healing: {}",
                 wrong.join("; ")
@@ -191,6 +195,92 @@ pub(super) async fn converged(w: &Arc<World>) -> bool {
         }
         madsim::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Fabric endpoint of the DNS machine (agent-only machines are 500..900, network machines
+/// 900 and up).
+const DNS_ENDPOINT: u64 = 980;
+
+/// Starts a machine that only answers DNS: `flotilla::net::dns` mirroring the store over
+/// the HTTP client, as `flotilla agent --dns-addr` does.
+pub(super) fn start_dns(w: &Arc<World>) {
+    let kv = super::agents::fabric_kv(&Arc::downgrade(w), DNS_ENDPOINT, 0, w.s.nodes);
+    let dns = Arc::new(flotilla::net::dns::Dns::new(
+        Arc::new(crate::env::SimClock::default()),
+        flotilla::net::dns::DEFAULT_DOMAIN,
+    ));
+    let _ = w.dns.set(dns.clone());
+    w.rt.create_node()
+        .name("dns")
+        .init(move || {
+            let (dns, kv) = (dns.clone(), kv.clone());
+            async move {
+                flotilla::net::dns::follow(&dns, kv, &crate::env::SimSpawn);
+                std::future::pending::<()>().await
+            }
+        })
+        .build();
+}
+
+type Named = std::collections::BTreeSet<(String, String)>;
+
+fn named(v: &flotilla::net::dns::answer::View) -> Named {
+    v.running()
+        .into_iter()
+        .map(|r| (r.stem, r.machine))
+        .collect()
+}
+
+/// What the store says runs, read now (for a DNS disagreement's message).
+async fn store_named(w: &Arc<World>) -> Option<Named> {
+    let kv = super::agents::fabric_kv(&Arc::downgrade(w), DNS_ENDPOINT + 1, 0, w.s.nodes);
+    let mut v = flotilla::net::dns::answer::View::default();
+    let states = kv
+        .get(flotilla::sched::registry::STATES, true, true)
+        .await
+        .ok()?;
+    let machines = kv
+        .get(flotilla::sched::registry::MACHINES, true, true)
+        .await
+        .ok()?;
+    v.states.load(states.map(|g| g.node).as_ref());
+    v.machines.load(machines.map(|g| g.node).as_ref());
+    Some(named(&v))
+}
+
+/// What DNS names that does not run, or runs and DNS does not name (`None`: agreed).
+fn dns_disagrees(w: &World) -> Option<String> {
+    let dns = w.dns.get()?;
+    // A machine that is down keeps its names until its key expires (the machine TTL):
+    // that bound is the machine-key check's; here only live machines are compared.
+    let live = |m: &str| {
+        m.strip_prefix('m')
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| w.machine_live(i))
+    };
+    let named: Named = named(&dns.view())
+        .into_iter()
+        .filter(|(_, m)| live(m))
+        .collect();
+    let runs: std::collections::BTreeSet<(String, String)> = running(w)
+        .into_iter()
+        .flat_map(|(i, units)| {
+            units.into_iter().map(move |u| {
+                let stem = u.trim_end_matches(".service").to_ascii_lowercase();
+                (stem, format!("m{i}"))
+            })
+        })
+        .collect();
+    (named != runs).then(|| {
+        let v = dns.view();
+        format!(
+            "DNS names {:?} that do not run; runs {:?} that DNS does not name (it mirrors {} states, machines {:?})",
+            named.difference(&runs).collect::<Vec<_>>(),
+            runs.difference(&named).collect::<Vec<_>>(),
+            v.states.leaves.len(),
+            v.machines.leaves.keys().collect::<Vec<_>>()
+        )
+    })
 }
 
 /// Kills the leader's machine once everything has converged. Its instances' keys must go

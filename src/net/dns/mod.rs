@@ -26,6 +26,10 @@ use std::time::Duration;
 pub const DEFAULT_DOMAIN: &str = "flotilla.local";
 /// Pause before reading a root again after the store did not answer.
 const RETRY_MS: u64 = 1_000;
+/// A watch with nothing to say is asked again after this: a long poll to a member that a
+/// partition cut off (its connection silently gone) would otherwise keep the answers
+/// stale for the whole poll (a minute) after the network heals.
+pub const WATCH_RENEW_MS: u64 = 3_000;
 
 /// The answering side: the mirrored keys and the clock their TTLs count on.
 pub struct Dns {
@@ -135,7 +139,13 @@ async fn load(dns: &Dns, kv: &dyn KvClient, root: Root) -> Result<u64, ClientErr
 
 async fn watch(dns: &Dns, kv: &dyn KvClient, root: Root, mut since: u64) -> ClientError {
     loop {
-        match kv.watch(root.key(), true, since).await {
+        let renew = dns.clock.sleep(Duration::from_millis(WATCH_RENEW_MS));
+        let got = tokio::select! {
+            got = kv.watch(root.key(), true, since) => got,
+            // Nothing yet: the same question again, on a fresh request.
+            () = renew => continue,
+        };
+        match got {
             Ok(ev) => {
                 since = ev.index + 1;
                 dns.with(|v| root.of(v).apply(&ev));
