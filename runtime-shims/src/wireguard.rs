@@ -82,7 +82,12 @@ pub fn load_or_make_key(path: &str) -> io::Result<(StaticSecret, WgKey)> {
 fn uapi(sock: &UnixStream, op: &str, body: &str) -> io::Result<Vec<String>> {
     sock.set_read_timeout(Some(Duration::from_millis(UAPI_TIMEOUT_MS)))?;
     let mut w = sock;
-    write!(w, "{op}=1\n{body}\n")?;
+    // `set` ends with an empty line; boringtun reads no more after `get=1`, and a
+    // stray empty line would be taken for the next command.
+    match op {
+        "get" => writeln!(w, "get=1")?,
+        _ => write!(w, "{op}=1\n{body}\n")?,
+    }
     let mut lines = vec![];
     let mut r = BufReader::new(sock);
     loop {
@@ -173,16 +178,27 @@ impl Userspace {
                 false => Ok(()),
             };
         };
-        let mut body = format!("public_key={}\n", hex(&key.0));
-        if add {
-            body += &format!("endpoint={endpoint}:{port}\nreplace_allowed_ips=true\nallowed_ip={allowed}/{len}\n");
-            if let Some(p) = psk {
-                body += &format!("preshared_key={}\n", hex(&p.0));
-            }
-        } else {
-            body += "remove=true\n";
+        let peer = format!("public_key={}\n", hex(&key.0));
+        if !add {
+            return uapi(&d.uapi, "set", &format!("{peer}remove=true\n")).map(drop);
         }
-        uapi(&d.uapi, "set", &body).map(|_| ())
+        let have = parse_peers(dev, &uapi(&d.uapi, "get", "")?);
+        if have.contains(e) {
+            return Ok(());
+        }
+        // boringtun's device cannot modify a peer (it panics, taking its thread with it):
+        // one that is there with other settings is removed first, in its own exchange.
+        let same_key = |x: &Entry| matches!(x, Entry::WgPeer { key: k, .. } if k == key);
+        if have.iter().any(same_key) {
+            uapi(&d.uapi, "set", &format!("{peer}remove=true\n"))?;
+        }
+        let mut body = format!(
+            "{peer}endpoint={endpoint}:{port}\nreplace_allowed_ips=true\nallowed_ip={allowed}/{len}\n"
+        );
+        if let Some(p) = psk {
+            body += &format!("preshared_key={}\n", hex(&p.0));
+        }
+        uapi(&d.uapi, "set", &body).map(drop)
     }
 
     /// The device's peers as entries (none when there is no such device).
@@ -274,6 +290,42 @@ mod tests {
             panic!("a bad key file is refused")
         };
         assert!(e.to_string().contains("not a WireGuard key"), "{e}");
+    }
+
+    /// A real device (root, /dev/net/tun): a peer added twice is one peer, and a peer
+    /// whose settings change is replaced — boringtun panics on a plain modify.
+    #[test]
+    fn a_device_takes_peers_again_and_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("flwgt{}", std::process::id() % 100_000);
+        let spec = WgSpec {
+            name: name.clone(),
+            port: 0,
+            key_file: dir.path().join("wgkey").display().to_string(),
+            mtu: 1420,
+            addr: None,
+        };
+        let wg = Userspace::default();
+        let public = wg
+            .ensure(&spec)
+            .expect("a userspace WireGuard device (root, /dev/net/tun)");
+        assert_eq!(wg.ensure(&spec).unwrap(), public, "made once");
+        let peer = |endpoint: [u8; 4]| Entry::WgPeer {
+            dev: name.clone(),
+            key: WgKey([9; 32]),
+            endpoint: endpoint.into(),
+            port: 51820,
+            allowed: [10, 1, 2, 0].into(),
+            len: 24,
+            psk: None,
+        };
+        wg.peer(&peer([192, 168, 0, 2]), true).unwrap();
+        wg.peer(&peer([192, 168, 0, 2]), true).unwrap();
+        assert_eq!(wg.peers(&name).unwrap(), [peer([192, 168, 0, 2])]);
+        wg.peer(&peer([192, 168, 0, 3]), true).unwrap();
+        assert_eq!(wg.peers(&name).unwrap(), [peer([192, 168, 0, 3])]);
+        wg.peer(&peer([192, 168, 0, 3]), false).unwrap();
+        assert!(wg.peers(&name).unwrap().is_empty());
     }
 
     #[test]
