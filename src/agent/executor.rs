@@ -434,6 +434,9 @@ impl Executor {
     /// strays, and looks at main containers whose exit the event stream may have missed.
     async fn reconcile(&self, sup: &mut Supervisor, cfg: &AgentConfig, now: u64) {
         let me = cfg.machine.id.as_str();
+        // First, and whether or not the store answers: a main container that ended while
+        // its exit event was lost is noticed even on a machine cut off from the store.
+        self.look_at_mains(sup, now).await;
         let Some(desired) = self.read_schedule(me).await else {
             return;
         };
@@ -448,7 +451,7 @@ impl Executor {
             let effects = sup.load(&name, &e, &rec, &files, here);
             self.apply(sup, effects);
         }
-        if sup.needs_sweep() {
+        if sup.needs_sweep(now) {
             if let Some(stated) = self.stated_here(me).await {
                 sup.sweep(&stated, &desired);
             }
@@ -460,6 +463,9 @@ impl Executor {
                 let _ = self.seams.containers.remove(&name, true).await;
             }
         }
+    }
+
+    async fn look_at_mains(&self, sup: &mut Supervisor, now: u64) {
         for (unit, gen, cname) in sup.main_containers() {
             if let Some(code) = exit_code(&*self.seams.containers, &cname).await {
                 let effects = sup.input(Input::MainGone { unit, gen, code }, now);

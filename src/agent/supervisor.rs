@@ -40,6 +40,9 @@ pub const UNITS_MAX: usize = 1024;
 /// with its key; their own TTL only collects them. (At one machine TTL, refreshed every
 /// half TTL, the state refreshes were nine writes in ten of an idle cluster.)
 pub const STATE_TTL_FACTOR: u64 = 10;
+/// How long after start (machine TTLs) the agent keeps deleting states left by an
+/// earlier run.
+pub const SWEEP_TTLS: u64 = 2;
 /// Retries of a unit that failed because the container runtime was down: first after
 /// this, doubling up to the cap.
 pub const RUNTIME_RETRY_MS: u64 = 1_000;
@@ -216,8 +219,10 @@ pub struct Supervisor {
     /// delete is retried: left behind, a state would name a unit running here that does
     /// not, in the fleet API and in DNS, until its own TTL).
     unpublish: BTreeMap<String, u64>,
-    /// The store's states for this machine have been compared with what it runs (once,
-    /// at start: an agent restarted knows nothing of the units moved away meanwhile).
+    /// The store's states for this machine have been compared with what it runs: an
+    /// agent restarted knows nothing of the units moved away meanwhile. Again on every
+    /// pass for [`SWEEP_TTLS`] machine TTLs after start, for a state an earlier
+    /// incarnation proposed before it died that commits only after this one started.
     swept: bool,
     out: Vec<Effect>,
 }
@@ -343,9 +348,9 @@ impl Supervisor {
         (self.take(), new.into_iter().take(room).collect())
     }
 
-    /// Whether [`Supervisor::sweep`] is still to run.
-    pub fn needs_sweep(&self) -> bool {
-        !self.swept
+    /// Whether [`Supervisor::sweep`] is to run on this pass.
+    pub fn needs_sweep(&self, now: u64) -> bool {
+        !self.swept || now < self.started_ms + SWEEP_TTLS * self.ttl_ms()
     }
 
     /// `stated` are the units the store holds a state of for this machine: those neither
@@ -1052,7 +1057,7 @@ mod tests {
     #[test]
     fn a_restarted_agent_deletes_the_states_of_units_moved_away_meanwhile() {
         let mut s = supervisor();
-        assert!(s.needs_sweep());
+        assert!(s.needs_sweep(0));
         load(&mut s, "web.service", SLEEPER, &[]);
         let desired = BTreeMap::from([(
             "db.service".to_string(),
@@ -1060,7 +1065,8 @@ mod tests {
         )]);
         let stated = ["web.service", "db.service", "gone.service"].map(String::from);
         s.sweep(&stated, &desired);
-        assert!(!s.needs_sweep());
+        assert!(s.needs_sweep(1), "again for a while after start");
+        assert!(!s.needs_sweep(SWEEP_TTLS * TTL_S * 1000));
         let p = show(&s.publish(0));
         assert_eq!(
             p,
