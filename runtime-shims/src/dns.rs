@@ -84,9 +84,8 @@ pub async fn bind(
     resolver: Arc<dyn Resolve>,
     upstreams: Vec<SocketAddr>,
 ) -> std::io::Result<(SocketAddr, BoxFuture<'static, ()>)> {
-    let udp = tokio::net::UdpSocket::bind(addr).await?;
+    let (udp, tcp) = bind_both(addr).await?;
     let bound = udp.local_addr()?;
-    let tcp = tokio::net::TcpListener::bind(bound).await?;
     let mut server = ServerFuture::new(Handler {
         resolver,
         upstreams: Arc::new(upstreams),
@@ -99,6 +98,24 @@ pub async fn bind(
         }
     };
     Ok((bound, Box::pin(run)))
+}
+
+/// Tries for port 0: the port the system gives UDP may be taken for TCP.
+const BIND_TRIES: usize = 16;
+
+/// A UDP socket and a TCP listener on one address; for port 0, one free port for both.
+async fn bind_both(
+    addr: SocketAddr,
+) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let mut tries = if addr.port() == 0 { BIND_TRIES } else { 1 };
+    loop {
+        let udp = tokio::net::UdpSocket::bind(addr).await?;
+        match tokio::net::TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries > 1 => tries -= 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 struct Handler {
