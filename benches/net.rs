@@ -86,16 +86,7 @@ fn agent(ns: &Netns, member: &str, dir: &std::path::Path) -> Kill {
 
 /// (subnet `10.x.y.0/24`, its first address) from a machine's subnet file.
 fn lease(dir: &std::path::Path, ns: &Netns) -> Option<(String, String)> {
-    let text = std::fs::read_to_string(dir.join(format!("{}.env", ns.name))).ok()?;
-    let gw = text
-        .lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?
-        .to_string();
-    let (ip, len) = gw.split_once('/')?;
-    Some((
-        format!("{}.0/{len}", ip.rsplit_once('.')?.0),
-        ip.to_string(),
-    ))
+    netns::lease_in(&dir.join(format!("{}.env", ns.name)))
 }
 
 fn routes(ns: &Netns) -> String {
@@ -212,17 +203,7 @@ fn backend_run(i: usize, backend: &'static str, secs: u64, baseline: &mut Option
     );
     for (ns, (net, gw)) in [(&a, &la), (&b, &lb)] {
         let len = net.split('/').nth(1).unwrap();
-        netns::ip(&["-n", &ns.name, "link", "add", "cbr0", "type", "bridge"]);
-        netns::ip(&[
-            "-n",
-            &ns.name,
-            "addr",
-            "add",
-            &format!("{gw}/{len}"),
-            "dev",
-            "cbr0",
-        ]);
-        netns::ip(&["-n", &ns.name, "link", "set", "cbr0", "up"]);
+        ns.hold_address(&format!("{gw}/{len}"));
     }
     let cpu0 = cpu_s(ag_a.0.id()) + cpu_s(ag_b.0.id());
     let gbps = iperf(&a, &la.1, &b, &lb.1, secs);

@@ -239,14 +239,7 @@ async fn a_member_answers_skydns_records_units_and_machines_and_forwards_the_res
     assert_eq!(ips(&a), ["10.99.99.99"], "forwarded");
 
     // Machines by id; names under the domain that name nothing do not exist.
-    let (rc, a, _) = ask_until(
-        server,
-        "m0.machine.flotilla.local",
-        WireType::A,
-        Duration::from_secs(5),
-        |g| !g.1.is_empty(),
-    )
-    .await;
+    let (rc, a, _) = answered(server, "m0.machine.flotilla.local", Duration::from_secs(5)).await;
     assert_eq!(
         (rc, ips(&a)),
         (ResponseCode::NoError, vec!["127.0.0.1".to_string()])
@@ -262,14 +255,7 @@ async fn a_member_answers_skydns_records_units_and_machines_and_forwards_the_res
         None,
     )
     .await;
-    let (_, a, _) = ask_until(
-        server,
-        "X@1.flotilla.local",
-        WireType::A,
-        Duration::from_secs(5),
-        |g| !g.1.is_empty(),
-    )
-    .await;
+    let (_, a, _) = answered(server, "X@1.flotilla.local", Duration::from_secs(5)).await;
     assert_eq!(ips(&a), ["10.0.0.9"]);
 
     // A unit's name answers while it runs (a host process: its machine's address), and
@@ -280,14 +266,7 @@ async fn a_member_answers_skydns_records_units_and_machines_and_forwards_the_res
         .await
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.text);
-    let (rc, a, _) = ask_until(
-        server,
-        "web.flotilla.local",
-        WireType::A,
-        Duration::from_secs(15),
-        |g| !g.1.is_empty(),
-    )
-    .await;
+    let (rc, a, _) = answered(server, "web.flotilla.local", Duration::from_secs(15)).await;
     assert_eq!(
         (rc, ips(&a)),
         (ResponseCode::NoError, vec!["127.0.0.1".to_string()]),
@@ -314,6 +293,33 @@ async fn a_member_answers_skydns_records_units_and_machines_and_forwards_the_res
     assert_eq!(rc, ResponseCode::NXDomain, "a stopped unit's name is gone");
 }
 
+/// `flotilla agent` a1 answering DNS on 127.0.0.1:`port`, its log in `dir/agent.log`.
+fn dns_agent(base: &str, dir: &std::path::Path, port: u16, extra: &[&str]) -> std::process::Child {
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args([
+            "agent",
+            &format!("--endpoints={base}"),
+            &format!("--listen=http://127.0.0.1:{}", free_port()),
+            "--machine-id=a1",
+            &format!("--dns-addr=127.0.0.1:{port}"),
+            &format!("--data-dir={}", dir.join("agent").display()),
+        ])
+        .args(extra)
+        .stderr(log)
+        .spawn()
+        .expect("start flotilla agent")
+}
+
+/// The first answer to `name` (A) that has records, or the last after `within`.
+async fn answered(
+    server: SocketAddr,
+    name: &str,
+    within: Duration,
+) -> (ResponseCode, Vec<String>, Vec<String>) {
+    ask_until(server, name, WireType::A, within, |g| !g.1.is_empty()).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_only_machine_answers_with_ttls_counted_from_the_keys_expiration() {
     let mut cl = Cluster::new(1, &[]);
@@ -323,20 +329,8 @@ async fn an_agent_only_machine_answers_with_ttls_counted_from_the_keys_expiratio
     let base = cl.nodes[0].client_url.clone();
     let port = dns_port();
     let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let log = std::fs::File::create(cl.dir.path().join("agent.log")).unwrap();
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args([
-            "agent",
-            &format!("--endpoints={base}"),
-            &format!("--listen=http://127.0.0.1:{}", free_port()),
-            "--machine-id=a1",
-            &format!("--dns-addr=127.0.0.1:{port}"),
-            "--dns-domain=cluster.example",
-            &format!("--data-dir={}", cl.dir.path().join("agent").display()),
-        ])
-        .stderr(log)
-        .spawn()
-        .expect("start flotilla agent");
+    let agent_dir = cl.dir.path().to_path_buf();
+    let mut agent = dns_agent(&base, &agent_dir, port, &["--dns-domain=cluster.example"]);
     put(
         &c,
         &base,
@@ -345,17 +339,10 @@ async fn an_agent_only_machine_answers_with_ttls_counted_from_the_keys_expiratio
         Some(60),
     )
     .await;
-    let (rc, a, _) = ask_until(
-        server,
-        "db.cluster.example",
-        WireType::A,
-        Duration::from_secs(10),
-        |g| !g.1.is_empty(),
-    )
-    .await;
+    let (rc, a, _) = answered(server, "db.cluster.example", Duration::from_secs(10)).await;
     let _ = agent.kill();
     let _ = agent.wait();
-    let agent_log = std::fs::read_to_string(cl.dir.path().join("agent.log")).unwrap_or_default();
+    let agent_log = std::fs::read_to_string(agent_dir.join("agent.log")).unwrap_or_default();
     assert_eq!(
         (rc, ips(&a)),
         (ResponseCode::NoError, vec!["10.0.0.7".to_string()]),
@@ -367,18 +354,7 @@ async fn an_agent_only_machine_answers_with_ttls_counted_from_the_keys_expiratio
         "the key's 60 s, counted down, not the record's 600: {a:?}"
     );
     // Restarted without upstreams: a name outside the domain is refused.
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args([
-            "agent",
-            &format!("--endpoints={base}"),
-            &format!("--listen=http://127.0.0.1:{}", free_port()),
-            "--machine-id=a1",
-            &format!("--dns-addr=127.0.0.1:{port}"),
-            &format!("--data-dir={}", cl.dir.path().join("agent").display()),
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start flotilla agent");
+    let mut agent = dns_agent(&base, &agent_dir, port, &[]);
     let got = ask_until(
         server,
         "www.example.com",
@@ -416,5 +392,3 @@ fn bad_dns_flags_are_refused_by_name() {
         );
     }
 }
-
-use std::process::Stdio;

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::netns::{tag, Bridge, Netns};
+use common::netns::{lease_in, tag, Bridge, Netns};
 use common::*;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -76,17 +76,6 @@ impl Machine {
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// A bridge holding the lease's first address, as Docker's would with `--bip`.
-    fn give_bridge_address(&self, gw_cidr: &str) {
-        let n = &self.ns.name;
-        let _ = Command::new("ip")
-            .args(["-n", n, "link", "del", "cbr0"])
-            .output();
-        common::netns::ip(&["-n", n, "link", "add", "cbr0", "type", "bridge"]);
-        common::netns::ip(&["-n", n, "addr", "add", gw_cidr, "dev", "cbr0"]);
-        common::netns::ip(&["-n", n, "link", "set", "cbr0", "up"]);
     }
 
     /// Five UDP datagrams carrying [`CANARY`] from this machine's `from` to `to`.
@@ -168,22 +157,6 @@ fn start_member_on_network(cl: &mut Cluster, ns: Netns) -> MemberMachine {
         ns,
         subnet_file,
     }
-}
-
-/// The lease a subnet file names (`FLANNEL_SUBNET=10.x.y.1/24` → `10.x.y.0/24`), and its
-/// first address.
-fn lease_in(path: &std::path::Path) -> Option<(String, String)> {
-    let text = std::fs::read_to_string(path).ok()?;
-
-    let v = text
-        .lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
-    let (gw, len) = v.split_once('/')?;
-    let o: Vec<&str> = gw.split('.').collect();
-    Some((
-        format!("{}.{}.{}.0/{len}", o[0], o[1], o[2]),
-        gw.to_string(),
-    ))
 }
 
 struct World {
@@ -314,7 +287,7 @@ impl World {
     fn pings_across(&self, subnets: &[(String, String)]) {
         for (i, m) in self.machines.iter().enumerate() {
             let len = subnets[i].0.split('/').nth(1).unwrap();
-            m.give_bridge_address(&format!("{}/{len}", subnets[i].1));
+            m.ns.hold_address(&format!("{}/{len}", subnets[i].1));
         }
         for (i, m) in self.machines.iter().enumerate() {
             for (j, s) in subnets.iter().enumerate() {
@@ -356,6 +329,26 @@ impl World {
         std::fs::read(&file).unwrap_or_default()
     }
 
+    /// c dies: once its lease expires, a and b drop their routes to it. It comes back
+    /// with the same subnet (its subnet file), routed to, and packets flow again.
+    fn third_dies_and_comes_back(&mut self, subnets: &[(String, String)]) {
+        self.machines[2].kill9();
+        let dead = subnets[2].0.clone();
+        self.eventually(
+            "the dead machine's routes leave",
+            Duration::from_secs(15),
+            || {
+                self.machines[..2]
+                    .iter()
+                    .all(|m| !m.routes().contains(&dead))
+            },
+        );
+        self.machines[2].start();
+        let again = self.all_routed();
+        assert_eq!(again[2].0, dead, "a restarted machine keeps its subnet");
+        self.pings_across(&again);
+    }
+
     fn leases_listed(&self) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
             .args(["net", &format!("--endpoints={}", self.member), "leases"])
@@ -386,19 +379,7 @@ async fn host_gw_routes_between_machines_frees_a_dead_ones_subnet_and_gives_it_b
         "host-gw shows the payload"
     );
 
-    // c dies: once its lease expires, a and b drop their route to it.
-    w.machines[2].kill9();
-    let dead = subnets[2].0.clone();
-    w.eventually(
-        "the dead machine's routes leave",
-        Duration::from_secs(15),
-        || w.machines[..2].iter().all(|m| !m.routes().contains(&dead)),
-    );
-    // c comes back: the same subnet (its subnet file), and routes to it again.
-    w.machines[2].start();
-    let again = w.all_routed();
-    assert_eq!(again[2].0, dead, "a restarted machine keeps its subnet");
-    w.pings_across(&again);
+    w.third_dies_and_comes_back(&subnets);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,9 +467,10 @@ async fn wireguard_carries_packets_encrypted_and_a_restarted_machine_keeps_subne
         "nothing crossed the underlay: {} bytes",
         cap.len()
     );
+    let member = w.member.clone();
     let public_key = |subnet: &str| {
         let key = subnet.replace('/', "-");
-        let url = format!("{}/v2/keys/coreos.com/network/subnets/{key}", w.member);
+        let url = format!("{member}/v2/keys/coreos.com/network/subnets/{key}");
         let out = Command::new("curl").args(["-s", &url]).output().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let lease: serde_json::Value =
@@ -503,20 +485,9 @@ async fn wireguard_carries_packets_encrypted_and_a_restarted_machine_keeps_subne
         subnets.iter().map(|s| public_key(&s.0)).collect();
     assert_eq!(keys.len(), 3, "each machine its own key: {keys:?}");
 
-    // c dies: its lease expires and the others drop its route and its peer.
-    w.machines[2].kill9();
-    let dead = subnets[2].0.clone();
-    w.eventually(
-        "the dead machine's routes leave",
-        Duration::from_secs(15),
-        || w.machines[..2].iter().all(|m| !m.routes().contains(&dead)),
-    );
-    // Back: the same subnet, the same key (kept beside its subnet file), and packets flow.
-    w.machines[2].start();
-    let again = w.all_routed();
-    assert_eq!(again[2].0, dead, "a restarted machine keeps its subnet");
-    assert_eq!(public_key(&dead), before, "and its key");
-    w.pings_across(&again);
+    // c dies and comes back: the same subnet and the same key (kept in its data dir).
+    w.third_dies_and_comes_back(&subnets);
+    assert_eq!(public_key(&subnets[2].0), before, "and its key");
 }
 
 /// The source address a UDP datagram from `from` (in machine `m`) to `to` arrives with,
@@ -558,7 +529,7 @@ async fn ip_masq_hides_the_network_behind_the_host_only_for_traffic_leaving_it()
     let subnets = w.all_routed();
     for (i, m) in w.machines.iter().enumerate() {
         let len = subnets[i].0.split('/').nth(1).unwrap();
-        m.give_bridge_address(&format!("{}/{len}", subnets[i].1));
+        m.ns.hold_address(&format!("{}/{len}", subnets[i].1));
     }
     let a = &w.machines[0];
     w.eventually("the masquerade rules", Duration::from_secs(10), || {

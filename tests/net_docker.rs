@@ -532,16 +532,7 @@ async fn the_node_image_runs_the_network_with_host_networking_and_net_admin() {
             })
             .collect::<String>()
     };
-    let lease = |ns: &Netns| -> Option<(String, String)> {
-        let text = std::fs::read_to_string(data(ns).join("subnet.env")).ok()?;
-        let gw = text
-            .lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?
-            .to_string();
-        let (ip, len) = gw.split_once('/')?;
-        let net = format!("{}.0/{len}", ip.rsplit_once('.')?.0);
-        Some((net, ip.to_string()))
-    };
+    let lease = |ns: &Netns| common::netns::lease_in(&data(ns).join("subnet.env"));
     let run = |ns: &Netns, prog: &str, args: &[&str]| {
         let out = ns.command(prog).args(args).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -573,17 +564,7 @@ async fn the_node_image_runs_the_network_with_host_networking_and_net_admin() {
     );
     for ((ns, _), (net, gw)) in machines.iter().zip([&a, &b]) {
         let len = net.split('/').nth(1).unwrap();
-        common::netns::ip(&["-n", &ns.name, "link", "add", "cbr0", "type", "bridge"]);
-        common::netns::ip(&[
-            "-n",
-            &ns.name,
-            "addr",
-            "add",
-            &format!("{gw}/{len}"),
-            "dev",
-            "cbr0",
-        ]);
-        common::netns::ip(&["-n", &ns.name, "link", "set", "cbr0", "up"]);
+        ns.hold_address(&format!("{gw}/{len}"));
     }
     let ping = machines[0]
         .0

@@ -295,5 +295,4 @@ pub async fn query(server: SocketAddr, name: &str, qtype: RecordType) -> std::io
 
 /// hickory's protocol types, for tests and benchmarks that read answers.
 pub use hickory_server::proto;
-pub use hickory_server::proto::op::Message as WireMessage;
 pub use hickory_server::proto::rr::RecordType as WireType;

@@ -26,6 +26,20 @@ fn ip_quiet(args: &[&str]) {
     let _ = Command::new("ip").args(args).output();
 }
 
+/// The lease a flannel subnet file names: (`10.x.y.0/24`, its first address `10.x.y.1`).
+/// `None` while the file is not there (the machine has no lease yet).
+pub fn lease_in(path: &std::path::Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v = text
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
+    let (gw, len) = v.split_once('/')?;
+    Some((
+        format!("{}.0/{len}", gw.rsplit_once('.')?.0),
+        gw.to_string(),
+    ))
+}
+
 /// A per-process tag for names (interface names have at most 15 characters).
 pub fn tag() -> String {
     format!("{:x}", std::process::id() % 0xffff)
@@ -120,6 +134,16 @@ impl Netns {
             host_end,
             addr: cidr.split('/').next().unwrap_or(cidr).to_string(),
         }
+    }
+
+    /// A bridge `cbr0` holding `gw_cidr` (a lease's first address), as Docker's would
+    /// with `--bip`: made again if it is there.
+    pub fn hold_address(&self, gw_cidr: &str) {
+        let n = &self.name;
+        ip_quiet(&["-n", n, "link", "del", "cbr0"]);
+        ip(&["-n", n, "link", "add", "cbr0", "type", "bridge"]);
+        ip(&["-n", n, "addr", "add", gw_cidr, "dev", "cbr0"]);
+        ip(&["-n", n, "link", "set", "cbr0", "up"]);
     }
 
     /// `program` to be run inside this machine's network namespace.
