@@ -78,6 +78,8 @@ pub struct NodeConfig {
     pub engine: crate::sched::engine::EngineConfig,
     /// An in-process confd (`--confdir`), watching through the member's own client.
     pub render: Option<crate::render::runner::RenderConfig>,
+    /// What the dashboard shows that the store does not hold.
+    pub ui: crate::api::ui::UiConfig,
 }
 
 #[derive(Debug, Error)]
@@ -311,6 +313,8 @@ pub async fn start(
             cfg.client_urls.clone(),
             cfg.request_timeout_ms,
         ),
+        ui: cfg.ui.clone(),
+        ui_history: Default::default(),
     };
     let renderer = match (&cfg.render, &env.render) {
         (Some(rc), Some(seams)) => Some(crate::render::runner::Renderer::new(

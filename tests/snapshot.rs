@@ -120,6 +120,7 @@ async fn writes_commit_while_a_snapshot_is_written_and_the_snapshot_is_of_its_in
         value_bytes_max: 1 << 20,
         inbox_inputs_max: 1024,
         cors: Default::default(),
+        ui: Default::default(),
         engine: Default::default(),
         agent: None,
         render: None,

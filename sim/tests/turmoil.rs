@@ -71,6 +71,7 @@ fn config(i: usize) -> NodeConfig {
         value_bytes_max: 1 << 20,
         inbox_inputs_max: 4096,
         cors: Default::default(),
+        ui: Default::default(),
         engine: Default::default(),
         agent: None,
         render: None,

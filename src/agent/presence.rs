@@ -40,6 +40,7 @@ impl MachineConfig {
             primary_ip: self.public_ip.clone(),
             metadata: self.metadata.clone(),
             agent_url: self.agent_url.clone(),
+            agent_ttl_s: self.ttl_s,
         }
     }
 }

@@ -17,7 +17,7 @@ const BCRYPT_COST: u32 = 10;
 pub const VERIFIED_MAX: usize = 1024;
 
 /// Who a request is.
-enum Caller {
+pub(super) enum Caller {
     Anonymous,
     User(User),
     /// Credentials that do not check out: refused, never treated as a guest.
@@ -180,7 +180,7 @@ impl Api {
     /// The caller, from `Authorization: Basic …`; without one, on a listener that
     /// requires client certificates, the first certificate common name that names a user
     /// (no password: the handshake proved it), as etcd does.
-    fn caller(&self, req: &Request<Bytes>) -> Caller {
+    pub(super) fn caller(&self, req: &Request<Bytes>) -> Caller {
         let Some(h) = req.headers().get(http::header::AUTHORIZATION) else {
             let names = req
                 .extensions()
@@ -240,10 +240,22 @@ impl Api {
     /// etcd's `hasKeyPrefixAccess`: may this request touch `key` (and, `recursive`, all
     /// under it)? Anonymous requests get the guest role (never recursively).
     pub(super) fn key_access(&self, req: &Request<Bytes>, key: &str, recursive: bool) -> bool {
+        let write = !matches!(*req.method(), Method::GET | Method::HEAD);
+        self.access(req, key, recursive, write)
+    }
+
+    /// [`Self::key_access`] for a read or write this request would make (the dashboard
+    /// asks before it shows a button).
+    pub(super) fn access(
+        &self,
+        req: &Request<Bytes>,
+        key: &str,
+        recursive: bool,
+        write: bool,
+    ) -> bool {
         if !self.auth_enabled() {
             return true;
         }
-        let write = !matches!(*req.method(), Method::GET | Method::HEAD);
         let user = match self.caller(req) {
             Caller::Refused => return false,
             Caller::Anonymous => {

@@ -13,9 +13,12 @@ const ALLOW_HEADERS: &str = "accept, content-type, authorization";
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Cors {
-    /// Every origin (etcd's default, or `*` in the list).
+    /// Every origin may read (etcd's default: no flag or an empty list); writes from
+    /// other origins are refused (see [`super::csrf`]).
     #[default]
     Any,
+    /// `*` in the list: every origin may read and write, as in etcd.
+    Star,
     Origins(BTreeSet<String>),
 }
 
@@ -25,7 +28,7 @@ impl Cors {
         let mut origins = BTreeSet::new();
         for o in flag.split(',').map(str::trim).filter(|o| !o.is_empty()) {
             if o == "*" {
-                return Ok(Self::Any);
+                return Ok(Self::Star);
             }
             if !(o.starts_with("http://") || o.starts_with("https://")) {
                 return Err(format!(
@@ -47,8 +50,17 @@ impl Cors {
     /// The origin to allow for a request that sent `origin`, if any.
     pub fn allowed<'a>(&self, origin: Option<&'a str>) -> Option<&'a str> {
         match self {
-            Self::Any => Some("*"),
+            Self::Any | Self::Star => Some("*"),
             Self::Origins(list) => origin.filter(|o| list.contains(*o)),
+        }
+    }
+
+    /// Did the operator name this origin (or `*`)? Only then may its pages write.
+    pub fn explicitly_allows(&self, origin: &str) -> bool {
+        match self {
+            Self::Any => false,
+            Self::Star => true,
+            Self::Origins(list) => list.contains(origin),
         }
     }
 
@@ -97,7 +109,9 @@ mod tests {
     fn any_origin_by_default_and_with_a_star() {
         for flag in ["", " , ", "*", "http://a.example,*"] {
             let c = Cors::parse(flag).unwrap();
-            assert_eq!(c, Cors::Any, "{flag:?}");
+            let star = flag.contains('*');
+            assert_eq!(c, if star { Cors::Star } else { Cors::Any }, "{flag:?}");
+            assert_eq!(c.explicitly_allows("http://evil.example"), star);
             assert_eq!(answer(&c, None).as_deref(), Some("*"));
             assert_eq!(
                 answer(&c, Some("http://evil.example")).as_deref(),

@@ -11,6 +11,8 @@
 //! - [`members`]: `/v2/members` (listing open, changes root's once auth is on).
 //! - [`ready`]: no request is answered before this member's publish is applied.
 //! - [`cors`]: etcd's `--cors` headers and preflight `OPTIONS`, on every path.
+//! - [`csrf`]: state-changing requests a browser marks as cross-site are refused.
+//! - [`ui`]: the dashboard at `/ui/` and the two endpoints only it needs.
 //! - this file: routing, `/health`, `/version`, `/v2/machines`, `/v2/stats`, common
 //!   headers.
 //!
@@ -19,6 +21,7 @@
 
 pub mod auth;
 pub mod cors;
+pub mod csrf;
 pub mod fleet;
 pub mod journal;
 pub mod json;
@@ -27,6 +30,7 @@ pub mod members;
 pub mod params;
 pub mod ready;
 pub mod stream;
+pub mod ui;
 
 use crate::raft::RaftHandle;
 use bytes::Bytes;
@@ -63,11 +67,17 @@ pub struct Api {
     pub cors: cors::Cors,
     /// Nothing is answered before this member's own publish is applied here.
     pub ready: ready::Readiness,
+    /// What the dashboard needs that the store does not hold.
+    pub ui: ui::UiConfig,
+    /// The dashboard's charts, sampled on a timer (see [`ui::overview::sample_forever`]).
+    pub ui_history: Arc<std::sync::Mutex<ui::history::History>>,
 }
 
 impl Api {
     pub fn into_handler(self) -> Handler {
         let api = Arc::new(self);
+        let sampler = ui::overview::sample_forever(api.clone(), api.ui_history.clone());
+        api.spawn.spawn("ui-history", Box::pin(sampler));
         Arc::new(move |req| {
             let api = api.clone();
             Box::pin(async move { api.route(req).await })
@@ -87,6 +97,8 @@ impl Api {
         } else if method == Method::OPTIONS {
             // A CORS preflight, on any path, as etcd answers it.
             full(StatusCode::OK, Vec::new())
+        } else if let Some(why) = csrf::refusal(&method, req.headers(), &self.cors) {
+            self.bare_json(StatusCode::FORBIDDEN, json!({ "message": why }))
         } else {
             self.dispatch(req).await
         };
@@ -123,6 +135,14 @@ impl Api {
                 return self.keys(&req, key).await;
             }
         }
+        if let Some(rest) = path.strip_prefix("/ui") {
+            if let Some(r) = ui::assets::serve(req.method(), rest) {
+                return r;
+            }
+        }
+        if path == "/flotilla/v1/whoami" && req.method() == Method::GET {
+            return self.whoami(&req);
+        }
         for prefix in ["/fleet/v1", "/v1-alpha"] {
             if let Some(rest) = path.strip_prefix(prefix) {
                 if rest.is_empty() || rest.starts_with('/') {
@@ -146,6 +166,9 @@ impl Api {
             if req.method() == Method::GET {
                 return self.placement(unit);
             }
+        }
+        if path == "/flotilla/v1/overview" && req.method() == Method::GET {
+            return self.overview(&req).await;
         }
         if let Some(rest) = path.strip_prefix("/v2/members") {
             if rest.is_empty() || rest.starts_with('/') {

@@ -174,6 +174,14 @@ fn config(a: &NodeArgs) -> Result<NodeConfig> {
         value_bytes_max: a.max_request_bytes,
         inbox_inputs_max: INBOX_INPUTS_MAX,
         cors: crate::api::cors::Cors::parse(&a.cors).map_err(anyhow::Error::msg)?,
+        ui: crate::api::ui::UiConfig {
+            network_prefix: a.net.network_prefix.trim_end_matches('/').to_string(),
+            dns_domain: a
+                .net
+                .dns_addr
+                .is_some()
+                .then(|| a.net.dns_domain.trim_matches('.').to_string()),
+        },
     })
 }
 

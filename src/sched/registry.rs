@@ -71,6 +71,13 @@ pub struct MachineRecord {
     /// Where its agent serves unit journals (not part of fleet's machine entity).
     #[serde(default, rename = "agentURL", skip_serializing_if = "String::is_empty")]
     pub agent_url: String,
+    /// The TTL its agent renews this key with, seconds (flotilla's, for "last renewal").
+    #[serde(default, rename = "agentTTL", skip_serializing_if = "is_zero")]
+    pub agent_ttl_s: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A dynamic metadata item: a value, or a tombstone hiding a configured one.

@@ -33,6 +33,7 @@ pub async fn one_member() -> InProc {
         value_bytes_max: 1 << 20,
         inbox_inputs_max: 1024,
         cors: Default::default(),
+        ui: Default::default(),
         engine: EngineConfig {
             enabled: false,
             ..Default::default()

@@ -1,6 +1,7 @@
 //! Test harness: real `flotilla node` processes on 127.0.0.1 and a small HTTP client.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types, dead_code)]
 
+pub mod browser;
 pub mod certs;
 pub mod inproc;
 pub mod netns;

@@ -29,6 +29,7 @@ pub(super) fn node_config(s: &Scenario, i: usize) -> NodeConfig {
         value_bytes_max: 1 << 20,
         inbox_inputs_max: 4096,
         cors: Default::default(),
+        ui: Default::default(),
         engine: EngineConfig {
             reconcile_ms: 500,
             bugs: Bugs {
