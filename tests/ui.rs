@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Agent(Child);
+/// The agent process and the URL it serves its journals and the dashboard on.
+struct Agent(Child, String);
 
 impl Drop for Agent {
     fn drop(&mut self) {
@@ -21,25 +22,26 @@ impl Drop for Agent {
     }
 }
 
-/// `flotilla agent` m1, running host processes, registered with a 4 s TTL.
+/// `flotilla agent` m1, running host processes, registered with a 10 s TTL.
 fn agent(base: &str, dir: &std::path::Path) -> Agent {
     let log = std::fs::File::create(dir.join("agent.log")).expect("agent log");
+    let url = format!("http://127.0.0.1:{}", free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args([
             "agent",
             &format!("--endpoints={base}"),
-            &format!("--listen=http://127.0.0.1:{}", free_port()),
+            &format!("--listen={url}"),
             "--machine-id=m1",
             "--public-ip=127.0.0.1",
             "--metadata=role=web",
-            "--agent-ttl=4s",
+            "--agent-ttl=10s",
             "--allow-host-commands",
             &format!("--data-dir={}", dir.join("agent").display()),
         ])
         .stderr(log)
         .spawn()
         .expect("start flotilla agent");
-    Agent(child)
+    Agent(child, url)
 }
 
 async fn started(c: &Http) -> (Cluster, Agent) {
@@ -447,6 +449,36 @@ async fn with_auth_on_it_logs_in_and_a_read_only_user_has_no_buttons() {
         1,
         WAIT,
     )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_only_machine_serves_the_dashboard_through_the_members() {
+    let c = client();
+    let (cl, agent) = started(&c).await;
+    let base = cl.nodes[0].client_url.clone();
+    let b = Browser::start().await;
+    b.goto(&format!("{}/ui/", agent.1)).await;
+    b.until_count("#members tr[data-member]", 3, WAIT).await;
+    b.goto(&format!("{}/ui/#/keys/", agent.1)).await;
+    b.fill("#new-key input[name=name]", "via-agent").await;
+    b.fill("#new-key input[name=value]", "relayed").await;
+    b.click("#new-key button[type=submit]").await;
+    b.until_count(r#"tr[data-key="/via-agent"]"#, 1, WAIT).await;
+    assert_eq!(value(&c, &base, "/via-agent").await, "relayed");
+    // The page's watch stream runs through the agent too.
+    let r = call(
+        &c,
+        "PUT",
+        &format!("{base}/v2/keys/elsewhere"),
+        Some("value=seen"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text);
+    b.until_text(r#"tr[data-key="/elsewhere"] td.value"#, WAIT, |t| {
+        t == "seen"
+    })
     .await;
 }
 

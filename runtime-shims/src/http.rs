@@ -278,3 +278,86 @@ pub async fn request_as(
         }),
     }
 }
+
+/// A response body passed on as it arrives; an error upstream ends it (the client sees
+/// a short body, as when the upstream closes).
+struct Relay(hyper::body::Incoming);
+
+impl hyper::body::Body for Relay {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.0).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+            Poll::Ready(Some(Err(_)) | None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Headers a forwarded request keeps: who is asking and what the body is. (`Origin` and
+/// the browser's fetch metadata stay behind: the forwarder judged them already.)
+const FORWARDED: [http::header::HeaderName; 3] = [
+    http::header::AUTHORIZATION,
+    http::header::CONTENT_TYPE,
+    http::header::ACCEPT,
+];
+
+/// Sends `req` to the server at `base` (`http[s]://host:port`) and returns its response
+/// with the body streamed through (a watch stream stays a stream). `timeout` bounds
+/// the wait for the response's head, not its body.
+pub async fn forward(
+    base: &str,
+    req: &Request<Bytes>,
+    timeout: std::time::Duration,
+) -> Result<Response<Body>, String> {
+    let uri: http::Uri = base.parse().map_err(|e| format!("{base}: {e}"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{base}: no host"))?
+        .to_string();
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let fut = async {
+        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("{host}:{port}: {e}"))?;
+        let mut send = if https {
+            let tls = crate::tls::connect(&host, stream)
+                .await
+                .map_err(|e| format!("{base}: {e}"))?;
+            handshake(tls).await?
+        } else {
+            handshake(stream).await?
+        };
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let mut b = http::Request::builder()
+            .method(req.method())
+            .uri(path)
+            .header(http::header::HOST, format!("{host}:{port}"));
+        for name in FORWARDED {
+            if let Some(v) = req.headers().get(&name) {
+                b = b.header(name, v);
+            }
+        }
+        let out = b
+            .body(Full::new(req.body().clone()))
+            .map_err(|e| e.to_string())?;
+        send.send_request(out).await.map_err(|e| e.to_string())
+    };
+    let resp = match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r?,
+        Err(_) => return Err(format!("{base}: no answer within {timeout:?}")),
+    };
+    let (mut parts, body) = resp.into_parts();
+    // Hop-by-hop: this connection's framing is the forwarder's own.
+    for name in [http::header::CONNECTION, http::header::TRANSFER_ENCODING] {
+        parts.headers.remove(name);
+    }
+    Ok(Response::from_parts(parts, Relay(body).boxed()))
+}

@@ -4,6 +4,7 @@
 //! An agent-only machine serves the same path on its own listener.
 
 use super::fleet::{ErrorJson, JournalJson};
+use super::ui::relay::Relay;
 use crate::agent::AgentHandle;
 use bytes::Bytes;
 use flotilla_shims::http::{full, Body, Handler};
@@ -81,10 +82,12 @@ pub async fn remote(
     }
 }
 
-/// The handler an agent-only machine serves: its journal and `/health`.
-pub fn agent_handler(agent: AgentHandle) -> Handler {
+/// The handler an agent-only machine serves: its journal, `/health`, and the dashboard
+/// through `relay` (its files here, its API requests passed to the members).
+pub fn agent_handler(agent: AgentHandle, relay: Option<Arc<Relay>>) -> Handler {
     Arc::new(move |req: Request<Bytes>| {
         let agent = agent.clone();
+        let relay = relay.clone();
         Box::pin(async move {
             let path = percent_encoding::percent_decode_str(req.uri().path())
                 .decode_utf8_lossy()
@@ -92,20 +95,28 @@ pub fn agent_handler(agent: AgentHandle) -> Handler {
             if path == "/health" {
                 return reply(StatusCode::OK, serde_json::json!({"health": "true"}));
             }
-            let Some(unit) = path.strip_prefix("/flotilla/v1/journal/") else {
-                return reply(StatusCode::NOT_FOUND, error(404, ""));
-            };
-            let n = match lines_param(req.uri().query()) {
-                Ok(n) => n,
-                Err(e) => return reply(StatusCode::BAD_REQUEST, error(400, e)),
-            };
-            match agent.journal(unit, n).await {
-                Some(lines) => reply(StatusCode::OK, journal_json(unit, &agent.machine, lines)),
-                None => reply(
-                    StatusCode::NOT_FOUND,
-                    error(404, format!("{unit} is not on machine {}", agent.machine)),
-                ),
+            if let Some(unit) = path.strip_prefix("/flotilla/v1/journal/") {
+                let n = match lines_param(req.uri().query()) {
+                    Ok(n) => n,
+                    Err(e) => return reply(StatusCode::BAD_REQUEST, error(400, e)),
+                };
+                if let Some(lines) = agent.journal(unit, n).await {
+                    return reply(StatusCode::OK, journal_json(unit, &agent.machine, lines));
+                }
+                // Asked by a member (`local=1`), or no dashboard here: the unit is not here.
+                let local = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                    .any(|(k, _)| k == "local");
+                if local || relay.is_none() {
+                    let msg = format!("{unit} is not on machine {}", agent.machine);
+                    return reply(StatusCode::NOT_FOUND, error(404, msg));
+                }
             }
+            if let Some(relay) = &relay {
+                if let Some(r) = relay.handle(&req, &path).await {
+                    return r;
+                }
+            }
+            reply(StatusCode::NOT_FOUND, error(404, ""))
         })
     })
 }

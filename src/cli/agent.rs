@@ -23,7 +23,8 @@ pub struct AgentArgs {
         env = "FLOTILLA_ENDPOINTS"
     )]
     pub endpoints: String,
-    /// Where to serve this machine's unit journals (`flotilla units journal`).
+    /// Where to serve this machine's unit journals (`flotilla units journal`) and the
+    /// dashboard (`/ui/`, its API requests passed to the members).
     #[arg(long, default_value = "http://127.0.0.1:2391")]
     pub listen: String,
     /// Where this machine keeps its id (`machine-id`) when `--machine-id` is not given.
@@ -76,6 +77,11 @@ async fn serve(a: AgentArgs) -> Result<()> {
     seams.network = unit_net.with_dns(dns.as_ref().map(|d| d.container_dns()).unwrap_or_default());
     let clock = Arc::new(TokioClock::new());
     let spawn: Arc<dyn Spawn> = Arc::new(TokioSpawn);
+    let relay = Arc::new(crate::api::ui::relay::Relay {
+        endpoints: endpoints.urls().to_vec(),
+        cors: Default::default(),
+        timeout: Duration::from_millis(a.request_timeout_ms),
+    });
     let kv: Arc<dyn KvClient> = Arc::new(HttpKv::new(
         endpoints,
         Duration::from_millis(a.request_timeout_ms),
@@ -97,7 +103,7 @@ async fn serve(a: AgentArgs) -> Result<()> {
         "agent-http",
         Box::pin(flotilla_shims::http::accept_tokio(
             listener,
-            agent_handler(handle),
+            agent_handler(handle, Some(relay)),
             spawn.clone(),
             64 << 10,
             None,

@@ -97,7 +97,8 @@ impl Browser {
             }
             if Instant::now() > end {
                 self.screenshot("failure").await;
-                panic!("{css}: not as expected within {within:?}; last text {t:?} (screenshot target/ui-screens/failure.png)");
+                let lost = self.live_lost().await;
+                panic!("{css}: not as expected within {within:?}; last text {t:?}; live stream lost: {lost} (screenshot target/ui-screens/failure.png)");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -113,36 +114,55 @@ impl Browser {
             }
             if Instant::now() > end {
                 self.screenshot("failure").await;
-                panic!("{css}: {got} elements, expected {n}, within {within:?}");
+                let lost = self.live_lost().await;
+                panic!("{css}: {got} elements, expected {n}, within {within:?}; live stream lost: {lost}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
+    /// Clicks `css`, finding it again if the live page redrew it in between.
     pub async fn click(&self, css: &str) {
-        let e = self
-            .client
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"));
-        e.click()
-            .await
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = match self.client.find(Locator::Css(css)).await {
+                Ok(e) => e.click().await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => return,
+                Err(e) if Instant::now() > end => panic!("click {css}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 
-    /// Types into the field `css` after clearing it.
+    /// Types into the field `css` after clearing it (again if the page redrew it).
     pub async fn fill(&self, css: &str, text: &str) {
-        let e = self
-            .client
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"));
-        e.clear().await.expect("clear");
-        e.send_keys(text).await.expect("type");
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = match self.client.find(Locator::Css(css)).await {
+                Ok(e) => match e.clear().await {
+                    Ok(()) => e.send_keys(text).await,
+                    Err(err) => Err(err),
+                },
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => return,
+                Err(e) if Instant::now() > end => panic!("fill {css}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Why the page's live stream last broke, if it did (the page records it).
+    pub async fn live_lost(&self) -> String {
+        let script = "return document.body.dataset.liveLost || 'never'";
+        match self.client.execute(script, vec![]).await {
+            Ok(v) => v.as_str().unwrap_or_default().to_string(),
+            Err(e) => format!("(unknown: {e})"),
+        }
     }
 
     pub async fn screenshot(&self, name: &str) {

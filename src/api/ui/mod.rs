@@ -10,6 +10,8 @@
 //!   it, the history, and the problems worth putting at the top.
 //! - [`whoami`]: `/flotilla/v1/whoami` — who the caller is under v2 auth and what they
 //!   may do, so the pages show only the buttons that would work.
+//! - [`relay`]: the dashboard on an agent-only machine: files here, API requests passed
+//!   to the members.
 //!
 //! Everything else the pages show comes from the APIs any client uses (`/v2/keys`,
 //! `/fleet/v1`, `/flotilla/v1/placement`, `/flotilla/v1/journal`, `/v2/members`), and a
@@ -18,6 +20,7 @@
 pub mod assets;
 pub mod history;
 pub mod overview;
+pub mod relay;
 pub mod whoami;
 
 /// What the pages need to know about this node that is not in the store.

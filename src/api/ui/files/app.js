@@ -138,8 +138,10 @@ class Live {
     const ctrl = new AbortController();
     this.ctrl = ctrl;
     const url = `${keyUrl(this.prefix)}?wait=true&recursive=true&stream=true&waitIndex=${index + 1}`;
-    this.pump(url, ctrl).catch(() => {
-      if (!ctrl.signal.aborted) setTimeout(() => { if (!ctrl.signal.aborted) this.onLost(); }, 1000);
+    this.pump(url, ctrl).catch((e) => {
+      if (ctrl.signal.aborted) return;
+      document.body.dataset.liveLost = String(e.message || e);
+      setTimeout(() => { if (!ctrl.signal.aborted) this.onLost(); }, 1000);
     });
   }
 
@@ -191,9 +193,28 @@ function every(ms, fn) {
   view.timers.push(setInterval(fn, ms));
 }
 
-// A page's stream: re-read on every event, and on loss.
+// The store's index now, for a stream to start after.
+async function storeIndex(prefix) {
+  try {
+    return (await api('GET', keyUrl(prefix))).index;
+  } catch (e) {
+    if (e.data && e.data.index) return e.data.index;
+    throw e;
+  }
+}
+
+// A page's stream: re-read on every event; when the stream is lost, re-read the page
+// and start a new stream from the index that read saw.
 function liveOn(prefix, index, reread) {
-  const live = new Live(prefix, () => soon(reread), () => reread());
+  const live = new Live(prefix, () => soon(reread), async () => {
+    try {
+      const at = await storeIndex(prefix);
+      await reread();
+      live.start(at);
+    } catch (_) {
+      setTimeout(() => live.onLost(), 1000);
+    }
+  });
   view.live.push(live);
   live.start(index);
   return live;
@@ -550,8 +571,8 @@ async function unitsPage(m) {
   }
   replace(m, h('h1', {}, 'Units'), canSchedule() ? submitForm(drawList) : null,
     h('div', { class: 'toolbar' }, filter), list);
+  const index = await storeIndex('/_flotilla');
   await drawList();
-  const { index } = await api('GET', keyUrl('/_flotilla'));
   liveOn('/_flotilla', index, () => drawList().catch((e) => banner(e.message)));
 }
 
@@ -589,9 +610,9 @@ async function unitPage(m, name) {
     }
   };
   replace(m, h('h1', {}, name), head, h('h2', {}, 'Journal'), journal);
+  const index = await storeIndex('/_flotilla');
   await draw();
   await tail();
-  const { index } = await api('GET', keyUrl('/_flotilla'));
   liveOn('/_flotilla', index, () => draw().catch((e) => banner(e.message)));
   // A journal is on its machine, not in the store: read it again every second.
   every(1000, tail);
@@ -853,7 +874,10 @@ async function route() {
   banner('');
   const seq = ++routeSeq;
   const path = location.hash.replace(/^#/, '') || '/';
-  const m = $main();
+  // Each visit draws into its own element: a read still in flight from the page just
+  // left lands in a detached one, never over this page.
+  const m = h('div', { class: 'page' });
+  replace($main(), m);
   for (const [re, page, render] of ROUTES) {
     const match = re.exec(path);
     if (!match) continue;
