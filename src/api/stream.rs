@@ -68,7 +68,7 @@ async fn pump(
     mut since: u64,
     tx: mpsc::Sender<Bytes>,
 ) {
-    let mut changes = shared.subscribe();
+    let watch = shared.watchers.register(&key, recursive);
     shared.store_stats().watchers += 1;
     loop {
         let next = {
@@ -87,7 +87,7 @@ async fn pump(
                 tokio::select! {
                     biased;
                     _ = tx.closed() => break,
-                    c = changes.changed() => if c.is_err() { break } else { continue },
+                    _ = watch.changed() => continue,
                 }
             }
             // The reader fell out of the event window: say so and end the stream.

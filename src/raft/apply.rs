@@ -126,6 +126,7 @@ impl Applier<'_> {
         // A publish changes no key, but a member waiting to serve (api::ready) waits on it.
         if !applied.events.is_empty() || matches!(p.req, Request::Publish { .. }) {
             self.shared.notify_events();
+            self.shared.watchers.wake(&applied.events);
         }
         if p.origin == self.id {
             if let Some(reply) = self.pending.remove(&p.seq) {

@@ -636,6 +636,7 @@ impl Driver {
         *self.shared.machine() = machine;
         // Waiters (watches, a member waiting for its publish) look again.
         self.shared.notify_events();
+        self.shared.watchers.wake_everyone();
         self.snap_bytes_last = snap.get_data().len();
         self.log_bytes_since_snap = 0;
         self.raw.mut_store().apply_snapshot(snap);

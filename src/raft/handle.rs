@@ -130,6 +130,8 @@ pub struct Shared {
     pub store_stats: Mutex<StoreStats>,
     pub raft_stats: Mutex<RaftStats>,
     pub metrics: crate::metrics::Metrics,
+    /// Long-poll and streamed watches, by key.
+    pub watchers: super::watchers::Watchers,
 }
 
 impl Shared {
@@ -145,6 +147,7 @@ impl Shared {
             store_stats: Mutex::new(StoreStats::default()),
             raft_stats: Mutex::new(RaftStats::default()),
             metrics: crate::metrics::Metrics::new(),
+            watchers: Default::default(),
         }
     }
 
@@ -182,7 +185,8 @@ impl Shared {
         recursive: bool,
         since: u64,
     ) -> Result<Event, StoreError> {
-        let mut changes = self.subscribe();
+        // Registered before the first look, so nothing applied in between is missed.
+        let watch = self.watchers.register(key, recursive);
         loop {
             {
                 let m = self.machine();
@@ -194,13 +198,7 @@ impl Shared {
                     return Ok(ev.clone());
                 }
             }
-            if changes.changed().await.is_err() {
-                return Err(StoreError::new(
-                    crate::kv::error::RAFT_INTERNAL,
-                    "node is stopping",
-                    0,
-                ));
-            }
+            watch.changed().await;
         }
     }
 }

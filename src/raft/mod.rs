@@ -12,6 +12,8 @@
 //! - [`handle`]: [`RaftHandle`] — how the API submits writes, ReadIndex reads and
 //!   membership changes, and the [`Shared`] state it reads.
 //! - [`signal`]: "something was applied", waking waiters in a deterministic order.
+//! - [`watchers`]: watches wait on their own keys; an applied event wakes only those it
+//!   concerns.
 //! - [`logger`]: raft-rs's slog records into `tracing`.
 //!
 //! Data flow: API → `RaftHandle` → driver inbox → `RawNode::propose` → Ready → disk sync →
@@ -27,6 +29,7 @@ pub mod logger;
 pub mod machine;
 pub mod signal;
 pub mod storage;
+pub mod watchers;
 
 pub use boot::{
     recover, BootError, Identity, Recovered, META_HARD_STATE, META_IDENTITY, META_SNAPSHOT,
