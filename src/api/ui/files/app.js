@@ -205,10 +205,11 @@ async function storeIndex(prefix) {
 
 // A page's stream: re-read on every event; when the stream is lost, re-read the page
 // and start a new stream from the index that read saw.
-function liveOn(prefix, index, reread) {
-  const live = new Live(prefix, () => soon(reread), async () => {
+function liveOn(prefix, index, reread, seen) {
+  const live = new Live(prefix, (ev) => { if (seen) seen(ev); soon(reread); }, async () => {
     try {
       const at = await storeIndex(prefix);
+      if (seen) seen(null);
       await reread();
       live.start(at);
     } catch (_) {
@@ -541,11 +542,33 @@ function submitForm(after) {
   h('label', {}, 'then', desired), h('button', { type: 'submit', class: 'primary' }, 'Submit'), msg, text);
 }
 
+// Units' states in one read of their keys (fleet's state API pages 100 at a time), as
+// fleet's API shows them: only from machines that are alive.
+async function liveStates() {
+  const [states, machines] = await Promise.all([
+    readDir('/_flotilla/states', true), readDir('/_flotilla/machines', false)]);
+  const alive = new Set(machines.nodes.map((n) => base(n.key)));
+  const out = {};
+  for (const n of flatten(states.nodes, []).filter((x) => !x.dir)) {
+    const s = parse(n.value);
+    if (s && alive.has(s.machineID)) out[s.name] = s;
+  }
+  return out;
+}
+
+// The unit list is read again only when an event touched units or the schedule; a
+// state reported (the common event) re-reads the states alone.
 async function unitsData() {
-  const [units, states] = await Promise.all([fleetAll('units'), fleetAll('state')]);
-  const st = {};
-  for (const s of states) st[s.name] = s;
-  return units.map((u) => ({ ...u, state: st[u.name] }));
+  if (!view.state.units || view.state.unitsStale) {
+    view.state.unitsStale = false;
+    view.state.units = await fleetAll('units');
+  }
+  const st = await liveStates();
+  // fleet's currentState, from the state just read: launched while active.
+  const current = (u, s) => (!u.machineID ? u.currentState
+    : !s || s.machineID !== u.machineID ? 'inactive'
+      : ['active', 'activating', 'reloading'].includes(s.systemdActiveState) ? 'launched' : 'loaded');
+  return view.state.units.map((u) => ({ ...u, state: st[u.name], currentState: current(u, st[u.name]) }));
 }
 
 async function unitsPage(m) {
@@ -573,7 +596,10 @@ async function unitsPage(m) {
     h('div', { class: 'toolbar' }, filter), list);
   const index = await storeIndex('/_flotilla');
   await drawList();
-  liveOn('/_flotilla', index, () => drawList().catch((e) => banner(e.message)));
+  const seen = (ev) => {
+    if (!ev || !ev.node.key.startsWith('/_flotilla/states/')) view.state.unitsStale = true;
+  };
+  liveOn('/_flotilla', index, () => drawList().catch((e) => banner(e.message)), seen);
 }
 
 async function unitPage(m, name) {
