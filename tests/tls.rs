@@ -156,6 +156,28 @@ fn three_members_over_tls_with_client_certificates() {
     let (ok, out, err) = etcdctl(&ep0, &etcd_flags, &["get", "/tls/b"]);
     assert!(ok && out == "two", "etcdctl get over TLS: {out} {err}");
 
+    // The dashboard is served over the same TLS listener, with the same client check.
+    let page = Command::new("curl")
+        .args([
+            "-s",
+            "-i",
+            "--cacert",
+            &s(&ca.path),
+            "--cert",
+            &s(&client.0),
+        ])
+        .args(["--key", &s(&client.1), &format!("{ep0}/ui/")])
+        .output()
+        .expect("curl");
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(
+        page.starts_with("HTTP/1.1 200") && page.contains("<title>flotilla</title>"),
+        "the dashboard over TLS: {page}"
+    );
+    assert!(page
+        .to_ascii_lowercase()
+        .contains("content-security-policy: default-src 'none'"));
+
     // No client certificate, an expired one, one from another CA: refused in the handshake.
     let (ok, _, err) = etcdctl(&ep0, &etcd_flags[..1], &["get", "/tls/a"]);
     assert!(!ok, "etcdctl without a certificate got in: {err}");

@@ -596,8 +596,11 @@ async function unitsPage(m) {
     h('div', { class: 'toolbar' }, filter), list);
   const index = await storeIndex('/_flotilla');
   await drawList();
+  // Units and where they are placed change the list; states, presence and the engine's
+  // lease do not (the states are read on every refresh anyway).
   const seen = (ev) => {
-    if (!ev || !ev.node.key.startsWith('/_flotilla/states/')) view.state.unitsStale = true;
+    const k = ev ? ev.node.key : '';
+    if (!ev || k.startsWith('/_flotilla/units/') || k.startsWith('/_flotilla/schedule/')) view.state.unitsStale = true;
   };
   liveOn('/_flotilla', index, () => drawList().catch((e) => banner(e.message)), seen);
 }
