@@ -193,6 +193,8 @@ async fn units_from_the_units_page_run_stop_and_go_and_a_journal_line_appears() 
     b.until_text(r#"tr[data-machine="m1"]"#, WAIT, |t| t.contains("role=web"))
         .await;
     b.screenshot("machines").await;
+    // Every page stayed live through its stream, never through a re-read after a loss.
+    assert_eq!(b.live_lost().await, "never");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,6 +336,7 @@ async fn keys_are_edited_safely_counted_down_and_shown_as_text() {
         "{lease}"
     );
     b.screenshot("network").await;
+    assert_eq!(b.live_lost().await, "never");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

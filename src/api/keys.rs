@@ -20,7 +20,7 @@ impl Api {
         let body = matches!(method, Method::PUT | Method::POST).then(|| req.body().as_ref());
         let params = Params::parse(req.uri().query(), body);
         let r = match KeyRequest::parse(&params, &method) {
-            Ok(kr) if !self.may_touch(req, key, kr.recursive) => {
+            Ok(kr) if !self.may_touch(req, key, kr.recursive, kr.wait) => {
                 Err(StoreError::new(UNAUTHORIZED, "Insufficient credentials", 0))
             }
             Ok(kr) => match method {
@@ -38,13 +38,15 @@ impl Api {
     }
 
     /// Auth records are never keys; with auth enabled, the caller's roles must reach `key`.
-    /// (The root's listings skip hidden `_` names, so only a recursive request naming a
-    /// hidden directory above the records could reach them.)
-    fn may_touch(&self, req: &Request<Bytes>, key: &str, recursive: bool) -> bool {
+    /// (The root's listings skip hidden `_` names, so only a recursive read naming a
+    /// hidden directory above the records could reach them; a watch there is fine, its
+    /// events never include them — see `History::scan`.)
+    fn may_touch(&self, req: &Request<Bytes>, key: &str, recursive: bool, watch: bool) -> bool {
         let clean = crate::kv::path::clean(key);
         let auth_dir = crate::auth::PREFIX;
         let inside = clean == auth_dir || clean.starts_with(&format!("{auth_dir}/"));
         let above = recursive
+            && !watch
             && clean != "/"
             && auth_dir
                 .strip_prefix(clean.as_str())

@@ -95,6 +95,12 @@ pub struct Event {
     pub refresh: bool,
 }
 
+/// Does `k`, below the watched `key`, pass through a hidden (`_`) name on the way?
+fn hidden_below(key: &str, k: &str) -> bool {
+    let rest = if key == "/" { k } else { &k[key.len()..] };
+    rest.contains("/_")
+}
+
 /// The last `cap` events, indexed by store index. Every store index from `start` on has
 /// exactly one event, so lookups are arithmetic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,12 +155,20 @@ impl History {
             format!("{key}/")
         };
         let skip = (since - start) as usize;
+        let sealed = format!("{}/", crate::auth::PREFIX);
+        let watching_sealed = key.starts_with(&sealed) || key == crate::auth::PREFIX;
         Ok(self.events.iter().skip(skip).find(|e| {
             if e.refresh {
                 return false;
             }
             let k = &e.node.key;
-            let mut ok = k == key || (recursive && k.starts_with(&prefix));
+            // Users and roles are records, not keys: no watch above them sees them.
+            if !watching_sealed && k.starts_with(&sealed) {
+                return false;
+            }
+            // etcd's isHidden: a recursive watch does not see `_` names below it.
+            let below = recursive && k.starts_with(&prefix) && !hidden_below(key, k);
+            let mut ok = k == key || below;
             if matches!(e.action, Action::Delete | Action::Expire) {
                 if let Some(p) = &e.prev_node {
                     ok |= p.dir && key.starts_with(&format!("{}/", p.key));

@@ -572,6 +572,33 @@ mod tests {
         );
     }
 
+    #[test]
+    fn recursive_watches_see_no_hidden_names_below_them_and_never_auth_records() {
+        let mut s = Store::new();
+        let since = s.index() + 1;
+        s.apply(&put("/app/_secret", "x"));
+        s.apply(&put("/_flotilla/auth/users/alice", "hash"));
+        s.apply(&put("/_flotilla/states/u/m1", "running"));
+        let h = s.history();
+        let first = |key: &str, recursive| {
+            h.scan(key, recursive, since, s.index())
+                .expect("in the window")
+                .map(|e| e.node.key.clone())
+        };
+        // As etcd's isHidden: `/` recursively sees neither `_`-named path.
+        assert_eq!(first("/", true), None);
+        assert_eq!(first("/app", true), None);
+        // Watching the hidden directory itself sees what is below it, but not users.
+        assert_eq!(
+            first("/_flotilla", true).as_deref(),
+            Some("/_flotilla/states/u/m1")
+        );
+        assert_eq!(
+            first("/app/_secret", false).as_deref(),
+            Some("/app/_secret")
+        );
+    }
+
     fn h_scan(s: &Store, since: u64) -> Option<&Event> {
         s.history()
             .scan("/_flotilla", true, since, s.index())
