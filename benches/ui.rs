@@ -211,6 +211,8 @@ async fn run() {
         "populated {machines} machines, {units} units (placed, running), {keys} keys in {:.1} s",
         t0.elapsed().as_secs_f64()
     );
+    // A few of the overview's 5 s samples, so its charts have lines (for the screenshot).
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(t0.elapsed())).await;
     let b = Browser::start().await;
     let ui = format!("{base}/ui/");
     let pages = [

@@ -335,6 +335,16 @@ async fn keys_are_edited_safely_counted_down_and_shown_as_text() {
         lease.contains("10.5.3.0/24") && lease.contains("vxlan"),
         "{lease}"
     );
+    // SkyDNS's records are among the names DNS answers.
+    set(
+        "/skydns/local/flotilla/db",
+        r#"value={"host":"10.5.3.7","port":5432}"#.into(),
+    )
+    .await;
+    let names = b
+        .until_text("#dns-names", WAIT, |t| t.contains("db.flotilla.local"))
+        .await;
+    assert!(names.contains("10.5.3.7"), "{names}");
     b.screenshot("network").await;
     assert_eq!(b.live_lost().await, "never");
 }

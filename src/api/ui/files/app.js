@@ -346,7 +346,9 @@ async function overviewPage(m) {
       h('div', { class: 'cards' },
         chart('writes/s (entries applied)', { writes: data.history.map((s) => [s.at_ms, s.writes_per_s]) }, {}),
         h('div', {}, chart('units by state', series, STATE_COLOURS),
-          h('div', { class: 'legend' }, [...states].map((s) => h('span', { class: 'muted' }, `■ ${s}`))))));
+          h('div', { class: 'legend' }, [...states].map((s) => h('span', { class: 'muted' },
+            svg('svg', { width: 10, height: 10 }, svg('rect', { width: 10, height: 10, fill: STATE_COLOURS[s] || '#1d4e89' })),
+            ` ${s}`))))));
   };
   await draw();
   // Members' Raft state is not in the store: one read of the overview per second.
@@ -924,6 +926,9 @@ async function route() {
 }
 
 window.addEventListener('hashchange', route);
+// Close the page's stream before the browser leaves it: a stream left to the unload
+// can hold one of the browser's six connections to this node for a minute.
+window.addEventListener('pagehide', leaveView);
 window.addEventListener('DOMContentLoaded', async () => {
   try { await loadSession(); } catch (e) { banner(e.message); }
   route();
