@@ -20,11 +20,14 @@ pub const MEMBER_TIMEOUT_MS: u64 = 1_000;
 /// At most this many problems are listed (the rest are counted).
 pub const PROBLEMS_MAX: usize = 50;
 
-/// Takes a sample every [`SAMPLE_EVERY_MS`] for as long as the node runs.
+/// Takes a sample every [`SAMPLE_EVERY_MS`] for as long as the node runs. It runs on the
+/// node's event loop, so it must stay cheap: it counts states, it parses no unit (the
+/// full snapshot with 1,000 units held the loop long enough to double unit start-up
+/// latency in `scripts/bench-scale`).
 pub async fn sample_forever(api: Arc<Api>, history: Arc<Mutex<History>>) {
     loop {
         let applied = api.raft.shared.machine().applied;
-        let units = units_by_state(&snapshot(&api));
+        let units = sampled_states(&api);
         let now = api.clock.now_wall_ms();
         history
             .lock()
@@ -34,6 +37,44 @@ pub async fn sample_forever(api: Arc<Api>, history: Arc<Mutex<History>>) {
             .sleep(Duration::from_millis(SAMPLE_EVERY_MS))
             .await;
     }
+}
+
+/// Units by the active state their live machine reports, and `unreported` for the
+/// rest (not placed, starting, or inactive): a count, without parsing any unit.
+fn sampled_states(api: &Api) -> BTreeMap<String, u64> {
+    let (units, states, machines) = {
+        let m = api.raft.shared.machine();
+        let dir = |k: &str| m.store.get(k, k == registry::STATES).ok().map(|e| e.node);
+        (
+            dir(registry::UNITS),
+            dir(registry::STATES),
+            dir(registry::MACHINES),
+        )
+    };
+    let total = units
+        .as_ref()
+        .and_then(|u| u.nodes.as_ref())
+        .map_or(0, Vec::len) as u64;
+    let alive: std::collections::BTreeSet<&str> = machines
+        .iter()
+        .flat_map(|d| d.nodes.iter().flatten())
+        .map(|n| n.key.rsplit('/').next().unwrap_or_default())
+        .collect();
+    let mut out = BTreeMap::new();
+    let mut reported = 0;
+    for (_, by_machine) in registry::states(states.as_ref()) {
+        if let Some(st) = by_machine
+            .values()
+            .find(|s| alive.contains(s.machine_id.as_str()))
+        {
+            *out.entry(st.systemd_active_state.clone()).or_insert(0) += 1;
+            reported += 1;
+        }
+    }
+    if total > reported {
+        out.insert("unreported".into(), total - reported);
+    }
+    out
 }
 
 /// What each unit is doing, by the state its machine reports.
@@ -145,6 +186,10 @@ impl Api {
     fn unit_problems(&self, snap: &Snapshot) -> Vec<Value> {
         let mut out = vec![];
         for (name, u) in &snap.units {
+            // Each explanation is a placement pass: at most as many as are shown.
+            if out.len() >= PROBLEMS_MAX {
+                break;
+            }
             if u.placement().req.global {
                 continue;
             }

@@ -286,7 +286,7 @@ function failure(e) {
 // ---------------------------------------------------------------- pages: overview
 
 const CHART_W = 460, CHART_H = 120;
-const STATE_COLOURS = { active: '#1f7a3a', activating: '#3c8dde', failed: '#b3261e', unplaced: '#9a6700', inactive: '#8796a5', starting: '#7fb8ef' };
+const STATE_COLOURS = { active: '#1f7a3a', activating: '#3c8dde', failed: '#b3261e', unplaced: '#9a6700', inactive: '#8796a5', starting: '#7fb8ef', unreported: '#c9a227' };
 
 function svg(tag, attrs, ...kids) {
   const e = document.createElementNS('http://www.w3.org/2000/svg', tag);
