@@ -211,7 +211,6 @@ async fn keys_are_edited_safely_counted_down_and_shown_as_text() {
         }
     };
     set("/app/xss", "value=<script>window.pwned=1</script>".into()).await;
-    set("/app/short", "value=lives&ttl=5".into()).await;
     let b = Browser::start().await;
     b.goto(&format!("{base}/ui/#/keys/app")).await;
 
@@ -233,7 +232,9 @@ async fn keys_are_edited_safely_counted_down_and_shown_as_text() {
         "only app.js is a script; the value never ran"
     );
 
-    // The TTL counts down, then the key leaves the page when it expires.
+    // A key with a TTL, written while the page is open (so a slow browser start cannot
+    // outlast it): it appears, its TTL counts down, and it leaves when it expires.
+    set("/app/short", "value=lives&ttl=8".into()).await;
     let ttl = r#"tr[data-key="/app/short"] td.ttl"#;
     let first: u64 = b
         .until_text(ttl, WAIT, |t| t.ends_with(" s"))
