@@ -350,6 +350,13 @@ async fn keys_are_edited_safely_counted_down_and_shown_as_text() {
     assert_eq!(b.live_lost().await, "never");
 }
 
+/// Fills the login form and sends it.
+async fn log_in(b: &Browser, user: &str, password: &str) {
+    b.fill("#login input[name=user]", user).await;
+    b.fill("#login input[name=password]", password).await;
+    b.click("#login button[type=submit]").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_auth_on_it_logs_in_and_a_read_only_user_has_no_buttons() {
     let c = client();
@@ -402,16 +409,12 @@ async fn with_auth_on_it_logs_in_and_a_read_only_user_has_no_buttons() {
 
     // A wrong password is told, and nothing is kept.
     b.goto(&format!("{base}/ui/#/login")).await;
-    b.fill("#login input[name=user]", "vera").await;
-    b.fill("#login input[name=password]", "wrong").await;
-    b.click("#login button[type=submit]").await;
+    log_in(&b, "vera", "wrong").await;
     b.until_text("#login-error", WAIT, |t| t.contains("wrong"))
         .await;
 
     // The read-only user sees units and keys but no button that changes them.
-    b.fill("#login input[name=user]", "vera").await;
-    b.fill("#login input[name=password]", "verapw").await;
-    b.click("#login button[type=submit]").await;
+    log_in(&b, "vera", "verapw").await;
     b.until_text("#user", WAIT, |t| t == "vera").await;
     b.goto(&format!("{base}/ui/#/units")).await;
     b.until_count(r#"tr[data-unit="web.service"]"#, 1, WAIT)
@@ -452,9 +455,7 @@ async fn with_auth_on_it_logs_in_and_a_read_only_user_has_no_buttons() {
     b.click(r#"button[data-action="log out"]"#).await;
     b.until_count("#login-link", 1, WAIT).await;
     b.goto(&format!("{base}/ui/#/login")).await;
-    b.fill("#login input[name=user]", "root").await;
-    b.fill("#login input[name=password]", "rootpw").await;
-    b.click("#login button[type=submit]").await;
+    log_in(&b, "root", "rootpw").await;
     b.until_text("#user", WAIT, |t| t == "root").await;
     b.goto(&format!("{base}/ui/#/units")).await;
     b.until_count("#submit-unit", 1, WAIT).await;

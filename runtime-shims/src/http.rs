@@ -206,6 +206,38 @@ where
     Ok(send)
 }
 
+/// A client connection to `uri`'s host (TLS for `https`), with its host and port.
+async fn connect(
+    url: &str,
+    uri: &http::Uri,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        String,
+        u16,
+    ),
+    String,
+> {
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{url}: no host"))?
+        .to_string();
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("{host}:{port}: {e}"))?;
+    let send = if https {
+        let tls = crate::tls::connect(&host, stream)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        handshake(tls).await?
+    } else {
+        handshake(stream).await?
+    };
+    Ok((send, host, port))
+}
+
 /// [`request`] with any body: `(content type, bytes)`.
 pub async fn request_body(
     method: &str,
@@ -228,24 +260,8 @@ pub async fn request_as(
     let uri: http::Uri = url
         .parse()
         .map_err(|e| RequestError::Failed(format!("{url}: {e}")))?;
-    let host = uri
-        .host()
-        .ok_or_else(|| RequestError::Failed(format!("{url}: no host")))?
-        .to_string();
-    let https = uri.scheme_str() == Some("https");
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let fut = async {
-        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("{host}:{port}: {e}"))?;
-        let mut send = if https {
-            let tls = crate::tls::connect(&host, stream)
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
-            handshake(tls).await?
-        } else {
-            handshake(stream).await?
-        };
+        let (mut send, host, port) = connect(url, &uri).await?;
         let mut b = http::Request::builder()
             .method(method)
             .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
@@ -317,24 +333,8 @@ pub async fn forward(
     timeout: std::time::Duration,
 ) -> Result<Response<Body>, String> {
     let uri: http::Uri = base.parse().map_err(|e| format!("{base}: {e}"))?;
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("{base}: no host"))?
-        .to_string();
-    let https = uri.scheme_str() == Some("https");
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let fut = async {
-        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("{host}:{port}: {e}"))?;
-        let mut send = if https {
-            let tls = crate::tls::connect(&host, stream)
-                .await
-                .map_err(|e| format!("{base}: {e}"))?;
-            handshake(tls).await?
-        } else {
-            handshake(stream).await?
-        };
+        let (mut send, host, port) = connect(base, &uri).await?;
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let mut b = http::Request::builder()
             .method(req.method())
